@@ -1,0 +1,391 @@
+"""Instance state and ``evolve``: the state is a fold of the history, nothing more.
+
+``evolve`` records facts; it never decides. What to do next is :func:`..decide.decide`'s job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+from saga_orchestrator.core.events import (
+    AlertRaised,
+    AttemptFailed,
+    AttemptScheduled,
+    AttemptSucceeded,
+    CancelRequested,
+    CompensationFailed,
+    CompensationRequested,
+    CompensationStarted,
+    DeadlineExceeded,
+    ErrorInfo,
+    Event,
+    FailureCause,
+    NodeCompleted,
+    NodeEntered,
+    NodeSkipped,
+    OperatorResolved,
+    OperatorRetried,
+    OperatorSkipped,
+    Phase,
+    PivotPassed,
+    RetryScheduled,
+    SagaCancelled,
+    SagaCompensated,
+    SagaCompleted,
+    SagaParked,
+    SagaStarted,
+    SagaTimedOut,
+    StepFailed,
+)
+from saga_orchestrator.core.status import InstanceStatus, StepStatus
+from saga_orchestrator.errors import InvalidTransition
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhaseProgress:
+    """Attempts of one phase (action or compensation) of one node."""
+
+    attempts: int = 0
+    """Attempts scheduled so far (the last one's number)."""
+    budget_start: int = 0
+    """Attempts before this count do not use the retry budget (reset by an operator retry)."""
+    in_flight: bool = False
+    deadline: datetime | None = None
+    retry_due: datetime | None = None
+    """Set while waiting on a retry timer: the next attempt may start then."""
+    last_error: ErrorInfo | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def attempts_in_budget(self) -> int:
+        return self.attempts - self.budget_start
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeState:
+    status: StepStatus = StepStatus.PENDING
+    action: PhaseProgress = PhaseProgress()
+    compensation: PhaseProgress = PhaseProgress()
+    input: Any = None
+    output: Any = None
+    error: ErrorInfo | None = None
+    """Why the node failed for good (or why its compensation failed)."""
+    case: int | None = None
+    child_instance_id: str | None = None
+    manual: bool = False
+    """Skipped or compensated by an operator."""
+
+    def phase(self, phase: Phase) -> PhaseProgress:
+        return self.action if phase is Phase.ACTION else self.compensation
+
+
+_NO_NODES: Mapping[str, NodeState] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SagaState:
+    instance_id: str
+    tenant_id: str
+    definition_name: str
+    definition_version: str
+    input: Any
+    started_at: datetime
+    deadline: datetime | None
+    parent_instance_id: str | None = None
+    parent_node: str | None = None
+    status: InstanceStatus = InstanceStatus.RUNNING
+    nodes: Mapping[str, NodeState] = field(default_factory=lambda: _NO_NODES)
+    seq: int = 1
+    """Number of events folded so far (the last sequence number)."""
+    cause: FailureCause | None = None
+    """Set once the saga turns back (a step failed for good, cancel, deadline)."""
+    cause_node: str | None = None
+    deadline_passed: bool = False
+    pivot_passed: bool = False
+    parked_reason: str | None = None
+    parked_node: str | None = None
+    output: Any = None
+    finished_at: datetime | None = None
+    alerts: int = 0
+    undo_requested: bool = False
+    """A completed child saga was asked by its parent to compensate as a whole."""
+
+    def node(self, name: str) -> NodeState:
+        return self.nodes.get(name) or _PENDING
+
+    def in_flight(self) -> list[str]:
+        return [
+            name
+            for name, node in self.nodes.items()
+            if node.action.in_flight or node.compensation.in_flight
+        ]
+
+
+_PENDING = NodeState()
+
+
+def initial_state(event: SagaStarted) -> SagaState:
+    return SagaState(
+        instance_id=event.instance_id,
+        tenant_id=event.tenant_id,
+        definition_name=event.definition_name,
+        definition_version=event.definition_version,
+        input=event.input,
+        started_at=event.at,
+        deadline=event.deadline,
+        parent_instance_id=event.parent_instance_id,
+        parent_node=event.parent_node,
+    )
+
+
+def fold(events: Iterable[Event]) -> SagaState:
+    """The state after ``events``; the first must be ``SagaStarted``."""
+    iterator = iter(events)
+    first = next(iterator, None)
+    if not isinstance(first, SagaStarted):
+        raise InvalidTransition("a history starts with SagaStarted")
+    state = initial_state(first)
+    for event in iterator:
+        state = evolve(state, event)
+    return state
+
+
+def evolve(state: SagaState, event: Event) -> SagaState:
+    """Apply one event. Unknown event types are a programming error, never silently ignored."""
+    apply = _APPLY.get(type(event))
+    if apply is None:
+        raise InvalidTransition(f"cannot apply {type(event).__name__} to a saga's state")
+    applied: SagaState = apply(state, event)
+    return replace(applied, seq=state.seq + 1)
+
+
+def _with_node(state: SagaState, name: str, node: NodeState) -> SagaState:
+    nodes = dict(state.nodes)
+    nodes[name] = node
+    return replace(state, nodes=nodes)
+
+
+def _with_phase(
+    state: SagaState, name: str, phase: Phase, progress: PhaseProgress, **node_changes: Any
+) -> SagaState:
+    node = state.node(name)
+    if phase is Phase.ACTION:
+        node = replace(node, action=progress)
+    else:
+        node = replace(node, compensation=progress)
+    return _with_node(state, name, replace(node, **node_changes))
+
+
+def _node_skipped(state: SagaState, event: NodeSkipped) -> SagaState:
+    node = replace(state.node(event.node), status=StepStatus.SKIPPED)
+    return _with_node(state, event.node, replace(node, manual=event.reason == "manual"))
+
+
+def _node_entered(state: SagaState, event: NodeEntered) -> SagaState:
+    node = replace(state.node(event.node), status=StepStatus.RUNNING, case=event.case)
+    return _with_node(state, event.node, node)
+
+
+def _node_completed(state: SagaState, event: NodeCompleted) -> SagaState:
+    return _with_node(
+        state, event.node, replace(state.node(event.node), status=StepStatus.SUCCEEDED)
+    )
+
+
+def _attempt_scheduled(state: SagaState, event: AttemptScheduled) -> SagaState:
+    node = state.node(event.node)
+    progress = replace(
+        node.phase(event.phase),
+        attempts=event.attempt,
+        in_flight=True,
+        deadline=event.deadline,
+        retry_due=None,
+        started_at=node.phase(event.phase).started_at or event.at,
+    )
+    if event.phase is Phase.ACTION:
+        changes: dict[str, Any] = {"status": StepStatus.RUNNING, "input": event.input}
+    else:
+        changes = {"status": StepStatus.COMPENSATING}
+    if event.child_instance_id is not None:
+        changes["child_instance_id"] = event.child_instance_id
+    return _with_phase(state, event.node, event.phase, progress, **changes)
+
+
+def _attempt_succeeded(state: SagaState, event: AttemptSucceeded) -> SagaState:
+    node = state.node(event.node)
+    progress = replace(
+        node.phase(event.phase), in_flight=False, deadline=None, finished_at=event.at
+    )
+    if event.phase is Phase.ACTION:
+        return _with_phase(
+            state,
+            event.node,
+            event.phase,
+            progress,
+            status=StepStatus.SUCCEEDED,
+            output=event.output,
+        )
+    return _with_phase(state, event.node, event.phase, progress, status=StepStatus.COMPENSATED)
+
+
+def _attempt_failed(state: SagaState, event: AttemptFailed) -> SagaState:
+    node = state.node(event.node)
+    progress = replace(
+        node.phase(event.phase), in_flight=False, deadline=None, last_error=event.error
+    )
+    return _with_phase(state, event.node, event.phase, progress)
+
+
+def _retry_scheduled(state: SagaState, event: RetryScheduled) -> SagaState:
+    node = state.node(event.node)
+    progress = replace(node.phase(event.phase), retry_due=event.due)
+    return _with_phase(state, event.node, event.phase, progress)
+
+
+def _step_failed(state: SagaState, event: StepFailed) -> SagaState:
+    node = state.node(event.node)
+    action = replace(node.action, in_flight=False, retry_due=None, finished_at=event.at)
+    state = _with_node(
+        state, event.node, replace(node, status=StepStatus.FAILED, action=action, error=event.error)
+    )
+    if state.cause is None:
+        return replace(state, cause=FailureCause.STEP_FAILED, cause_node=event.node)
+    return state
+
+
+def _cancel_requested(state: SagaState, event: CancelRequested) -> SagaState:
+    if state.cause is not None:
+        return state
+    return replace(state, cause=FailureCause.CANCELLED)
+
+
+def _deadline_exceeded(state: SagaState, event: DeadlineExceeded) -> SagaState:
+    if state.cause is not None:
+        return replace(state, deadline_passed=True)
+    return replace(state, deadline_passed=True, cause=FailureCause.DEADLINE)
+
+
+def _compensation_started(state: SagaState, event: CompensationStarted) -> SagaState:
+    return replace(state, status=InstanceStatus.COMPENSATING, cause=event.cause)
+
+
+def _compensation_requested(state: SagaState, event: CompensationRequested) -> SagaState:
+    return replace(
+        state,
+        status=InstanceStatus.COMPENSATING,
+        cause=FailureCause.STEP_FAILED,
+        finished_at=None,
+        undo_requested=True,
+    )
+
+
+def _compensation_failed(state: SagaState, event: CompensationFailed) -> SagaState:
+    node = state.node(event.node)
+    progress = replace(node.compensation, in_flight=False, retry_due=None, finished_at=event.at)
+    node = replace(
+        node, status=StepStatus.COMPENSATION_FAILED, compensation=progress, error=event.error
+    )
+    return _with_node(state, event.node, node)
+
+
+def _alert_raised(state: SagaState, event: AlertRaised) -> SagaState:
+    return replace(state, alerts=state.alerts + 1)
+
+
+def _saga_parked(state: SagaState, event: SagaParked) -> SagaState:
+    return replace(
+        state, status=InstanceStatus.FAILED, parked_reason=event.reason, parked_node=event.node
+    )
+
+
+def _finished(status: InstanceStatus) -> Any:
+    def apply(state: SagaState, event: Event) -> SagaState:
+        output = event.output if isinstance(event, SagaCompleted) else state.output
+        return replace(state, status=status, finished_at=event.at, output=output)
+
+    return apply
+
+
+def _operator_retried(state: SagaState, event: OperatorRetried) -> SagaState:
+    """Give the parked node a fresh retry budget and resume where the saga stopped."""
+    name = state.parked_node
+    resumed = replace(state, parked_reason=None, parked_node=None)
+    if state.pivot_passed or state.cause is None:
+        resumed = replace(resumed, status=InstanceStatus.RUNNING, cause=None, deadline=None)
+        if name is not None:
+            node = state.node(name)
+            action = replace(node.action, budget_start=node.action.attempts, last_error=None)
+            resumed = _with_node(
+                resumed, name, replace(node, status=StepStatus.RUNNING, action=action, error=None)
+            )
+        return resumed
+    resumed = replace(resumed, status=InstanceStatus.COMPENSATING)
+    if name is not None:
+        node = state.node(name)
+        progress = replace(
+            node.compensation,
+            budget_start=node.compensation.attempts,
+            last_error=None,
+            retry_due=None,
+        )
+        resumed = _with_node(
+            resumed, name, replace(node, status=StepStatus.COMPENSATING, compensation=progress)
+        )
+    return resumed
+
+
+def _operator_skipped(state: SagaState, event: OperatorSkipped) -> SagaState:
+    node = state.node(event.node)
+    resumed = replace(state, parked_reason=None, parked_node=None)
+    if state.status is InstanceStatus.FAILED and state.cause is not None and not state.pivot_passed:
+        node = replace(node, status=StepStatus.COMPENSATED, manual=True)
+        resumed = replace(resumed, status=InstanceStatus.COMPENSATING)
+    else:
+        node = replace(node, status=StepStatus.SKIPPED, manual=True, error=None)
+        resumed = replace(resumed, status=InstanceStatus.RUNNING, cause=None, deadline=None)
+    return _with_node(resumed, event.node, node)
+
+
+def _operator_resolved(state: SagaState, event: OperatorResolved) -> SagaState:
+    final = (
+        InstanceStatus.COMPLETED
+        if state.pivot_passed or state.cause is None
+        else InstanceStatus.COMPENSATED
+    )
+    return replace(state, status=final, finished_at=event.at, parked_reason=None, parked_node=None)
+
+
+def _pivot_passed(state: SagaState, event: PivotPassed) -> SagaState:
+    return replace(state, pivot_passed=True)
+
+
+_APPLY: dict[type[Event], Any] = {
+    NodeSkipped: _node_skipped,
+    NodeEntered: _node_entered,
+    NodeCompleted: _node_completed,
+    AttemptScheduled: _attempt_scheduled,
+    AttemptSucceeded: _attempt_succeeded,
+    AttemptFailed: _attempt_failed,
+    RetryScheduled: _retry_scheduled,
+    StepFailed: _step_failed,
+    PivotPassed: _pivot_passed,
+    CancelRequested: _cancel_requested,
+    DeadlineExceeded: _deadline_exceeded,
+    CompensationStarted: _compensation_started,
+    CompensationRequested: _compensation_requested,
+    CompensationFailed: _compensation_failed,
+    AlertRaised: _alert_raised,
+    SagaParked: _saga_parked,
+    SagaCompleted: _finished(InstanceStatus.COMPLETED),
+    SagaCompensated: _finished(InstanceStatus.COMPENSATED),
+    SagaCancelled: _finished(InstanceStatus.CANCELLED),
+    SagaTimedOut: _finished(InstanceStatus.TIMED_OUT),
+    OperatorRetried: _operator_retried,
+    OperatorSkipped: _operator_skipped,
+    OperatorResolved: _operator_resolved,
+}

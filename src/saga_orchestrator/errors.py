@@ -1,0 +1,110 @@
+"""The one error hierarchy of Saga Orchestrator.
+
+This module is a leaf: it imports nothing from the project, so every layer may use it.
+
+    SagaError
+    ├── DefinitionError            a definition is malformed or breaks a rule
+    │   └── DefinitionConflict     same name+version registered with another body
+    ├── ExpressionError            a CEL expression failed to compile or evaluate
+    ├── NotFound                   definition, instance or handler does not exist
+    ├── InvalidInput               a start context or operator request is invalid
+    ├── InvalidTransition          an operation is not allowed in the current state
+    ├── StoreError                 the database failed or refused a write
+    │   ├── SequenceConflict       another writer moved the instance first
+    │   └── StoreUnavailable       the database cannot be reached
+    ├── StepError                  raised by step handlers to classify a failure
+    │   ├── RetryableStepError
+    │   └── NonRetryableStepError
+    └── ConfigurationError         settings are invalid
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class SagaError(Exception):
+    """Root of every error raised by Saga Orchestrator."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Violation:
+    """One broken rule: where (a node path such as ``steps[2].branches[0][1]``) and why."""
+
+    location: str
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.message} [{self.rule}]"
+
+
+class DefinitionError(SagaError):
+    """A definition breaks one or more rules of the saga language."""
+
+    def __init__(self, violations: Sequence[Violation]) -> None:
+        self.violations = tuple(violations)
+        super().__init__("; ".join(str(v) for v in self.violations))
+
+
+class DefinitionConflict(SagaError):
+    """A version is immutable: the same name and version were registered with another body."""
+
+
+class ExpressionError(SagaError):
+    """A CEL expression could not be compiled or evaluated."""
+
+
+class NotFound(SagaError):
+    """The requested definition, instance or handler does not exist (for this tenant)."""
+
+
+class InvalidInput(SagaError):
+    """A request carries data that cannot be accepted (e.g. context fails the input schema)."""
+
+
+class InvalidTransition(SagaError):
+    """The operation is not allowed in the instance's current state (e.g. cancel after pivot)."""
+
+
+class StoreError(SagaError):
+    """The store failed to read or write."""
+
+
+class SequenceConflict(StoreError):
+    """An append expected a sequence number another writer has already used."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached."""
+
+
+class StepError(SagaError):
+    """Raised by a step handler to classify its failure.
+
+    ``error_type`` names the failure for ``non_retryable_errors`` matching; it defaults to
+    the exception class name.
+    """
+
+    retryable: bool = True
+
+    def __init__(self, message: str, *, error_type: str | None = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type or type(self).__name__
+
+
+class RetryableStepError(StepError):
+    """A transient failure: the step's retry policy applies."""
+
+    retryable = True
+
+
+class NonRetryableStepError(StepError):
+    """A definite failure (a business rejection): no further attempts."""
+
+    retryable = False
+
+
+class ConfigurationError(SagaError):
+    """Settings are missing or invalid."""

@@ -1,0 +1,269 @@
+"""The store port: what the engine and the API need from a database, and nothing more.
+
+Implementations: :mod:`saga_orchestrator.store.sqlite` (embedded default) and
+:mod:`saga_orchestrator.store.postgres`. One contract suite (tests/integration/store) runs
+against both, so neither can drift from this protocol.
+
+Events cross this boundary already encoded (``type`` + JSON ``data`` bytes): the store does not
+know the core's event classes, it only keeps an append-only, gap-free log per instance.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from saga_orchestrator.core.status import InstanceStatus
+
+__all__ = [
+    "AppendRequest",
+    "AppendResult",
+    "AppendStatus",
+    "DefinitionRecord",
+    "DueTimer",
+    "InstanceFilter",
+    "InstancePage",
+    "InstanceRecord",
+    "InstanceRef",
+    "InstanceStatus",
+    "InstanceUpdate",
+    "NewInstance",
+    "OutboxMessage",
+    "PutDefinitionOutcome",
+    "Store",
+    "StoredEvent",
+]
+
+
+class PutDefinitionOutcome(enum.StrEnum):
+    CREATED = "created"
+    IDENTICAL = "identical"
+    CONFLICT = "conflict"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DefinitionRecord:
+    tenant_id: str
+    name: str
+    version: str
+    body: bytes
+    """The definition as canonical JSON (sorted keys), exactly as registered."""
+    digest: str
+    """SHA-256 hex of ``body``: equal digests mean identical definitions."""
+    deprecated: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredEvent:
+    instance_id: str
+    seq: int
+    """1-based, gap-free per instance."""
+    type: str
+    data: bytes
+    """JSON document of the event's fields."""
+    recorded_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewInstance:
+    """Everything needed to create an instance row with its first events."""
+
+    tenant_id: str
+    instance_id: str
+    definition_name: str
+    definition_version: str
+    created_at: datetime
+    idempotency_key: str | None = None
+    request_digest: str | None = None
+    """Digest of the start request, stored beside the idempotency key to detect reuse."""
+    parent_instance_id: str | None = None
+    parent_node: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceUpdate:
+    """The read-model columns that change with each append."""
+
+    status: InstanceStatus
+    current_nodes: tuple[str, ...]
+    """Nodes with an attempt or compensation in flight (for listings and dashboards)."""
+    updated_at: datetime
+    wake_at: datetime | None
+    """The instance's durable timer: when the engine must look at it again (None: no timer)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxMessage:
+    """A message to publish after commit (used by the AMQP transport and integration events)."""
+
+    tenant_id: str
+    instance_id: str
+    message_id: str
+    exchange: str
+    routing_key: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppendRequest:
+    """One instance's share of a group commit.
+
+    If ``create`` is set the instance does not exist yet: the row, the idempotency key (if any)
+    and the events are written together, and ``expected_seq`` must be 0. Otherwise the append
+    succeeds only if the instance's last sequence equals ``expected_seq``.
+    """
+
+    tenant_id: str
+    instance_id: str
+    expected_seq: int
+    events: Sequence[tuple[str, bytes]]
+    """(type, JSON data) pairs; they get sequences expected_seq+1, expected_seq+2, ..."""
+    update: InstanceUpdate
+    create: NewInstance | None = None
+    outbox: Sequence[OutboxMessage] = ()
+
+
+class AppendStatus(enum.StrEnum):
+    APPENDED = "appended"
+    CONFLICT = "conflict"
+    """The instance's last sequence was not ``expected_seq`` (or it already existed)."""
+    DUPLICATE_START = "duplicate_start"
+    """The tenant already used this start idempotency key; see ``existing_instance_id``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppendResult:
+    status: AppendStatus
+    last_seq: int
+    """The instance's last sequence after this request (unchanged on conflict)."""
+    existing_instance_id: str | None = None
+    existing_request_digest: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceRecord:
+    tenant_id: str
+    instance_id: str
+    definition_name: str
+    definition_version: str
+    status: InstanceStatus
+    current_nodes: tuple[str, ...]
+    last_seq: int
+    created_at: datetime
+    updated_at: datetime
+    wake_at: datetime | None
+    parent_instance_id: str | None
+    parent_node: str | None
+    idempotency_key: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceFilter:
+    status: InstanceStatus | None = None
+    definition_name: str | None = None
+    definition_version: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    updated_after: datetime | None = None
+    updated_before: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstancePage:
+    items: tuple[InstanceRecord, ...]
+    next_cursor: str | None
+    """Opaque; pass back to get the next page (order: created_at desc, instance_id desc)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceRef:
+    tenant_id: str
+    instance_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DueTimer:
+    tenant_id: str
+    instance_id: str
+    fire_at: datetime
+
+
+class Store(Protocol):
+    """The persistence port. All methods are coroutines; none holds a lock across calls."""
+
+    async def migrate(self) -> int:
+        """Apply pending migrations; return the schema version now in force."""
+        ...
+
+    async def schema_version(self) -> int:
+        """The applied schema version (0 for an empty database)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    # -- definitions (immutable versions) --
+    async def put_definition(
+        self, *, tenant_id: str, name: str, version: str, body: bytes, digest: str
+    ) -> PutDefinitionOutcome: ...
+
+    async def get_definition(
+        self, tenant_id: str, name: str, version: str
+    ) -> DefinitionRecord | None: ...
+
+    async def list_definition_versions(
+        self, tenant_id: str, name: str
+    ) -> list[DefinitionRecord]: ...
+
+    async def list_definition_names(self, tenant_id: str, prefix: str = "") -> list[str]: ...
+
+    async def set_definition_deprecated(
+        self, tenant_id: str, name: str, version: str, deprecated: bool
+    ) -> bool:
+        """Return False if no such version exists."""
+        ...
+
+    # -- instances and their events --
+    async def append(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        """Group commit: every request in one transaction; a result per request, same order.
+
+        A conflicting or duplicate request does not prevent the others from committing.
+        """
+        ...
+
+    async def load_events(
+        self, tenant_id: str, instance_id: str, after_seq: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]: ...
+
+    async def get_instance(self, tenant_id: str, instance_id: str) -> InstanceRecord | None: ...
+
+    async def find_start(
+        self, tenant_id: str, idempotency_key: str
+    ) -> tuple[str, str | None] | None:
+        """(instance_id, request_digest) of the start that used this key, if any."""
+        ...
+
+    async def list_instances(
+        self,
+        tenant_id: str,
+        filters: InstanceFilter,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> InstancePage: ...
+
+    async def list_unfinished(self) -> list[InstanceRef]:
+        """Every instance (all tenants) whose status is running or compensating: for recovery."""
+        ...
+
+    async def due_timers(self, now: datetime, limit: int) -> list[DueTimer]:
+        """Timers with ``fire_at <= now`` (all tenants), earliest first."""
+        ...
+
+    async def next_timer_at(self) -> datetime | None:
+        """The earliest pending timer, so the engine can sleep exactly until then."""
+        ...
