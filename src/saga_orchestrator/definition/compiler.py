@@ -153,6 +153,7 @@ class _Builder:
         self.has_pivot = False
         self.sub_sagas: set[str] = set()
         self._references: list[tuple[str, frozenset[str]]] = []
+        self._claimed: set[str] = set()
 
     def fail(self, location: str, rule: str, message: str) -> None:
         self.violations.append(Violation(location=location, rule=rule, message=message))
@@ -177,9 +178,11 @@ class _Builder:
     def compile_node(
         self, node: Node, path: str, dependents: frozenset[str], depth: int, in_parallel: bool
     ) -> None:
-        if node.name in self.nodes:
+        # Claimed before compiling children, so a descendant cannot reuse a container's name.
+        if node.name in self._claimed:
             self.fail(path, "unique-names", f"node name {node.name!r} is used more than once")
-        if len(self.nodes) >= MAX_NODES:
+        self._claimed.add(node.name)
+        if len(self._claimed) > MAX_NODES:
             self.fail(path, "max-nodes", f"a definition holds at most {MAX_NODES} nodes")
             return
         when = self.expression(node.when, f"{path}.when")

@@ -1,0 +1,169 @@
+"""The group-commit decision, shared by both backends and free of IO.
+
+A backend reads the facts a batch depends on (the locked instance rows and the start keys it
+mentions), :func:`plan_batch` decides every request in order, and the backend writes the plan
+with one bulk statement per table. Deciding in Python keeps the number of round trips constant
+whatever the batch size, and keeps SQLite and PostgreSQL in exact agreement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from saga_orchestrator.errors import InvalidInput
+from saga_orchestrator.store.codec import utc
+from saga_orchestrator.store.protocol import (
+    AppendRequest,
+    AppendResult,
+    AppendStatus,
+    InstanceUpdate,
+    NewInstance,
+    OutboxMessage,
+)
+
+StartKey = tuple[str, str]
+"""(tenant_id, idempotency_key)"""
+
+EventRow = tuple[str, str, int, str, bytes, datetime]
+"""(tenant_id, instance_id, seq, type, data, recorded_at)"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Facts:
+    instances: Mapping[str, tuple[str, int]]
+    """instance_id -> (tenant_id, last_seq) of the batch's instances that already exist."""
+    start_keys: Mapping[StartKey, tuple[str, str | None]]
+    """Start keys the batch mentions that are already taken -> (instance_id, request_digest)."""
+
+
+@dataclass(slots=True, kw_only=True)
+class CreatedRow:
+    """An instance created by this batch, with its state after the batch's last request."""
+
+    create: NewInstance
+    update: InstanceUpdate
+    last_seq: int
+
+
+@dataclass(slots=True, kw_only=True)
+class Plan:
+    results: list[AppendResult] = field(default_factory=list)
+    created: dict[str, CreatedRow] = field(default_factory=dict)
+    updated: dict[str, tuple[InstanceUpdate, int]] = field(default_factory=dict)
+    """Existing instance -> its final (update, last_seq)."""
+    start_keys: list[NewInstance] = field(default_factory=list)
+    events: list[EventRow] = field(default_factory=list)
+    outbox: list[tuple[OutboxMessage, datetime]] = field(default_factory=list)
+    timers: dict[str, tuple[str, datetime | None]] = field(default_factory=dict)
+    """instance_id -> (tenant_id, fire_at): an upsert, or a delete when fire_at is None."""
+
+
+def batch_instance_ids(requests: Sequence[AppendRequest]) -> list[str]:
+    """Distinct instance ids, sorted: the order in which PostgreSQL locks them."""
+    return sorted({r.instance_id for r in requests})
+
+
+def batch_start_keys(requests: Sequence[AppendRequest]) -> list[StartKey]:
+    keys = {
+        (r.tenant_id, r.create.idempotency_key)
+        for r in requests
+        if r.create is not None and r.create.idempotency_key is not None
+    }
+    return sorted(keys)
+
+
+def validate(requests: Sequence[AppendRequest]) -> None:
+    """Refuse malformed requests before any write (a programming error, not a conflict).
+
+    Naive datetimes are refused here too, so no backend ever has to guess a time zone.
+    """
+    for request in requests:
+        utc(request.update.updated_at)
+        if request.update.wake_at is not None:
+            utc(request.update.wake_at)
+        create = request.create
+        if create is None:
+            continue
+        utc(create.created_at)
+        if request.expected_seq != 0:
+            raise InvalidInput(f"create of {request.instance_id} must expect sequence 0")
+        if (create.tenant_id, create.instance_id) != (request.tenant_id, request.instance_id):
+            raise InvalidInput(f"create of {request.instance_id} names another instance")
+
+
+def plan_batch(requests: Sequence[AppendRequest], facts: Facts) -> Plan:
+    """Decide each request in order, as if they ran one after another."""
+    planner = _Planner(facts)
+    for request in requests:
+        planner.plan.results.append(planner.decide(request))
+    return planner.plan
+
+
+class _Planner:
+    def __init__(self, facts: Facts) -> None:
+        self.plan = Plan()
+        self.instances: dict[str, tuple[str, int]] = dict(facts.instances)
+        self.keys: dict[StartKey, tuple[str, str | None]] = dict(facts.start_keys)
+
+    def decide(self, request: AppendRequest) -> AppendResult:
+        if request.create is not None:
+            return self._create(request, request.create)
+        return self._append(request)
+
+    def _create(self, request: AppendRequest, create: NewInstance) -> AppendResult:
+        key = create.idempotency_key
+        if key is not None and (request.tenant_id, key) in self.keys:
+            instance_id, digest = self.keys[(request.tenant_id, key)]
+            return AppendResult(
+                status=AppendStatus.DUPLICATE_START,
+                last_seq=0,
+                existing_instance_id=instance_id,
+                existing_request_digest=digest,
+            )
+        if request.instance_id in self.instances:
+            return self._conflict(request)
+        if key is not None:
+            self.keys[(request.tenant_id, key)] = (request.instance_id, create.request_digest)
+            self.plan.start_keys.append(create)
+        last_seq = len(request.events)
+        self.plan.created[request.instance_id] = CreatedRow(
+            create=create, update=request.update, last_seq=last_seq
+        )
+        return self._write(request)
+
+    def _append(self, request: AppendRequest) -> AppendResult:
+        current = self.instances.get(request.instance_id)
+        if current is None or current[0] != request.tenant_id:
+            return self._conflict(request)
+        if current[1] != request.expected_seq:
+            return self._conflict(request)
+        last_seq = request.expected_seq + len(request.events)
+        created = self.plan.created.get(request.instance_id)
+        if created is not None:
+            created.update, created.last_seq = request.update, last_seq
+        else:
+            self.plan.updated[request.instance_id] = (request.update, last_seq)
+        return self._write(request)
+
+    def _conflict(self, request: AppendRequest) -> AppendResult:
+        current = self.instances.get(request.instance_id)
+        # Another tenant's instance is reported as missing: no sequence leaks across tenants.
+        last_seq = current[1] if current is not None and current[0] == request.tenant_id else 0
+        return AppendResult(status=AppendStatus.CONFLICT, last_seq=last_seq)
+
+    def _write(self, request: AppendRequest) -> AppendResult:
+        tenant, instance_id = request.tenant_id, request.instance_id
+        # Events are stamped with the writer's clock (update.updated_at), not the database's,
+        # so a test clock drives every stored timestamp.
+        recorded_at = request.update.updated_at
+        self.plan.events.extend(
+            (tenant, instance_id, seq, event_type, data, recorded_at)
+            for seq, (event_type, data) in enumerate(request.events, start=request.expected_seq + 1)
+        )
+        last_seq = request.expected_seq + len(request.events)
+        self.instances[instance_id] = (tenant, last_seq)
+        self.plan.outbox.extend((message, recorded_at) for message in request.outbox)
+        self.plan.timers[instance_id] = (tenant, request.update.wake_at)
+        return AppendResult(status=AppendStatus.APPENDED, last_seq=last_seq)

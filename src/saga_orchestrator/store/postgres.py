@@ -1,0 +1,284 @@
+"""The clustered store: PostgreSQL through an asyncpg pool.
+
+Driver errors are translated once, here: a lost or refused connection becomes
+:class:`~saga_orchestrator.errors.StoreUnavailable`, any other database error
+:class:`~saga_orchestrator.errors.StoreError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import asyncpg
+import orjson
+
+from saga_orchestrator.errors import ConfigurationError, SagaError, StoreError, StoreUnavailable
+from saga_orchestrator.store import postgres_sql as sql
+from saga_orchestrator.store.batch import validate
+from saga_orchestrator.store.codec import (
+    check_page_size,
+    decode_cursor,
+    semver_columns,
+    semver_key,
+    utc,
+)
+from saga_orchestrator.store.listing import listing_where, make_page, numbered_placeholders
+from saga_orchestrator.store.migrator import load_migrations
+from saga_orchestrator.store.postgres_append import append_batch
+from saga_orchestrator.store.protocol import (
+    AppendRequest,
+    AppendResult,
+    DefinitionRecord,
+    DueTimer,
+    InstanceFilter,
+    InstancePage,
+    InstanceRecord,
+    InstanceRef,
+    InstanceStatus,
+    PutDefinitionOutcome,
+    StoredEvent,
+)
+
+if TYPE_CHECKING:
+    from asyncpg.pool import Pool, PoolConnectionProxy
+
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PostgresOptions:
+    min_size: int = 1
+    """Connections the pool opens up front and keeps."""
+    max_size: int = 10
+    """Upper bound on concurrent connections from this process."""
+    command_timeout: float | None = 60.0
+    """Seconds before a single statement is abandoned (None: no limit)."""
+
+
+class PostgresStore:
+    """The :class:`~saga_orchestrator.store.protocol.Store` on a PostgreSQL database.
+
+    The pool is created on first use, so the store can be built outside an event loop.
+    """
+
+    def __init__(self, dsn: str, options: PostgresOptions | None = None) -> None:
+        self._dsn = dsn
+        self._options = options or PostgresOptions()
+        if not 0 <= self._options.min_size <= self._options.max_size:
+            raise ConfigurationError("PostgreSQL pool sizes need 0 <= min_size <= max_size")
+        self._pool: Pool[asyncpg.Record] | None = None
+        self._pool_lock = asyncio.Lock()
+        self._closed = False
+
+    async def _get_pool(self) -> Pool[asyncpg.Record]:
+        if self._pool is not None:
+            return self._pool
+        async with self._pool_lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(
+                    self._dsn,
+                    min_size=self._options.min_size,
+                    max_size=self._options.max_size,
+                    command_timeout=self._options.command_timeout,
+                    server_settings={"application_name": "saga-orchestrator"},
+                )
+            return self._pool
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+        with _translate_errors():
+            pool = await self._get_pool()
+            async with pool.acquire() as conn:
+                yield conn
+
+    async def close(self) -> None:
+        async with self._pool_lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            with _translate_errors():
+                await pool.close()
+
+    # -- schema --
+    async def migrate(self) -> int:
+        async with self._connection() as conn, conn.transaction():
+            # Transaction-scoped: released by commit or rollback, even if this process dies.
+            await conn.execute(sql.TAKE_MIGRATION_LOCK, sql.MIGRATION_LOCK_KEY)
+            await conn.execute(sql.CREATE_SCHEMA_MIGRATIONS)
+            applied = {row[0] for row in await conn.fetch(sql.APPLIED_VERSIONS)}
+            for migration in load_migrations("postgres"):
+                if migration.version not in applied:
+                    await conn.execute(migration.sql)
+                    await conn.execute(sql.RECORD_MIGRATION, migration.version, migration.name)
+            return int(await conn.fetchval(sql.SCHEMA_VERSION))
+
+    async def schema_version(self) -> int:
+        async with self._connection() as conn:
+            if not await conn.fetchval(sql.HAS_SCHEMA_MIGRATIONS):
+                return 0
+            return int(await conn.fetchval(sql.SCHEMA_VERSION))
+
+    # -- definitions --
+    async def put_definition(
+        self, *, tenant_id: str, name: str, version: str, body: bytes, digest: str
+    ) -> PutDefinitionOutcome:
+        major, minor, patch, prerelease = semver_columns(version)
+        now = datetime.now(UTC)
+        row = (tenant_id, name, version, major, minor, patch, prerelease, body, digest, now)
+        async with self._connection() as conn:
+            if await conn.fetchval(sql.INSERT_DEFINITION, *row):
+                return PutDefinitionOutcome.CREATED
+            # DO NOTHING waited for any concurrent insert, so the row is committed by now.
+            existing = await conn.fetchval(sql.DEFINITION_DIGEST, tenant_id, name, version)
+        if existing == digest:
+            return PutDefinitionOutcome.IDENTICAL
+        return PutDefinitionOutcome.CONFLICT
+
+    async def get_definition(
+        self, tenant_id: str, name: str, version: str
+    ) -> DefinitionRecord | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(sql.GET_DEFINITION, tenant_id, name, version)
+        return _definition(row) if row is not None else None
+
+    async def list_definition_versions(self, tenant_id: str, name: str) -> list[DefinitionRecord]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(sql.LIST_DEFINITION_VERSIONS, tenant_id, name)
+        return sorted(map(_definition, rows), key=lambda d: semver_key(d.version))
+
+    async def list_definition_names(self, tenant_id: str, prefix: str = "") -> list[str]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(sql.LIST_DEFINITION_NAMES, tenant_id, prefix)
+        return [row[0] for row in rows]
+
+    async def set_definition_deprecated(
+        self, tenant_id: str, name: str, version: str, deprecated: bool
+    ) -> bool:
+        async with self._connection() as conn:
+            found = await conn.fetchval(
+                sql.SET_DEFINITION_DEPRECATED, tenant_id, name, version, deprecated
+            )
+        return bool(found)
+
+    # -- instances and events --
+    async def append(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        if not requests:
+            return []
+        validate(requests)
+        async with self._connection() as conn:
+            return await append_batch(conn, requests)
+
+    async def load_events(
+        self, tenant_id: str, instance_id: str, after_seq: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(sql.LOAD_EVENTS, tenant_id, instance_id, after_seq, limit)
+        return [
+            StoredEvent(
+                instance_id=row[0],
+                seq=row[1],
+                type=row[2],
+                data=row[3].encode(),
+                recorded_at=row[4],
+            )
+            for row in rows
+        ]
+
+    async def get_instance(self, tenant_id: str, instance_id: str) -> InstanceRecord | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(sql.GET_INSTANCE, tenant_id, instance_id)
+        return _instance(row) if row is not None else None
+
+    async def find_start(
+        self, tenant_id: str, idempotency_key: str
+    ) -> tuple[str, str | None] | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(sql.FIND_START, tenant_id, idempotency_key)
+        return (row[0], row[1]) if row is not None else None
+
+    async def list_instances(
+        self,
+        tenant_id: str,
+        filters: InstanceFilter,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> InstancePage:
+        check_page_size(limit)
+        after = decode_cursor(cursor) if cursor is not None else None
+        where, params = listing_where(tenant_id, filters, after, utc)
+        query = numbered_placeholders(sql.LIST_INSTANCES.format(where=where))
+        async with self._connection() as conn:
+            rows = await conn.fetch(query, *params, limit + 1)
+        return make_page([_instance(row) for row in rows], limit)
+
+    async def list_unfinished(self) -> list[InstanceRef]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(sql.LIST_UNFINISHED)
+        return [InstanceRef(tenant_id=row[0], instance_id=row[1]) for row in rows]
+
+    async def due_timers(self, now: datetime, limit: int) -> list[DueTimer]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(sql.DUE_TIMERS, utc(now), limit)
+        return [DueTimer(tenant_id=row[0], instance_id=row[1], fire_at=row[2]) for row in rows]
+
+    async def next_timer_at(self) -> datetime | None:
+        async with self._connection() as conn:
+            value: datetime | None = await conn.fetchval(sql.NEXT_TIMER_AT)
+        return value
+
+
+@contextmanager
+def _translate_errors() -> Iterator[None]:
+    try:
+        yield
+    except SagaError:
+        raise
+    except _UNAVAILABLE as exc:
+        raise StoreUnavailable(f"PostgreSQL unavailable: {exc}") from exc
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise StoreError(f"PostgreSQL error: {exc}") from exc
+
+
+def _definition(row: asyncpg.Record) -> DefinitionRecord:
+    return DefinitionRecord(
+        tenant_id=row[0],
+        name=row[1],
+        version=row[2],
+        body=bytes(row[3]),
+        digest=row[4],
+        deprecated=row[5],
+        created_at=row[6],
+    )
+
+
+def _instance(row: asyncpg.Record) -> InstanceRecord:
+    return InstanceRecord(
+        tenant_id=row[0],
+        instance_id=row[1],
+        definition_name=row[2],
+        definition_version=row[3],
+        status=InstanceStatus(row[4]),
+        current_nodes=tuple(orjson.loads(row[5])),
+        last_seq=row[6],
+        created_at=row[7],
+        updated_at=row[8],
+        wake_at=row[9],
+        parent_instance_id=row[10],
+        parent_node=row[11],
+        idempotency_key=row[12],
+    )

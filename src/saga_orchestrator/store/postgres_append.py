@@ -1,0 +1,178 @@
+"""PostgreSQL group commit: one transaction and a constant number of round trips per batch.
+
+1. lock the batch's existing instance rows, in instance-id order (``FOR UPDATE``);
+2. read the start keys the batch mentions;
+3. decide every request in Python (:func:`~saga_orchestrator.store.batch.plan_batch`);
+4. write the plan with one bulk statement per table.
+
+Rows that do not exist yet cannot be locked, so two transactions may both plan to create the same
+instance or claim the same start key. Those inserts use ``ON CONFLICT DO NOTHING RETURNING``:
+the loser waits for the winner's commit, sees its row missing from RETURNING, rolls back and
+plans again, and then finds the winner's row. No unique violation ever escapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import asyncpg
+import orjson
+
+from saga_orchestrator.errors import StoreError
+from saga_orchestrator.store import postgres_sql as sql
+from saga_orchestrator.store.batch import (
+    Facts,
+    Plan,
+    batch_instance_ids,
+    batch_start_keys,
+    plan_batch,
+)
+from saga_orchestrator.store.codec import utc
+from saga_orchestrator.store.protocol import AppendRequest, AppendResult
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+_ATTEMPTS = 8
+
+
+class _RaceLost(Exception):
+    """A concurrent transaction created a row this batch planned to create (never escapes)."""
+
+
+async def append_batch(
+    conn: PoolConnectionProxy[asyncpg.Record], requests: Sequence[AppendRequest]
+) -> list[AppendResult]:
+    """Run the batch, re-planning after a lost creation race or a deadlock."""
+    for _ in range(_ATTEMPTS):
+        try:
+            async with conn.transaction():
+                return await _append_once(conn, requests)
+        except (_RaceLost, asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            continue
+    raise StoreError(f"append gave up after {_ATTEMPTS} collisions with concurrent writers")
+
+
+async def _append_once(
+    conn: PoolConnectionProxy[asyncpg.Record], requests: Sequence[AppendRequest]
+) -> list[AppendResult]:
+    rows = await conn.fetch(sql.LOCK_INSTANCES, batch_instance_ids(requests))
+    instances = {row[0]: (row[1], row[2]) for row in rows}
+    keys = batch_start_keys(requests)
+    taken = {}
+    if keys:
+        tenants, names = [k[0] for k in keys], [k[1] for k in keys]
+        key_rows = await conn.fetch(sql.TAKEN_START_KEYS, tenants, names)
+        taken = {(row[0], row[1]): (row[2], row[3]) for row in key_rows}
+    plan = plan_batch(requests, Facts(instances=instances, start_keys=taken))
+    await _claim_start_keys(conn, plan)
+    await _create_instances(conn, plan)
+    await _write_rest(conn, plan)
+    return plan.results
+
+
+async def _claim_start_keys(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> None:
+    if not plan.start_keys:
+        return
+    claims = sorted(plan.start_keys, key=lambda c: (c.tenant_id, c.idempotency_key or ""))
+    inserted = await conn.fetch(
+        sql.INSERT_START_KEYS,
+        [c.tenant_id for c in claims],
+        [c.idempotency_key for c in claims],
+        [c.instance_id for c in claims],
+        [c.request_digest for c in claims],
+        [utc(c.created_at) for c in claims],
+    )
+    if len(inserted) != len(claims):
+        raise _RaceLost
+
+
+async def _create_instances(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> None:
+    if not plan.created:
+        return
+    rows = [plan.created[iid] for iid in sorted(plan.created)]
+    creates, updates = [r.create for r in rows], [r.update for r in rows]
+    inserted = await conn.fetch(
+        sql.INSERT_INSTANCES,
+        [c.instance_id for c in creates],
+        [c.tenant_id for c in creates],
+        [c.definition_name for c in creates],
+        [c.definition_version for c in creates],
+        [str(u.status) for u in updates],
+        [_json(list(u.current_nodes)) for u in updates],
+        [r.last_seq for r in rows],
+        [utc(c.created_at) for c in creates],
+        [utc(u.updated_at) for u in updates],
+        [c.parent_instance_id for c in creates],
+        [c.parent_node for c in creates],
+        [c.idempotency_key for c in creates],
+    )
+    if len(inserted) != len(rows):
+        raise _RaceLost
+
+
+async def _write_rest(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> None:
+    if plan.updated:
+        ids = list(plan.updated)
+        updates = [plan.updated[iid] for iid in ids]
+        await conn.execute(
+            sql.UPDATE_INSTANCES,
+            ids,
+            [str(u.status) for u, _ in updates],
+            [_json(list(u.current_nodes)) for u, _ in updates],
+            [utc(u.updated_at) for u, _ in updates],
+            [last_seq for _, last_seq in updates],
+        )
+    if plan.events:
+        events = plan.events
+        await conn.execute(
+            sql.INSERT_EVENTS,
+            [e[0] for e in events],
+            [e[1] for e in events],
+            [e[2] for e in events],
+            [e[3] for e in events],
+            [e[4].decode() for e in events],
+            [utc(e[5]) for e in events],
+        )
+    await _write_timers(conn, plan)
+    await _write_outbox(conn, plan)
+
+
+async def _write_timers(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> None:
+    upserts = [
+        (iid, tenant, utc(fire_at))
+        for iid, (tenant, fire_at) in plan.timers.items()
+        if fire_at is not None
+    ]
+    deletes = [iid for iid, (_, fire_at) in plan.timers.items() if fire_at is None]
+    if upserts:
+        await conn.execute(
+            sql.UPSERT_TIMERS,
+            [t[0] for t in upserts],
+            [t[1] for t in upserts],
+            [t[2] for t in upserts],
+        )
+    if deletes:
+        await conn.execute(sql.DELETE_TIMERS, deletes)
+
+
+async def _write_outbox(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> None:
+    if not plan.outbox:
+        return
+    messages = [m for m, _ in plan.outbox]
+    await conn.execute(
+        sql.INSERT_OUTBOX,
+        [m.tenant_id for m in messages],
+        [m.instance_id for m in messages],
+        [m.message_id for m in messages],
+        [m.exchange for m in messages],
+        [m.routing_key for m in messages],
+        [m.body for m in messages],
+        [_json(m.headers) for m in messages],
+        [utc(at) for _, at in plan.outbox],
+    )
+
+
+def _json(value: object) -> str:
+    return orjson.dumps(value).decode()

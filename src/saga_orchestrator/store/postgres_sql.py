@@ -1,0 +1,144 @@
+"""The PostgreSQL store's queries, as data. Bulk writes take one array per column (unnest),
+so each statement is prepared once and costs one round trip whatever the batch size."""
+
+from __future__ import annotations
+
+from typing import Final
+
+# A constant key for pg_advisory_xact_lock: serializes concurrent migrate() calls.
+MIGRATION_LOCK_KEY: Final = 0x5A6A_0C4E_5354_0001
+
+CREATE_SCHEMA_MIGRATIONS: Final = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+HAS_SCHEMA_MIGRATIONS: Final = "SELECT to_regclass('schema_migrations') IS NOT NULL"
+APPLIED_VERSIONS: Final = "SELECT version FROM schema_migrations"
+SCHEMA_VERSION: Final = "SELECT coalesce(max(version), 0) FROM schema_migrations"
+RECORD_MIGRATION: Final = "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)"
+TAKE_MIGRATION_LOCK: Final = "SELECT pg_advisory_xact_lock($1)"
+
+INSERT_DEFINITION: Final = """
+INSERT INTO definitions
+    (tenant_id, name, version, major, minor, patch, prerelease, body, digest, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (tenant_id, name, version) DO NOTHING
+RETURNING true"""
+DEFINITION_DIGEST: Final = (
+    "SELECT digest FROM definitions WHERE tenant_id = $1 AND name = $2 AND version = $3"
+)
+_DEFINITION_COLUMNS: Final = "tenant_id, name, version, body, digest, deprecated, created_at"
+GET_DEFINITION: Final = f"""
+SELECT {_DEFINITION_COLUMNS} FROM definitions
+WHERE tenant_id = $1 AND name = $2 AND version = $3"""
+LIST_DEFINITION_VERSIONS: Final = f"""
+SELECT {_DEFINITION_COLUMNS} FROM definitions
+WHERE tenant_id = $1 AND name = $2
+ORDER BY major, minor, patch, prerelease IS NULL, prerelease"""
+LIST_DEFINITION_NAMES: Final = """
+SELECT DISTINCT name FROM definitions
+WHERE tenant_id = $1 AND starts_with(name, $2)
+ORDER BY name"""
+SET_DEFINITION_DEPRECATED: Final = """
+UPDATE definitions SET deprecated = $4
+WHERE tenant_id = $1 AND name = $2 AND version = $3
+RETURNING true"""
+
+LOAD_EVENTS: Final = """
+SELECT instance_id, seq, type, data, recorded_at FROM events
+WHERE tenant_id = $1 AND instance_id = $2 AND seq > $3
+ORDER BY seq
+LIMIT $4"""
+
+_INSTANCE_SELECT: Final = """
+SELECT i.tenant_id, i.instance_id, i.definition_name, i.definition_version, i.status,
+       i.current_nodes, i.last_seq, i.created_at, i.updated_at, t.fire_at,
+       i.parent_instance_id, i.parent_node, i.idempotency_key
+FROM instances i LEFT JOIN timers t ON t.instance_id = i.instance_id"""
+GET_INSTANCE: Final = f"{_INSTANCE_SELECT} WHERE i.tenant_id = $1 AND i.instance_id = $2"
+# {where} uses ``?`` placeholders (shared with SQLite), numbered before execution.
+LIST_INSTANCES: Final = (
+    _INSTANCE_SELECT
+    + """
+WHERE {where}
+ORDER BY i.created_at DESC, i.instance_id DESC
+LIMIT ?"""
+)
+LIST_UNFINISHED: Final = """
+SELECT tenant_id, instance_id FROM instances
+WHERE status IN ('running', 'compensating')
+ORDER BY instance_id"""
+FIND_START: Final = """
+SELECT instance_id, request_digest FROM start_keys
+WHERE tenant_id = $1 AND idempotency_key = $2"""
+
+DUE_TIMERS: Final = """
+SELECT tenant_id, instance_id, fire_at FROM timers
+WHERE fire_at <= $1
+ORDER BY fire_at, instance_id
+LIMIT $2"""
+NEXT_TIMER_AT: Final = "SELECT min(fire_at) FROM timers"
+
+# -- append --
+# Locks are taken in instance-id order, so two batches can never deadlock on instance rows.
+LOCK_INSTANCES: Final = """
+SELECT instance_id, tenant_id, last_seq FROM instances
+WHERE instance_id = ANY($1::text[])
+ORDER BY instance_id
+FOR UPDATE"""
+TAKEN_START_KEYS: Final = """
+SELECT s.tenant_id, s.idempotency_key, s.instance_id, s.request_digest
+FROM start_keys s
+JOIN unnest($1::text[], $2::text[]) AS k (tenant_id, idempotency_key)
+  ON s.tenant_id = k.tenant_id AND s.idempotency_key = k.idempotency_key"""
+# ON CONFLICT ... RETURNING reports what this transaction really inserted: a row that a
+# concurrent transaction committed after our read is missing, and the batch is re-planned.
+INSERT_START_KEYS: Final = """
+INSERT INTO start_keys (tenant_id, idempotency_key, instance_id, request_digest, created_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+ON CONFLICT DO NOTHING
+RETURNING tenant_id, idempotency_key"""
+INSERT_INSTANCES: Final = """
+INSERT INTO instances
+    (instance_id, tenant_id, definition_name, definition_version, status, current_nodes,
+     last_seq, created_at, updated_at, parent_instance_id, parent_node, idempotency_key)
+SELECT u.instance_id, u.tenant_id, u.definition_name, u.definition_version, u.status,
+       u.current_nodes::jsonb, u.last_seq, u.created_at, u.updated_at,
+       u.parent_instance_id, u.parent_node, u.idempotency_key
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::bigint[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[],
+            $12::text[])
+     AS u (instance_id, tenant_id, definition_name, definition_version, status, current_nodes,
+           last_seq, created_at, updated_at, parent_instance_id, parent_node, idempotency_key)
+ON CONFLICT (instance_id) DO NOTHING
+RETURNING instance_id"""
+UPDATE_INSTANCES: Final = """
+UPDATE instances AS i
+SET status = u.status, current_nodes = u.current_nodes::jsonb, updated_at = u.updated_at,
+    last_seq = u.last_seq
+FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[])
+     AS u (instance_id, status, current_nodes, updated_at, last_seq)
+WHERE i.instance_id = u.instance_id"""
+INSERT_EVENTS: Final = """
+INSERT INTO events (tenant_id, instance_id, seq, type, data, recorded_at)
+SELECT u.tenant_id, u.instance_id, u.seq, u.type, u.data::jsonb, u.recorded_at
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[])
+     AS u (tenant_id, instance_id, seq, type, data, recorded_at)"""
+UPSERT_TIMERS: Final = """
+INSERT INTO timers (instance_id, tenant_id, fire_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
+ON CONFLICT (instance_id) DO UPDATE SET tenant_id = excluded.tenant_id,
+                                        fire_at = excluded.fire_at"""
+DELETE_TIMERS: Final = "DELETE FROM timers WHERE instance_id = ANY($1::text[])"
+# A message id already in the outbox is the same message written again: keep the first.
+INSERT_OUTBOX: Final = """
+INSERT INTO outbox
+    (tenant_id, instance_id, message_id, exchange, routing_key, body, headers, created_at)
+SELECT u.tenant_id, u.instance_id, u.message_id, u.exchange, u.routing_key, u.body,
+       u.headers::jsonb, u.created_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[],
+            $7::text[], $8::timestamptz[])
+     AS u (tenant_id, instance_id, message_id, exchange, routing_key, body, headers, created_at)
+ON CONFLICT (message_id) DO NOTHING"""

@@ -1,0 +1,324 @@
+"""The embedded store: SQLite through the stdlib ``sqlite3`` module.
+
+One dedicated thread owns the connection, and each public call runs its whole transaction (a
+whole group-commit batch included) as a single hop to that thread. aiosqlite is deliberately not
+used: it hops threads once per statement, which would multiply a batch's overhead by its number
+of statements. WAL mode with ``synchronous=FULL`` makes an acknowledged write survive power loss;
+group commit amortizes that fsync over every request of a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+import orjson
+
+from saga_orchestrator.errors import ConfigurationError, SagaError, StoreError, StoreUnavailable
+from saga_orchestrator.store import sqlite_sql as sql
+from saga_orchestrator.store.batch import validate
+from saga_orchestrator.store.codec import (
+    check_page_size,
+    decode_cursor,
+    from_micros,
+    semver_columns,
+    semver_key,
+    to_micros,
+)
+from saga_orchestrator.store.listing import listing_where, make_page
+from saga_orchestrator.store.migrator import load_migrations, split_sqlite_script
+from saga_orchestrator.store.protocol import (
+    AppendRequest,
+    AppendResult,
+    DefinitionRecord,
+    DueTimer,
+    InstanceFilter,
+    InstancePage,
+    InstanceRecord,
+    InstanceRef,
+    InstanceStatus,
+    PutDefinitionOutcome,
+    StoredEvent,
+)
+from saga_orchestrator.store.sqlite_append import append_batch, write_transaction
+
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+Row = tuple[Any, ...]
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SqliteOptions:
+    synchronous: Synchronous = "FULL"
+    """``FULL`` (default): a write is durable once acknowledged, even across power loss.
+    ``NORMAL`` in WAL mode stays consistent but may lose the last commits on power loss."""
+    busy_timeout_ms: int = 5000
+    """How long a writer waits for another process holding the write lock before failing."""
+    cache_size_kib: int = 65536
+    """Page cache of the connection: indexes that fit in it keep batch writes off the disk."""
+
+
+class SqliteStore:
+    """The :class:`~saga_orchestrator.store.protocol.Store` on one SQLite database file."""
+
+    def __init__(self, path: str, options: SqliteOptions | None = None) -> None:
+        self._path = path
+        self._options = options or SqliteOptions()
+        if self._options.synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ConfigurationError(
+                f"unknown SQLite synchronous mode {self._options.synchronous!r}"
+            )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="saga-sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+
+    async def _run(self, fn: Callable[..., _T], *args: object) -> _T:
+        if self._closed:
+            raise StoreError("the store is closed")
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self._call, fn, *args)
+        return await loop.run_in_executor(self._executor, call)
+
+    def _call(self, fn: Callable[..., _T], *args: object) -> _T:
+        """Runs on the store's thread: open lazily, then translate driver errors once."""
+        try:
+            if self._conn is None:
+                self._conn = _connect(self._path, self._options)
+            return fn(self._conn, *args)
+        except SagaError:
+            raise
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, self._close_connection)
+        finally:
+            self._executor.shutdown(wait=True)
+
+    def _close_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    # -- schema --
+    async def migrate(self) -> int:
+        return await self._run(_migrate)
+
+    async def schema_version(self) -> int:
+        return await self._run(_schema_version)
+
+    # -- definitions --
+    async def put_definition(
+        self, *, tenant_id: str, name: str, version: str, body: bytes, digest: str
+    ) -> PutDefinitionOutcome:
+        major, minor, patch, prerelease = semver_columns(version)
+        row = (tenant_id, name, version, major, minor, patch, prerelease, body, digest)
+        return await self._run(_put_definition, row, to_micros(datetime.now(UTC)))
+
+    async def get_definition(
+        self, tenant_id: str, name: str, version: str
+    ) -> DefinitionRecord | None:
+        rows = await self._run(_fetch, sql.GET_DEFINITION, (tenant_id, name, version))
+        return _definition(rows[0]) if rows else None
+
+    async def list_definition_versions(self, tenant_id: str, name: str) -> list[DefinitionRecord]:
+        rows = await self._run(_fetch, sql.LIST_DEFINITION_VERSIONS, (tenant_id, name))
+        return sorted(map(_definition, rows), key=lambda d: semver_key(d.version))
+
+    async def list_definition_names(self, tenant_id: str, prefix: str = "") -> list[str]:
+        rows = await self._run(_fetch, sql.LIST_DEFINITION_NAMES, (tenant_id, len(prefix), prefix))
+        return [row[0] for row in rows]
+
+    async def set_definition_deprecated(
+        self, tenant_id: str, name: str, version: str, deprecated: bool
+    ) -> bool:
+        params = (int(deprecated), tenant_id, name, version)
+        return await self._run(_write, sql.SET_DEFINITION_DEPRECATED, params) > 0
+
+    # -- instances and events --
+    async def append(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        if not requests:
+            return []
+        validate(requests)
+        return await self._run(append_batch, list(requests))
+
+    async def load_events(
+        self, tenant_id: str, instance_id: str, after_seq: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
+        params = (tenant_id, instance_id, after_seq, -1 if limit is None else limit)
+        rows = await self._run(_fetch, sql.LOAD_EVENTS, params)
+        return [
+            StoredEvent(
+                instance_id=iid, seq=seq, type=typ, data=data.encode(), recorded_at=from_micros(at)
+            )
+            for iid, seq, typ, data, at in rows
+        ]
+
+    async def get_instance(self, tenant_id: str, instance_id: str) -> InstanceRecord | None:
+        rows = await self._run(_fetch, sql.GET_INSTANCE, (tenant_id, instance_id))
+        return _instance(rows[0]) if rows else None
+
+    async def find_start(
+        self, tenant_id: str, idempotency_key: str
+    ) -> tuple[str, str | None] | None:
+        rows = await self._run(_fetch, sql.FIND_START, (tenant_id, idempotency_key))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def list_instances(
+        self,
+        tenant_id: str,
+        filters: InstanceFilter,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> InstancePage:
+        check_page_size(limit)
+        after = decode_cursor(cursor) if cursor is not None else None
+        where, params = listing_where(tenant_id, filters, after, to_micros)
+        query = sql.LIST_INSTANCES.format(where=where)
+        rows = await self._run(_fetch, query, (*params, limit + 1))
+        return make_page([_instance(row) for row in rows], limit)
+
+    async def list_unfinished(self) -> list[InstanceRef]:
+        rows = await self._run(_fetch, sql.LIST_UNFINISHED, ())
+        return [InstanceRef(tenant_id=tenant, instance_id=iid) for tenant, iid in rows]
+
+    async def due_timers(self, now: datetime, limit: int) -> list[DueTimer]:
+        rows = await self._run(_fetch, sql.DUE_TIMERS, (to_micros(now), limit))
+        return [
+            DueTimer(tenant_id=tenant, instance_id=iid, fire_at=from_micros(at))
+            for tenant, iid, at in rows
+        ]
+
+    async def next_timer_at(self) -> datetime | None:
+        rows = await self._run(_fetch, sql.NEXT_TIMER_AT, ())
+        value = rows[0][0]
+        return None if value is None else from_micros(value)
+
+
+# -- everything below runs on the store's thread --
+
+
+def _connect(path: str, options: SqliteOptions) -> sqlite3.Connection:
+    # isolation_level=None: the module never opens transactions behind our back.
+    conn = sqlite3.connect(path, isolation_level=None, cached_statements=256)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(options.busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {options.synchronous}")
+        conn.execute(f"PRAGMA cache_size = {-int(options.cache_size_kib)}")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _translate(exc: sqlite3.Error) -> StoreError:
+    message = str(exc)
+    unavailable = ("unable to open", "database is locked", "disk i/o", "readonly", "is full")
+    if isinstance(exc, sqlite3.OperationalError) and any(
+        part in message.lower() for part in unavailable
+    ):
+        return StoreUnavailable(f"SQLite unavailable: {message}")
+    return StoreError(f"SQLite error: {message}")
+
+
+def _fetch(conn: sqlite3.Connection, query: str, params: Sequence[object]) -> list[Row]:
+    return conn.execute(query, params).fetchall()
+
+
+def _write(conn: sqlite3.Connection, query: str, params: Sequence[object]) -> int:
+    return conn.execute(query, params).rowcount
+
+
+def _migrate(conn: sqlite3.Connection) -> int:
+    migrations = load_migrations("sqlite")
+    with write_transaction(conn):
+        conn.execute(sql.CREATE_SCHEMA_MIGRATIONS)
+        applied = {row[0] for row in conn.execute(sql.APPLIED_VERSIONS)}
+        for migration in migrations:
+            if migration.version in applied:
+                continue
+            for statement in split_sqlite_script(migration.sql):
+                conn.execute(statement)
+            now = to_micros(datetime.now(UTC))
+            conn.execute(sql.RECORD_MIGRATION, (migration.version, migration.name, now))
+    return _schema_version(conn)
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    if conn.execute(sql.HAS_SCHEMA_MIGRATIONS).fetchone() is None:
+        return 0
+    row = conn.execute(sql.SCHEMA_VERSION).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def _put_definition(
+    conn: sqlite3.Connection, row: tuple[object, ...], created_at: int
+) -> PutDefinitionOutcome:
+    tenant_id, name, version, digest = row[0], row[1], row[2], row[8]
+    with write_transaction(conn):
+        if conn.execute(sql.INSERT_DEFINITION, (*row, created_at)).rowcount == 1:
+            return PutDefinitionOutcome.CREATED
+        existing = conn.execute(sql.DEFINITION_DIGEST, (tenant_id, name, version)).fetchone()
+    if existing is not None and existing[0] == digest:
+        return PutDefinitionOutcome.IDENTICAL
+    return PutDefinitionOutcome.CONFLICT
+
+
+def _definition(row: Row) -> DefinitionRecord:
+    tenant_id, name, version, body, digest, deprecated, created_at = row
+    return DefinitionRecord(
+        tenant_id=tenant_id,
+        name=name,
+        version=version,
+        body=bytes(body),
+        digest=digest,
+        deprecated=bool(deprecated),
+        created_at=from_micros(created_at),
+    )
+
+
+def _instance(row: Row) -> InstanceRecord:
+    (
+        tenant_id,
+        instance_id,
+        name,
+        version,
+        status,
+        nodes,
+        last_seq,
+        created_at,
+        updated_at,
+        wake_at,
+        parent_id,
+        parent_node,
+        key,
+    ) = row
+    return InstanceRecord(
+        tenant_id=tenant_id,
+        instance_id=instance_id,
+        definition_name=name,
+        definition_version=version,
+        status=InstanceStatus(status),
+        current_nodes=tuple(orjson.loads(nodes)),
+        last_seq=last_seq,
+        created_at=from_micros(created_at),
+        updated_at=from_micros(updated_at),
+        wake_at=None if wake_at is None else from_micros(wake_at),
+        parent_instance_id=parent_id,
+        parent_node=parent_node,
+        idempotency_key=key,
+    )

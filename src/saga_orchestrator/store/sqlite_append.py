@@ -1,0 +1,132 @@
+"""SQLite group commit: the whole batch is one ``BEGIN IMMEDIATE`` transaction on the store's
+thread. The write lock is taken first, so the facts read inside are final: no race to re-plan."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import orjson
+
+from saga_orchestrator.store import sqlite_sql as sql
+from saga_orchestrator.store.batch import (
+    CreatedRow,
+    Facts,
+    Plan,
+    batch_instance_ids,
+    batch_start_keys,
+    plan_batch,
+)
+from saga_orchestrator.store.codec import to_micros
+from saga_orchestrator.store.protocol import AppendRequest, AppendResult
+
+
+@contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` takes the write lock up front, so reads inside see the latest data."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def append_batch(conn: sqlite3.Connection, requests: list[AppendRequest]) -> list[AppendResult]:
+    ids = orjson.dumps(batch_instance_ids(requests)).decode()
+    keys = batch_start_keys(requests)
+    with write_transaction(conn):
+        instances = {
+            iid: (tenant, seq) for iid, tenant, seq in conn.execute(sql.LOCKED_FACTS, (ids,))
+        }
+        taken = {}
+        if keys:
+            rows = conn.execute(sql.TAKEN_START_KEYS, (orjson.dumps(keys).decode(),))
+            taken = {(tenant, key): (iid, digest) for tenant, key, iid, digest in rows}
+        plan = plan_batch(requests, Facts(instances=instances, start_keys=taken))
+        _write_plan(conn, plan)
+    return plan.results
+
+
+def _write_plan(conn: sqlite3.Connection, plan: Plan) -> None:
+    conn.executemany(
+        sql.INSERT_START_KEY,
+        [
+            (
+                c.tenant_id,
+                c.idempotency_key,
+                c.instance_id,
+                c.request_digest,
+                to_micros(c.created_at),
+            )
+            for c in plan.start_keys
+        ],
+    )
+    conn.executemany(sql.INSERT_INSTANCE, [_created_row(row) for row in plan.created.values()])
+    conn.executemany(
+        sql.UPDATE_INSTANCE,
+        [
+            (str(u.status), _nodes(u.current_nodes), to_micros(u.updated_at), last_seq, iid)
+            for iid, (u, last_seq) in plan.updated.items()
+        ],
+    )
+    conn.executemany(
+        sql.INSERT_EVENT,
+        [
+            (tenant, iid, seq, typ, data.decode(), to_micros(at))
+            for tenant, iid, seq, typ, data, at in plan.events
+        ],
+    )
+    _write_timers(conn, plan)
+    conn.executemany(
+        sql.INSERT_OUTBOX,
+        [
+            (
+                m.tenant_id,
+                m.instance_id,
+                m.message_id,
+                m.exchange,
+                m.routing_key,
+                m.body,
+                orjson.dumps(m.headers).decode(),
+                to_micros(at),
+            )
+            for m, at in plan.outbox
+        ],
+    )
+
+
+def _write_timers(conn: sqlite3.Connection, plan: Plan) -> None:
+    upserts = [
+        (iid, tenant, to_micros(fire_at))
+        for iid, (tenant, fire_at) in plan.timers.items()
+        if fire_at is not None
+    ]
+    deletes = [(iid,) for iid, (_, fire_at) in plan.timers.items() if fire_at is None]
+    conn.executemany(sql.UPSERT_TIMER, upserts)
+    conn.executemany(sql.DELETE_TIMER, deletes)
+
+
+def _created_row(row: CreatedRow) -> tuple[object, ...]:
+    c, u = row.create, row.update
+    return (
+        c.instance_id,
+        c.tenant_id,
+        c.definition_name,
+        c.definition_version,
+        str(u.status),
+        _nodes(u.current_nodes),
+        row.last_seq,
+        to_micros(c.created_at),
+        to_micros(u.updated_at),
+        c.parent_instance_id,
+        c.parent_node,
+        c.idempotency_key,
+    )
+
+
+def _nodes(nodes: tuple[str, ...]) -> str:
+    return orjson.dumps(list(nodes)).decode()

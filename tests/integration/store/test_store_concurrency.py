@@ -1,0 +1,135 @@
+"""Contract: two stores (two connections or pools) racing on the same instances."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import asyncpg
+import orjson
+import pytest
+import pytest_asyncio
+
+from saga_orchestrator.store import AppendResult, AppendStatus, Store, open_store
+
+from .support import T0, TENANT, append, create, event
+
+ROUNDS = 40
+
+
+@pytest_asyncio.fixture
+async def two_stores(store_url: str) -> AsyncIterator[tuple[Store, Store]]:
+    first, second = open_store(store_url), open_store(store_url)
+    try:
+        await first.migrate()
+        await second.migrate()
+        yield first, second
+    finally:
+        await first.close()
+        await second.close()
+
+
+def statuses(results: Sequence[list[AppendResult]]) -> list[AppendStatus]:
+    return sorted(result.status for [result] in results)
+
+
+async def test_one_winner_per_round(two_stores: tuple[Store, Store]) -> None:
+    first, second = two_stores
+    await first.append([create("i-1")])
+    last = 1
+    winners: list[int] = []
+    for n in range(ROUNDS):
+        a = append("i-1", last, [event(2 * n)])
+        b = append("i-1", last, [event(2 * n + 1), event(2 * n + 1)])
+        results = await asyncio.gather(first.append([a]), second.append([b]))
+        assert statuses(results) == [AppendStatus.APPENDED, AppendStatus.CONFLICT]
+        won = 0 if results[0][0].status is AppendStatus.APPENDED else 1
+        new_last = last + (1 if won == 0 else 2)
+        assert results[won] == [AppendResult(status=AppendStatus.APPENDED, last_seq=new_last)]
+        assert results[1 - won] == [AppendResult(status=AppendStatus.CONFLICT, last_seq=new_last)]
+        winners.append(won)
+        last = new_last
+    events = await first.load_events(TENANT, "i-1")
+    assert [e.seq for e in events] == list(range(1, last + 1))
+    # Every stored event was written by the round's winner, and only by it.
+    expected = [0] + [
+        2 * n + won for n, won in enumerate(winners) for _ in range(1 if won == 0 else 2)
+    ]
+    assert [orjson.loads(e.data).get("n", 0) for e in events] == expected
+
+
+async def test_racing_creates_of_one_instance(two_stores: tuple[Store, Store]) -> None:
+    first, second = two_stores
+    for n in range(ROUNDS // 4):
+        results = await asyncio.gather(
+            first.append([create(f"i-{n}", events=[event(1)])]),
+            second.append([create(f"i-{n}", events=[event(1), event(2)])]),
+        )
+        assert statuses(results) == [AppendStatus.APPENDED, AppendStatus.CONFLICT]
+        [winner] = next(r for r in results if r[0].status is AppendStatus.APPENDED)
+        [loser] = next(r for r in results if r[0].status is AppendStatus.CONFLICT)
+        assert loser.last_seq == winner.last_seq
+        assert [e.seq for e in await first.load_events(TENANT, f"i-{n}")] == list(
+            range(1, winner.last_seq + 1)
+        )
+
+
+async def test_racing_starts_with_one_key(two_stores: tuple[Store, Store]) -> None:
+    first, second = two_stores
+    for n in range(ROUNDS // 4):
+        key = f"key-{n}"
+        results = await asyncio.gather(
+            first.append([create(f"a-{n}", key=key, digest="da")]),
+            second.append([create(f"b-{n}", key=key, digest="db")]),
+        )
+        assert statuses(results) == [AppendStatus.APPENDED, AppendStatus.DUPLICATE_START]
+        won = 0 if results[0][0].status is AppendStatus.APPENDED else 1
+        winner_id, digest = (f"a-{n}", "da") if won == 0 else (f"b-{n}", "db")
+        assert results[1 - won][0].existing_instance_id == winner_id
+        assert results[1 - won][0].existing_request_digest == digest
+        assert await first.find_start(TENANT, key) == (winner_id, digest)
+        loser_id = f"b-{n}" if won == 0 else f"a-{n}"
+        assert await first.get_instance(TENANT, loser_id) is None
+
+
+@pytest.mark.postgres
+async def test_postgres_replans_after_losing_a_start_key_race(pg_url: str) -> None:
+    """The key is committed by another transaction after the batch read it as free."""
+    store = open_store(pg_url)
+    raw = await asyncpg.connect(pg_url)
+    try:
+        await store.migrate()
+        await store.append([create("other")])
+        transaction = raw.transaction()
+        await transaction.start()
+        await raw.execute(
+            "INSERT INTO start_keys VALUES ($1, 'k', 'other', 'd-other', $2)", TENANT, T0
+        )
+        racing = asyncio.create_task(
+            store.append([create("mine", key="k", digest="d-mine"), create("free")])
+        )
+        await _wait_for_lock_wait(raw)
+        await transaction.commit()
+        assert await racing == [
+            AppendResult(
+                status=AppendStatus.DUPLICATE_START,
+                last_seq=0,
+                existing_instance_id="other",
+                existing_request_digest="d-other",
+            ),
+            AppendResult(status=AppendStatus.APPENDED, last_seq=1),
+        ]
+        assert await store.get_instance(TENANT, "mine") is None
+        assert await store.get_instance(TENANT, "free") is not None
+    finally:
+        await raw.close()
+        await store.close()
+
+
+async def _wait_for_lock_wait(raw: asyncpg.Connection[asyncpg.Record]) -> None:
+    query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+    for _ in range(500):
+        if await raw.fetchval(query):
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail("the racing append never waited for the uncommitted key")

@@ -1,0 +1,93 @@
+"""Contract: schema migrations, constraints and the append-only event log."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import asyncpg
+import pytest
+
+from saga_orchestrator.store import InstanceStatus, Store, open_store
+from saga_orchestrator.store.migrator import latest_version
+
+from .support import TENANT, RawDatabase, create, update
+
+TABLES = {"definitions", "instances", "events", "timers", "start_keys", "outbox"}
+
+
+async def test_migrate_from_empty_database(empty_store_url: str) -> None:
+    store = open_store(empty_store_url)
+    try:
+        assert await store.schema_version() == 0
+        assert await store.migrate() == 1
+        assert await store.schema_version() == 1
+        async with RawDatabase(empty_store_url) as db:
+            assert TABLES | {"schema_migrations"} <= await db.tables()
+            recorded = await db.fetch("SELECT version, name FROM schema_migrations")
+        assert recorded == [(1, "initial")]
+    finally:
+        await store.close()
+
+
+async def test_second_migrate_is_a_no_op(empty_store_url: str) -> None:
+    store = open_store(empty_store_url)
+    try:
+        await store.migrate()
+        await store.append([create("i-1")])
+        assert await store.migrate() == 1
+        assert await store.schema_version() == latest_version("sqlite") == 1
+        assert (await store.get_instance(TENANT, "i-1")) is not None
+        async with RawDatabase(empty_store_url) as db:
+            assert await db.fetch("SELECT version FROM schema_migrations") == [(1,)]
+    finally:
+        await store.close()
+
+
+async def test_concurrent_migrate_applies_each_version_once(empty_store_url: str) -> None:
+    first, second = open_store(empty_store_url), open_store(empty_store_url)
+    try:
+        versions = await asyncio.gather(first.migrate(), second.migrate())
+        assert list(versions) == [1, 1]
+        async with RawDatabase(empty_store_url) as db:
+            assert await db.fetch("SELECT version FROM schema_migrations") == [(1,)]
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_status_check_mirrors_instance_status(store: Store, store_url: str) -> None:
+    async with RawDatabase(store_url) as db:
+        assert await db.status_check_values() == {status.value for status in InstanceStatus}
+    # Every enum value is accepted through the store...
+    for n, status in enumerate(InstanceStatus):
+        [result] = await store.append([create(f"i-{n}", state=update(status=status))])
+        assert result.last_seq == 1
+        record = await store.get_instance(TENANT, f"i-{n}")
+        assert record is not None
+        assert record.status is status
+    # ...and anything else is refused by the database itself.
+    async with RawDatabase(store_url) as db:
+        with pytest.raises((sqlite3.IntegrityError, asyncpg.CheckViolationError)):
+            await db.execute("UPDATE instances SET status = 'bogus' WHERE instance_id = 'i-0'")
+
+
+async def test_every_table_carries_a_tenant(store: Store, store_url: str) -> None:
+    async with RawDatabase(store_url) as db:
+        for table in TABLES:
+            assert "tenant_id" in await db.not_null_columns(table), table
+
+
+async def test_events_are_append_only(store: Store, store_url: str) -> None:
+    await store.append([create("i-1")])
+    async with RawDatabase(store_url) as db:
+        for statement in (
+            "UPDATE events SET type = 'Forged' WHERE instance_id = 'i-1'",
+            "DELETE FROM events WHERE instance_id = 'i-1'",
+        ):
+            with pytest.raises(
+                (sqlite3.IntegrityError, asyncpg.RestrictViolationError), match="append-only"
+            ):
+                await db.execute(statement)
+    [stored] = await store.load_events(TENANT, "i-1")
+    assert (stored.seq, stored.type) == (1, "SagaStarted")
