@@ -1,0 +1,152 @@
+"""The definition registry: immutable versions in the store, compiled once, resolved by
+semantic version, checked for sub-saga cycles on registration."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+from saga_orchestrator.definition.compiler import CompiledDefinition, compile_definition
+from saga_orchestrator.definition.loader import canonical_json, definition_digest
+from saga_orchestrator.definition.models import SagaDefinition
+from saga_orchestrator.definition.versions import VersionConstraint, resolve
+from saga_orchestrator.errors import DefinitionConflict, DefinitionError, NotFound, Violation
+from saga_orchestrator.store import DefinitionRecord, PutDefinitionOutcome, Store
+
+KnownNames = Callable[[], Collection[str] | None]
+
+
+class Registration(enum.StrEnum):
+    CREATED = "created"
+    IDENTICAL = "identical"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegisteredDefinition:
+    compiled: CompiledDefinition
+    digest: str
+    deprecated: bool
+
+
+class DefinitionRegistry:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        known_handlers: KnownNames = lambda: None,
+        known_services: KnownNames = lambda: None,
+    ) -> None:
+        self._store = store
+        self._known_handlers = known_handlers
+        self._known_services = known_services
+        self._compiled: dict[tuple[str, str, str], CompiledDefinition] = {}
+
+    async def register(self, tenant_id: str, definition: SagaDefinition) -> Registration:
+        """Validate and store a version; raise DefinitionError or DefinitionConflict."""
+        compiled = compile_definition(
+            definition,
+            known_handlers=self._known_handlers(),
+            known_services=self._known_services(),
+        )
+        await self._check_sub_sagas(tenant_id, compiled)
+        outcome = await self._store.put_definition(
+            tenant_id=tenant_id,
+            name=definition.name,
+            version=definition.version,
+            body=canonical_json(definition),
+            digest=definition_digest(definition),
+        )
+        if outcome is PutDefinitionOutcome.CONFLICT:
+            raise DefinitionConflict(
+                f"{definition.name} {definition.version} is already registered with another "
+                "body; versions are immutable, register a new version"
+            )
+        self._compiled[(tenant_id, definition.name, definition.version)] = compiled
+        if outcome is PutDefinitionOutcome.CREATED:
+            return Registration.CREATED
+        return Registration.IDENTICAL
+
+    async def get(self, tenant_id: str, name: str, version: str) -> CompiledDefinition:
+        key = (tenant_id, name, version)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            record = await self._store.get_definition(tenant_id, name, version)
+            if record is None:
+                raise NotFound(f"no definition {name} {version}")
+            compiled = _compile_record(record)
+            self._compiled[key] = compiled
+        return compiled
+
+    async def resolve(
+        self, tenant_id: str, name: str, constraint: str | None = None
+    ) -> CompiledDefinition:
+        """The highest non-deprecated version allowed by ``constraint`` (default: latest)."""
+        records = await self._store.list_definition_versions(tenant_id, name)
+        if not records:
+            raise NotFound(f"no definition named {name!r}")
+        chosen = resolve(
+            [r.version for r in records],
+            VersionConstraint.parse(constraint),
+            exclude=[r.version for r in records if r.deprecated],
+        )
+        if chosen is None:
+            raise NotFound(f"no usable version of {name!r} matches {constraint or 'latest'!r}")
+        return await self.get(tenant_id, name, chosen)
+
+    async def deprecate(self, tenant_id: str, name: str, version: str) -> None:
+        if not await self._store.set_definition_deprecated(tenant_id, name, version, True):
+            raise NotFound(f"no definition {name} {version}")
+
+    async def _check_sub_sagas(self, tenant_id: str, compiled: CompiledDefinition) -> None:
+        """Every sub-saga must exist, and no chain of sub-sagas may lead back to this one."""
+        violations: list[Violation] = []
+        for child in sorted(compiled.sub_sagas):
+            cycle = await self._path_back(tenant_id, child, compiled.name, [compiled.name, child])
+            if cycle == []:
+                violations.append(
+                    _violation(compiled, child, "sub-saga-exists", "is not registered")
+                )
+            elif cycle is not None:
+                message = "forms a cycle: " + " -> ".join(cycle)
+                violations.append(_violation(compiled, child, "sub-saga-cycle", message))
+        if violations:
+            raise DefinitionError(violations)
+
+    async def _path_back(
+        self, tenant_id: str, name: str, target: str, path: list[str]
+    ) -> list[str] | None:
+        """A path of sub-saga references from ``name`` to ``target`` over every registered
+        version; [] if ``name`` is not registered at all; None if there is no cycle."""
+        if name == target:
+            return path
+        records = await self._store.list_definition_versions(tenant_id, name)
+        if not records:
+            return [] if len(path) == 2 else None
+        for record in records:
+            children = (await self.get(tenant_id, name, record.version)).sub_sagas
+            for child in sorted(children):
+                if child in path[1:-1]:
+                    continue
+                found = await self._path_back(tenant_id, child, target, [*path, child])
+                if found:
+                    return found
+        return None
+
+
+def _violation(compiled: CompiledDefinition, child: str, rule: str, message: str) -> Violation:
+    location = next(
+        (
+            node.path
+            for node in compiled.nodes.values()
+            if getattr(node.model, "saga", None) == child
+        ),
+        "steps",
+    )
+    return Violation(location=location, rule=rule, message=f"sub-saga {child!r} {message}")
+
+
+def _compile_record(record: DefinitionRecord) -> CompiledDefinition:
+    # Stored versions were validated on registration; handlers may have moved to workers since,
+    # so registry checks are not repeated here.
+    return compile_definition(SagaDefinition.model_validate_json(record.body))

@@ -1,0 +1,594 @@
+"""The engine: feeds events to the core and the core's effects to transports.
+
+Every change to an instance follows one path, :meth:`Engine._advance`: under the instance's
+(in-memory) lock, compute the input's events, let ``decide`` conclude, append all of them in one
+group-committed write that states the expected sequence, and only after the commit perform the
+effects. No database lock is ever held across a participant call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from saga_orchestrator.core import codec
+from saga_orchestrator.core.commands import (
+    CompensateChild,
+    Dispatch,
+    Effect,
+    ReportToParent,
+    StartChild,
+)
+from saga_orchestrator.core.decide import decide
+from saga_orchestrator.core.events import ErrorInfo, Event, Phase
+from saga_orchestrator.core.operations import (
+    outcome_events,
+    recover,
+    request_undo,
+    start_event,
+)
+from saga_orchestrator.core.state import SagaState, evolve, fold
+from saga_orchestrator.core.status import InstanceStatus
+from saga_orchestrator.definition.compiler import CompiledDefinition, validate_input
+from saga_orchestrator.engine.clock import Clock, SystemClock
+from saga_orchestrator.engine.definitions import DefinitionRegistry
+from saga_orchestrator.engine.timers import TimerQueue
+from saga_orchestrator.engine.writer import BatchWriter
+from saga_orchestrator.errors import (
+    InvalidInput,
+    InvalidTransition,
+    NotFound,
+    SagaError,
+    SequenceConflict,
+)
+from saga_orchestrator.store import (
+    AppendRequest,
+    AppendStatus,
+    InstanceUpdate,
+    NewInstance,
+    Store,
+)
+from saga_orchestrator.transports.base import StepOutcome, StepRequest, Transport
+
+log = logging.getLogger("saga_orchestrator.engine")
+
+MakeEvents = Callable[[SagaState], list[Event]]
+
+
+@dataclass(slots=True, kw_only=True)
+class _Live:
+    """An instance this node drives: its definition, its folded state, its lock."""
+
+    definition: CompiledDefinition
+    state: SagaState
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    holds_slot: bool = False
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartResult:
+    instance_id: str
+    definition_name: str
+    definition_version: str
+    created: bool
+    """False when the idempotency key returned an existing instance."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineOptions:
+    max_concurrent_sagas: int = 1000
+    """Instances driven at once; further starts wait for a slot (back-pressure)."""
+    max_batch: int = 500
+    """Instances' appends per group-commit transaction."""
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        definitions: DefinitionRegistry,
+        transports: Sequence[Transport],
+        clock: Clock | None = None,
+        options: EngineOptions | None = None,
+    ) -> None:
+        self.store = store
+        self.definitions = definitions
+        self.transports = tuple(transports)
+        self.clock = clock or SystemClock()
+        self.options = options or EngineOptions()
+        self.writer = BatchWriter(store, max_batch=self.options.max_batch)
+        self.timers = TimerQueue(self._on_timer)
+        self._slots = asyncio.Semaphore(self.options.max_concurrent_sagas)
+        self._live: dict[str, _Live] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._running = False
+
+    # -- lifecycle --
+    async def start(self) -> None:
+        self.writer.start()
+        self.timers.start()
+        self._running = True
+        self._spawn(self._recover_all(), "saga-recovery")
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop taking work, let in-flight attempts finish within ``grace`` seconds; anything
+        still running then is resumed from its history at the next start."""
+        self._running = False
+        await self.timers.stop()
+        pending = [task for task in self._tasks if not task.done()]
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=grace)
+            for task in still:
+                task.cancel()
+            await asyncio.gather(*still, return_exceptions=True)
+        await self.writer.stop()
+
+    # -- starting --
+    async def start_saga(
+        self,
+        tenant_id: str,
+        name: str,
+        context: Any,
+        *,
+        version: str | None = None,
+        idempotency_key: str | None = None,
+        request_digest: str | None = None,
+    ) -> StartResult:
+        """Start an instance; returns once its start (and first dispatches) are durable."""
+        if idempotency_key is not None:
+            existing = await self._existing_start(tenant_id, idempotency_key, request_digest)
+            if existing is not None:
+                return existing
+        definition = await self.definitions.resolve(tenant_id, name, version)
+        validate_input(definition.definition, context)
+        await self._slots.acquire()
+        try:
+            return await self._create(
+                definition,
+                tenant_id=tenant_id,
+                instance_id=str(uuid.uuid4()),
+                context=context,
+                idempotency_key=idempotency_key,
+                request_digest=request_digest,
+            )
+        except _Duplicate as duplicate:
+            self._slots.release()
+            return duplicate.existing
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def _existing_start(
+        self, tenant_id: str, key: str, digest: str | None
+    ) -> StartResult | None:
+        found = await self.store.find_start(tenant_id, key)
+        if found is None:
+            return None
+        instance_id, stored_digest = found
+        if digest is not None and stored_digest is not None and digest != stored_digest:
+            raise InvalidInput("this Idempotency-Key was already used with another request")
+        record = await self.store.get_instance(tenant_id, instance_id)
+        assert record is not None
+        return StartResult(
+            instance_id=instance_id,
+            definition_name=record.definition_name,
+            definition_version=record.definition_version,
+            created=False,
+        )
+
+    async def _create(
+        self,
+        definition: CompiledDefinition,
+        *,
+        tenant_id: str,
+        instance_id: str,
+        context: Any,
+        idempotency_key: str | None = None,
+        request_digest: str | None = None,
+        parent: tuple[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> StartResult:
+        now = self.clock.now()
+        started = start_event(
+            definition,
+            tenant_id=tenant_id,
+            instance_id=instance_id,
+            context=context,
+            now=now,
+            timeout=timeout,
+            parent_instance_id=parent[0] if parent else None,
+            parent_node=parent[1] if parent else None,
+        )
+        state = fold([started])
+        decision = decide(definition, state, now)
+        request = AppendRequest(
+            tenant_id=tenant_id,
+            instance_id=instance_id,
+            expected_seq=0,
+            events=[codec.encode(e) for e in (started, *decision.events)],
+            update=_update(decision.state, now, decision.wake_at),
+            create=NewInstance(
+                tenant_id=tenant_id,
+                instance_id=instance_id,
+                definition_name=definition.name,
+                definition_version=definition.version,
+                created_at=now,
+                idempotency_key=idempotency_key,
+                request_digest=request_digest,
+                parent_instance_id=parent[0] if parent else None,
+                parent_node=parent[1] if parent else None,
+            ),
+        )
+        result = await self.writer.submit(request)
+        if result.status is AppendStatus.DUPLICATE_START:
+            assert idempotency_key is not None
+            existing = await self._existing_start(tenant_id, idempotency_key, request_digest)
+            assert existing is not None
+            raise _Duplicate(existing)
+        if result.status is not AppendStatus.APPENDED:
+            raise SequenceConflict(f"instance {instance_id} already exists")
+        live = _Live(definition=definition, state=decision.state, holds_slot=parent is None)
+        self._live[instance_id] = live
+        self._after_commit(live, decision.effects, decision.wake_at)
+        return StartResult(
+            instance_id=instance_id,
+            definition_name=definition.name,
+            definition_version=definition.version,
+            created=True,
+        )
+
+    # -- the one path by which instances change --
+    async def advance(self, tenant_id: str, instance_id: str, make_events: MakeEvents) -> SagaState:
+        """Apply an outside input (outcome, cancel, operator action) and what follows from it."""
+        for _ in range(3):
+            live = await self._load(tenant_id, instance_id)
+            try:
+                state = await self._advance(live, make_events)
+            except SequenceConflict:
+                # Another writer moved the instance: forget our copy and try again on its state.
+                self._live.pop(instance_id, None)
+                continue
+            if state.status.is_settled and not live.holds_slot:
+                self._live.pop(instance_id, None)  # loaded only for this input
+            return state
+        raise SequenceConflict(f"instance {instance_id} keeps changing under us")
+
+    async def _advance(
+        self, live: _Live, make_events: MakeEvents, *, redecide: bool = False
+    ) -> SagaState:
+        async with live.lock:
+            before = live.state
+            now = self.clock.now()
+            inputs = make_events(before)
+            if not inputs and not redecide:
+                return before
+            state = before
+            for event in inputs:
+                state = evolve(state, event)
+            decision = decide(live.definition, state, now)
+            events = [*inputs, *decision.events]
+            if events:
+                result = await self.writer.submit(
+                    AppendRequest(
+                        tenant_id=before.tenant_id,
+                        instance_id=before.instance_id,
+                        expected_seq=before.seq,
+                        events=[codec.encode(e) for e in events],
+                        update=_update(decision.state, now, decision.wake_at),
+                    )
+                )
+                if result.status is not AppendStatus.APPENDED:
+                    raise SequenceConflict(f"instance {before.instance_id} moved on")
+                live.state = decision.state
+            self._after_commit(live, decision.effects, decision.wake_at)
+            return live.state
+
+    def _after_commit(self, live: _Live, effects: Sequence[Effect], wake_at: Any) -> None:
+        state = live.state
+        if state.status.is_settled:
+            self._settle(live)
+        elif wake_at is not None:
+            self.timers.schedule(state.tenant_id, state.instance_id, wake_at)
+        for effect in effects:
+            self._spawn(self._perform(effect), f"saga-effect-{state.instance_id}")
+
+    def _settle(self, live: _Live) -> None:
+        live.settled.set()
+        if live.holds_slot:
+            live.holds_slot = False
+            self._slots.release()
+        self._live.pop(live.state.instance_id, None)
+
+    # -- effects --
+    async def _perform(self, effect: Effect) -> None:
+        try:
+            if isinstance(effect, Dispatch):
+                await self._dispatch(effect)
+            elif isinstance(effect, StartChild):
+                await self._start_child(effect)
+            elif isinstance(effect, CompensateChild):
+                await self._compensate_child(effect)
+            elif isinstance(effect, ReportToParent):
+                await self._report_to_parent(effect)
+        except SagaError as error:
+            # The attempt stays in flight; its durable deadline turns it into a retry.
+            log.warning("effect %s failed: %s", type(effect).__name__, error)
+
+    async def _dispatch(self, dispatch: Dispatch) -> None:
+        request = StepRequest(
+            tenant_id=dispatch.tenant_id,
+            instance_id=dispatch.instance_id,
+            node=dispatch.node,
+            phase=dispatch.phase,
+            attempt=dispatch.attempt,
+            idempotency_key=dispatch.idempotency_key,
+            target=dispatch.target,
+            input=dispatch.input,
+            action_output=dispatch.action_output,
+            timeout=dispatch.timeout,
+        )
+        outcome = await self._transport_for(dispatch).call(request)
+        await self.record_outcome(
+            dispatch.tenant_id,
+            dispatch.instance_id,
+            node=dispatch.node,
+            phase=dispatch.phase,
+            attempt=dispatch.attempt,
+            outcome=outcome,
+        )
+
+    def _transport_for(self, dispatch: Dispatch) -> Transport:
+        for transport in self.transports:
+            if transport.accepts(dispatch.target):
+                return transport
+        return _Unreachable()
+
+    async def record_outcome(
+        self,
+        tenant_id: str,
+        instance_id: str,
+        *,
+        node: str,
+        phase: Phase,
+        attempt: int,
+        outcome: StepOutcome,
+    ) -> None:
+        def make(state: SagaState) -> list[Event]:
+            return outcome_events(
+                state,
+                node=node,
+                phase=phase,
+                attempt=attempt,
+                now=self.clock.now(),
+                output=outcome.output,
+                error=outcome.error,
+            )
+
+        await self.advance(tenant_id, instance_id, make)
+
+    async def _start_child(self, effect: StartChild) -> None:
+        child = await self.store.get_instance(effect.tenant_id, effect.child_instance_id)
+        if child is not None:
+            await self._report_existing_child(effect.tenant_id, effect.child_instance_id)
+            return
+        try:
+            definition = await self.definitions.resolve(
+                effect.tenant_id, effect.saga, effect.version
+            )
+            validate_input(definition.definition, effect.input)
+        except (NotFound, InvalidInput) as error:
+            failure = ErrorInfo(type=type(error).__name__, message=str(error), retryable=False)
+            await self._report_to_parent(
+                ReportToParent(
+                    tenant_id=effect.tenant_id,
+                    parent_instance_id=effect.parent_instance_id,
+                    parent_node=effect.node,
+                    phase=Phase.ACTION,
+                    succeeded=False,
+                    error=failure,
+                )
+            )
+            return
+        await self._create(
+            definition,
+            tenant_id=effect.tenant_id,
+            instance_id=effect.child_instance_id,
+            context=effect.input,
+            parent=(effect.parent_instance_id, effect.node),
+            timeout=effect.timeout,
+        )
+
+    async def _report_existing_child(self, tenant_id: str, child_id: str) -> None:
+        """After a crash the child may have finished without telling its parent: re-decide it,
+        which re-derives the report from its (settled) state."""
+        live = await self._load(tenant_id, child_id)
+        state = live.state
+        if not state.status.is_settled:
+            return
+        for effect in _settled_report(state):
+            await self._report_to_parent(effect)
+
+    async def _compensate_child(self, effect: CompensateChild) -> None:
+        def make(state: SagaState) -> list[Event]:
+            if state.undo_requested:
+                return []
+            return request_undo(
+                state, f"parent {effect.parent_instance_id} compensates", self.clock.now()
+            )
+
+        state = await self.advance(effect.tenant_id, effect.child_instance_id, make)
+        if state.undo_requested and state.status.is_settled:
+            for report in _settled_report(state):
+                await self._report_to_parent(report)
+
+    async def _report_to_parent(self, effect: ReportToParent) -> None:
+        def make(state: SagaState) -> list[Event]:
+            progress = state.node(effect.parent_node).phase(effect.phase)
+            return outcome_events(
+                state,
+                node=effect.parent_node,
+                phase=effect.phase,
+                attempt=progress.attempts,
+                now=self.clock.now(),
+                output=effect.output,
+                error=effect.error,
+            )
+
+        await self.advance(effect.tenant_id, effect.parent_instance_id, make)
+
+    # -- timers and recovery --
+    async def _on_timer(self, tenant_id: str, instance_id: str) -> None:
+        live = self._live.get(instance_id)
+        if live is None:
+            return
+        await self._advance(live, lambda _state: [], redecide=True)
+
+    async def _recover_all(self) -> None:
+        for ref in await self.store.list_unfinished():
+            if not self._running:
+                return
+            if ref.instance_id in self._live:
+                continue
+            try:
+                await self.resume(ref.tenant_id, ref.instance_id)
+            except SagaError as error:
+                log.error("could not resume %s: %s", ref.instance_id, error)
+
+    async def resume(self, tenant_id: str, instance_id: str) -> None:
+        """Pick an instance up from its history after a crash."""
+        live = await self._load(tenant_id, instance_id)
+        if live.state.parent_instance_id is None and not live.holds_slot:
+            await self._slots.acquire()
+            live.holds_slot = True
+        events, effects = recover(live.definition, live.state, self.clock.now())
+        await self._advance(live, lambda _state: events, redecide=True)
+        for effect in effects:
+            self._spawn(self._perform(effect), f"saga-recover-{instance_id}")
+
+    async def _load(self, tenant_id: str, instance_id: str) -> _Live:
+        live = self._live.get(instance_id)
+        if live is not None:
+            return live
+        stored = await self.store.load_events(tenant_id, instance_id)
+        if not stored:
+            raise NotFound(f"no instance {instance_id}")
+        state = fold(codec.decode(e.type, e.data) for e in stored)
+        definition = await self.definitions.get(
+            tenant_id, state.definition_name, state.definition_version
+        )
+        live = self._live.setdefault(instance_id, _Live(definition=definition, state=state))
+        if state.status.is_settled:
+            live.settled.set()
+        return live
+
+    # -- reading --
+    async def state(self, tenant_id: str, instance_id: str) -> SagaState:
+        live = self._live.get(instance_id)
+        if live is not None:
+            return live.state
+        stored = await self.store.load_events(tenant_id, instance_id)
+        if not stored:
+            raise NotFound(f"no instance {instance_id}")
+        return fold(codec.decode(e.type, e.data) for e in stored)
+
+    async def wait(
+        self, tenant_id: str, instance_id: str, timeout: float | None = None
+    ) -> SagaState:
+        """Until the instance is settled (terminal, or parked for an operator)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                live = self._live.get(instance_id)
+                if live is None:
+                    state = await self.state(tenant_id, instance_id)
+                    if state.status.is_settled:
+                        return state
+                    await asyncio.sleep(0.05)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await live.settled.wait()
+
+    def _spawn(self, coroutine: Any, name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def live_instances(self) -> int:
+        return len(self._live)
+
+
+class _Duplicate(SagaError):
+    def __init__(self, existing: StartResult) -> None:
+        super().__init__("duplicate start")
+        self.existing = existing
+
+
+class _Unreachable:
+    """No transport reaches the target: a definite failure, visible in the history."""
+
+    def accepts(self, target: Any) -> bool:
+        return True
+
+    async def call(self, request: StepRequest) -> StepOutcome:
+        kind = type(request.target).__name__
+        error = ErrorInfo(
+            type="TransportUnavailable",
+            message=f"no transport for {kind} targets is configured on this node",
+            retryable=True,
+        )
+        return StepOutcome(error=error)
+
+
+def _update(state: SagaState, now: Any, wake_at: Any) -> InstanceUpdate:
+    return InstanceUpdate(
+        status=state.status,
+        current_nodes=tuple(state.in_flight()),
+        updated_at=now,
+        wake_at=wake_at,
+    )
+
+
+def _settled_report(state: SagaState) -> list[ReportToParent]:
+    if state.parent_instance_id is None or state.parent_node is None:
+        return []
+    phase = Phase.COMPENSATION if state.undo_requested else Phase.ACTION
+    if state.status is InstanceStatus.COMPLETED and not state.undo_requested:
+        return [
+            ReportToParent(
+                tenant_id=state.tenant_id,
+                parent_instance_id=state.parent_instance_id,
+                parent_node=state.parent_node,
+                phase=phase,
+                succeeded=True,
+                output=state.output,
+            )
+        ]
+    succeeded = state.undo_requested and state.status is InstanceStatus.COMPENSATED
+    error = None
+    if not succeeded:
+        error = ErrorInfo(
+            type="ChildSagaFailed",
+            message=f"child saga ended {state.status.value}",
+            retryable=False,
+        )
+    return [
+        ReportToParent(
+            tenant_id=state.tenant_id,
+            parent_instance_id=state.parent_instance_id,
+            parent_node=state.parent_node,
+            phase=phase,
+            succeeded=succeeded,
+            error=error,
+        )
+    ]
+
+
+__all__ = ["Engine", "EngineOptions", "InvalidTransition", "StartResult"]

@@ -1,0 +1,197 @@
+"""Embedded use from Python: a whole orchestrator node inside any asyncio application.
+
+    async with Orchestrator("sqlite:///saga.db", handlers=[reserve, release]) as saga:
+        await saga.register(order_definition)
+        started = await saga.start("order", {"sku": "A-1"})
+        view = await saga.wait(started.instance_id)
+
+This is also the one place (with the CLI and the API's app factory) that wires store,
+registry, transports and engine together; everything is passed in, nothing is global.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import orjson
+
+from saga_orchestrator.core import codec
+from saga_orchestrator.core.events import Event
+from saga_orchestrator.core.operations import (
+    operator_resolve,
+    operator_retry,
+    operator_skip,
+    request_cancel,
+)
+from saga_orchestrator.core.view import InstanceView, describe
+from saga_orchestrator.definition.loader import parse_definition
+from saga_orchestrator.definition.models import SagaDefinition
+from saga_orchestrator.engine.clock import Clock, SystemClock
+from saga_orchestrator.engine.definitions import DefinitionRegistry, Registration
+from saga_orchestrator.engine.runtime import Engine, EngineOptions, StartResult
+from saga_orchestrator.store import Store, open_store
+from saga_orchestrator.transports.base import Transport
+from saga_orchestrator.transports.handlers import HandlerRegistry
+from saga_orchestrator.transports.inprocess import InProcessTransport
+
+DEFAULT_DATABASE_URL = "sqlite:///saga.db"
+DEFAULT_TENANT = "default"
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        database_url: str = DEFAULT_DATABASE_URL,
+        *,
+        handlers: Iterable[Callable[..., Any]] | HandlerRegistry = (),
+        max_concurrent_sagas: int = 1000,
+        tenant_id: str = DEFAULT_TENANT,
+        clock: Clock | None = None,
+        store: Store | None = None,
+        transports: Iterable[Transport] = (),
+        require_known_handlers: bool = True,
+    ) -> None:
+        self.handlers = (
+            handlers if isinstance(handlers, HandlerRegistry) else HandlerRegistry(handlers)
+        )
+        self.tenant_id = tenant_id
+        self.clock = clock or SystemClock()
+        self.store = store or open_store(database_url)
+        self.definitions = DefinitionRegistry(
+            self.store,
+            known_handlers=(lambda: self.handlers.names())
+            if require_known_handlers
+            else lambda: None,
+        )
+        self.engine = Engine(
+            store=self.store,
+            definitions=self.definitions,
+            transports=[InProcessTransport(self.handlers), *transports],
+            clock=self.clock,
+            options=EngineOptions(max_concurrent_sagas=max_concurrent_sagas),
+        )
+        self._open = False
+
+    # -- lifecycle --
+    async def open(self) -> Self:
+        """Migrate the database, start the engine, resume unfinished instances."""
+        await self.store.migrate()
+        await self.engine.start()
+        self._open = True
+        return self
+
+    async def close(self, grace: float = 5.0) -> None:
+        if self._open:
+            await self.engine.stop(grace)
+            self._open = False
+        await self.store.close()
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def handler(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register a handler on this orchestrator: ``@saga.handler("inventory.reserve")``."""
+
+        def register(function: Callable[..., Any]) -> Callable[..., Any]:
+            self.handlers.register(function, name)
+            return function
+
+        return register
+
+    # -- definitions --
+    async def register(
+        self, definition: SagaDefinition | Mapping[str, Any] | str | bytes
+    ) -> Registration:
+        model = (
+            definition if isinstance(definition, SagaDefinition) else parse_definition(definition)
+        )
+        return await self.definitions.register(self.tenant_id, model)
+
+    async def deprecate(self, name: str, version: str) -> None:
+        await self.definitions.deprecate(self.tenant_id, name, version)
+
+    # -- instances --
+    async def start(
+        self,
+        saga: str,
+        context: Any = None,
+        *,
+        version: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> StartResult:
+        """Start an instance; returns once the start is durable."""
+        body = context if context is not None else {}
+        digest = hashlib.sha256(
+            orjson.dumps([saga, version, body], option=orjson.OPT_SORT_KEYS)
+        ).hexdigest()
+        return await self.engine.start_saga(
+            self.tenant_id,
+            saga,
+            body,
+            version=version,
+            idempotency_key=idempotency_key,
+            request_digest=digest,
+        )
+
+    async def get(self, instance_id: str) -> InstanceView:
+        return describe(await self.engine.state(self.tenant_id, instance_id))
+
+    async def wait(self, instance_id: str, timeout: float | None = None) -> InstanceView:
+        """Until the instance is terminal or parked (``failed``) for an operator."""
+        return describe(await self.engine.wait(self.tenant_id, instance_id, timeout))
+
+    async def history(self, instance_id: str) -> list[Event]:
+        stored = await self.store.load_events(self.tenant_id, instance_id)
+        return [codec.decode(e.type, e.data) for e in stored]
+
+    async def cancel(self, instance_id: str, reason: str) -> InstanceView:
+        state = await self.engine.advance(
+            self.tenant_id, instance_id, lambda s: request_cancel(s, reason, self.clock.now())
+        )
+        return describe(state)
+
+    async def retry(self, instance_id: str, reason: str, actor: str = "sdk") -> InstanceView:
+        state = await self.engine.advance(
+            self.tenant_id,
+            instance_id,
+            lambda s: operator_retry(s, reason, actor, self.clock.now()),
+        )
+        return describe(state)
+
+    async def skip(
+        self, instance_id: str, node: str, reason: str, actor: str = "sdk"
+    ) -> InstanceView:
+        async def definition_of() -> Any:
+            state = await self.engine.state(self.tenant_id, instance_id)
+            return await self.definitions.get(
+                self.tenant_id, state.definition_name, state.definition_version
+            )
+
+        compiled = await definition_of()
+        state = await self.engine.advance(
+            self.tenant_id,
+            instance_id,
+            lambda s: operator_skip(
+                compiled, s, node=node, reason=reason, actor=actor, now=self.clock.now()
+            ),
+        )
+        return describe(state)
+
+    async def resolve(self, instance_id: str, reason: str, actor: str = "sdk") -> InstanceView:
+        state = await self.engine.advance(
+            self.tenant_id,
+            instance_id,
+            lambda s: operator_resolve(s, reason, actor, self.clock.now()),
+        )
+        return describe(state)
