@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
@@ -39,8 +39,10 @@ from saga_orchestrator.core.events import (
     SagaParked,
     SagaStarted,
     SagaTimedOut,
+    SkipReason,
     StepFailed,
 )
+from saga_orchestrator.core.records import replace
 from saga_orchestrator.core.status import InstanceStatus, StepStatus
 from saga_orchestrator.errors import InvalidTransition
 
@@ -173,17 +175,17 @@ def _with_node(state: SagaState, name: str, node: NodeState) -> SagaState:
 def _with_phase(
     state: SagaState, name: str, phase: Phase, progress: PhaseProgress, **node_changes: Any
 ) -> SagaState:
-    node = state.node(name)
-    if phase is Phase.ACTION:
-        node = replace(node, action=progress)
-    else:
-        node = replace(node, compensation=progress)
-    return _with_node(state, name, replace(node, **node_changes))
+    key = "action" if phase is Phase.ACTION else "compensation"
+    return _with_node(state, name, replace(state.node(name), **{key: progress}, **node_changes))
 
 
 def _node_skipped(state: SagaState, event: NodeSkipped) -> SagaState:
-    node = replace(state.node(event.node), status=StepStatus.SKIPPED)
-    return _with_node(state, event.node, replace(node, manual=event.reason == "manual"))
+    node = replace(
+        state.node(event.node),
+        status=StepStatus.SKIPPED,
+        manual=event.reason is SkipReason.MANUAL,
+    )
+    return _with_node(state, event.node, node)
 
 
 def _node_entered(state: SagaState, event: NodeEntered) -> SagaState:
