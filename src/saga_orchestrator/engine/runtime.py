@@ -294,8 +294,10 @@ class Engine:
         state = live.state
         if state.status.is_settled:
             self._settle(live)
-        elif wake_at is not None:
-            self.timers.schedule(state.tenant_id, state.instance_id, wake_at)
+        else:
+            live.settled.clear()  # an operator may have resumed a parked instance
+            if wake_at is not None:
+                self.timers.schedule(state.tenant_id, state.instance_id, wake_at)
         for effect in effects:
             self._spawn(self._perform(effect), f"saga-effect-{state.instance_id}")
 
@@ -514,6 +516,8 @@ class Engine:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await live.settled.wait()
+                if live.settled.is_set():
+                    return live.state
 
     def _spawn(self, coroutine: Any, name: str) -> None:
         task = asyncio.create_task(coroutine, name=name)

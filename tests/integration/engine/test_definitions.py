@@ -1,0 +1,138 @@
+"""Semantics §1 (definitions) through the registry, on real stores."""
+
+from __future__ import annotations
+
+import pytest
+from tests.integration.engine.support import Participants, saga, steps
+
+from saga_orchestrator.core.status import InstanceStatus
+from saga_orchestrator.engine.definitions import Registration
+from saga_orchestrator.errors import DefinitionConflict, DefinitionError, NotFound
+from saga_orchestrator.orchestrator import Orchestrator
+
+
+async def test_a_registered_version_is_immutable(orchestrator: Orchestrator) -> None:
+    assert await orchestrator.register(saga("order", steps("reserve"))) is Registration.CREATED
+    with pytest.raises(DefinitionConflict, match="immutable"):
+        await orchestrator.register(saga("order", steps("reserve", "charge")))
+
+
+async def test_registering_an_identical_body_again_is_idempotent(
+    orchestrator: Orchestrator,
+) -> None:
+    await orchestrator.register(saga("order", steps("reserve")))
+    written_differently = {
+        "version": "1.0.0",
+        "name": "order",
+        "steps": [
+            {
+                "name": "reserve",
+                "action": {"handler": "reserve"},
+                "compensation": "undo.reserve",
+                "kind": "compensatable",
+            }
+        ],
+    }
+    assert await orchestrator.register(written_differently) is Registration.IDENTICAL
+
+
+async def test_starting_without_a_version_takes_the_highest_registered_version(
+    orchestrator: Orchestrator,
+) -> None:
+    for version in ("1.2.0", "1.10.0", "1.9.3", "2.0.0-rc.1"):
+        await orchestrator.register(saga("order", steps("reserve"), version=version))
+    started = await orchestrator.start("order", {})
+    assert started.definition_version == "1.10.0"
+    pinned = await orchestrator.start("order", {}, version="~1.2")
+    assert pinned.definition_version == "1.2.0"
+
+
+async def test_a_running_instance_stays_pinned_to_its_version(
+    orchestrator: Orchestrator, participants: Participants
+) -> None:
+    import asyncio
+
+    gate = participants.gates["reserve"] = asyncio.Event()
+    await orchestrator.register(saga("order", steps("reserve", "charge")))
+    started = await orchestrator.start("order", {})
+    await orchestrator.register(saga("order", steps("reserve", "ship"), version="1.1.0"))
+    gate.set()
+    view = await orchestrator.wait(started.instance_id, timeout=10)
+    assert view.version == "1.0.0"
+    assert participants.called(started.instance_id) == ["reserve", "charge"]
+    newer = await orchestrator.start("order", {})
+    assert newer.definition_version == "1.1.0"
+
+
+async def test_a_deprecated_version_takes_no_new_starts_but_is_kept(
+    orchestrator: Orchestrator,
+) -> None:
+    await orchestrator.register(saga("order", steps("reserve")))
+    await orchestrator.register(saga("order", steps("reserve"), version="1.1.0"))
+    await orchestrator.deprecate("order", "1.1.0")
+    assert (await orchestrator.start("order", {})).definition_version == "1.0.0"
+    await orchestrator.deprecate("order", "1.0.0")
+    with pytest.raises(NotFound):
+        await orchestrator.start("order", {})
+    versions = await orchestrator.store.list_definition_versions("default", "order")
+    assert [v.version for v in versions] == ["1.0.0", "1.1.0"]
+
+
+async def test_unknown_handlers_are_rejected_on_registration(orchestrator: Orchestrator) -> None:
+    with pytest.raises(DefinitionError) as raised:
+        await orchestrator.register(saga("order", [{"name": "x", "action": "nobody.home"}]))
+    assert [v.rule for v in raised.value.violations] == ["known-handler"]
+    assert raised.value.violations[0].location == "steps[0].action"
+
+
+async def test_sub_saga_cycles_are_rejected_and_nothing_is_written(
+    orchestrator: Orchestrator,
+) -> None:
+    await orchestrator.register(saga("b", steps("reserve")))
+    await orchestrator.register(saga("a", [{"name": "call_b", "saga": "b"}]))
+    cyclic_b = saga("b", [{"name": "call_a", "saga": "a"}], version="2.0.0")
+    with pytest.raises(DefinitionError) as raised:
+        await orchestrator.register(cyclic_b)
+    violation = raised.value.violations[0]
+    assert violation.rule == "sub-saga-cycle"
+    assert "b -> a -> b" in violation.message
+    assert [
+        v.version for v in await orchestrator.store.list_definition_versions("default", "b")
+    ] == ["1.0.0"]
+    with pytest.raises(DefinitionError) as self_ref:
+        await orchestrator.register(saga("c", [{"name": "me", "saga": "c"}]))
+    assert self_ref.value.violations[0].rule == "sub-saga-cycle"
+
+
+async def test_a_sub_saga_must_name_a_registered_definition(orchestrator: Orchestrator) -> None:
+    with pytest.raises(DefinitionError) as raised:
+        await orchestrator.register(saga("a", [{"name": "call", "saga": "ghost"}]))
+    assert raised.value.violations[0].rule == "sub-saga-exists"
+
+
+async def test_starting_an_unknown_saga_is_not_found(orchestrator: Orchestrator) -> None:
+    with pytest.raises(NotFound):
+        await orchestrator.start("ghost", {})
+    with pytest.raises(NotFound):
+        await orchestrator.get("no-such-instance")
+
+
+async def test_an_instance_completes_after_a_graceful_restart_mid_flight(
+    make_orchestrator: object, participants: Participants
+) -> None:
+    import asyncio
+
+    first = make_orchestrator()  # type: ignore[operator]
+    await first.open()
+    participants.gates["charge"] = asyncio.Event()
+    await first.register(saga("order", steps("reserve", "charge", "ship")))
+    started = await first.start("order", {})
+    await asyncio.wait_for(participants.reached("charge").wait(), timeout=10)
+    await first.close(grace=0.1)  # the charge attempt is abandoned mid-flight
+    participants.gates.clear()
+    second = make_orchestrator()  # type: ignore[operator]
+    await second.open()
+    view = await second.wait(started.instance_id, timeout=10)
+    assert view.status is InstanceStatus.COMPLETED
+    assert view.steps["charge"].attempts == 2
+    assert participants.called() == ["reserve", "charge", "charge", "ship"]
