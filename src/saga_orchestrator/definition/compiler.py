@@ -211,6 +211,8 @@ class _Builder:
             self.fail(
                 path, "kind-compensation", f"a {node.kind} step is never compensated: remove it"
             )
+        for label, target in (("action", node.action), ("compensation", node.compensation)):
+            self.check_target_templates(target, f"{path}.{label}")
         return CompiledNode(
             **common,
             type=NodeType.STEP,
@@ -317,6 +319,19 @@ class _Builder:
             return None
         self._references.append((location, compiled.step_references()))
         return compiled
+
+    def check_target_templates(
+        self, target: HandlerCall | HttpCall | AmqpCall | None, location: str
+    ) -> None:
+        """Paths, headers and bodies of http/amqp targets are templates: compile them now, so
+        a bad expression fails registration, not the first run."""
+        if isinstance(target, HttpCall):
+            spec = target.http
+            self.template(spec.path, f"{location}.http.path")
+            self.template(spec.headers or None, f"{location}.http.headers")
+            self.template(spec.body, f"{location}.http.body")
+        elif isinstance(target, AmqpCall):
+            self.template(target.amqp.body, f"{location}.amqp.body")
 
     def check_definition_level(self) -> None:
         try:

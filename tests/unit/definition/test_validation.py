@@ -491,3 +491,32 @@ def test_random_definitions_round_trip_through_the_stored_form(document: dict[st
     assert canonical_json(again) == stored
     as_yaml = parse_definition(yaml.safe_dump(document), format="yaml")
     assert definition_digest(as_yaml) == definition_digest(definition)
+
+
+def test_expressions_in_http_and_amqp_targets_are_compiled_on_registration() -> None:
+    from saga_orchestrator.definition.compiler import compile_definition
+    from saga_orchestrator.definition.models import SagaDefinition
+    from saga_orchestrator.errors import DefinitionError
+
+    body = {
+        "name": "t",
+        "version": "1.0.0",
+        "steps": [
+            {
+                "name": "pay",
+                "action": {
+                    "http": {
+                        "service": "payment",
+                        "path": "/p/${input.id",
+                        "body": {"a": "${steps.ghost.output}"},
+                    }
+                },
+                "compensation": {"amqp": {"routing_key": "undo", "body": "${1 +}"}},
+            }
+        ],
+    }
+    with pytest.raises(DefinitionError) as raised:
+        compile_definition(SagaDefinition.model_validate(body))
+    found = {(v.location, v.rule) for v in raised.value.violations}
+    assert ("steps[0].action.http.body", "step-reference") in found
+    assert ("steps[0].compensation.amqp.body", "expression") in found
