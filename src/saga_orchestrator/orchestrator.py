@@ -62,9 +62,7 @@ class Orchestrator:
         self.store = store or open_store(database_url)
         self.definitions = DefinitionRegistry(
             self.store,
-            known_handlers=(lambda: self.handlers.names())
-            if require_known_handlers
-            else lambda: None,
+            known_handlers=self.handlers.names if require_known_handlers else lambda: None,
         )
         self.engine = Engine(
             store=self.store,

@@ -29,9 +29,7 @@ def replace(obj: T, /, **changes: Any) -> T:
 def _build(cls: type[Any]) -> Callable[..., Any]:
     names = [field.name for field in dataclasses.fields(cls) if field.init]
     parameters = ", ".join(f"{name}=_MISSING" for name in names)
-    arguments = ", ".join(
-        f"{name}=obj.{name} if {name} is _MISSING else {name}" for name in names
-    )
+    arguments = ", ".join(f"{name}=obj.{name} if {name} is _MISSING else {name}" for name in names)
     source = f"def replace(obj, *, {parameters}):\n    return cls({arguments})\n"
     namespace: dict[str, Any] = {"cls": cls, "_MISSING": _MISSING}
     exec(source, namespace)

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from saga_orchestrator.core import codec
 from saga_orchestrator.core.commands import (
     CompensateChild,
@@ -146,6 +148,7 @@ class Engine:
             existing = await self._existing_start(tenant_id, idempotency_key, request_digest)
             if existing is not None:
                 return existing
+        _check_size(context)
         definition = await self.definitions.resolve(tenant_id, name, version)
         validate_input(definition.definition, context)
         await self._slots.acquire()
@@ -527,6 +530,19 @@ class Engine:
     @property
     def live_instances(self) -> int:
         return len(self._live)
+
+
+MAX_CONTEXT_BYTES = 1_000_000
+"""A start context is stored in the first event: keep histories (and replays) bounded."""
+
+
+def _check_size(context: Any) -> None:
+    try:
+        size = len(orjson.dumps(context))
+    except TypeError as error:
+        raise InvalidInput(f"the context is not JSON: {error}") from error
+    if size > MAX_CONTEXT_BYTES:
+        raise InvalidInput(f"the context is {size} bytes; the limit is {MAX_CONTEXT_BYTES}")
 
 
 class _Duplicate(SagaError):

@@ -4,9 +4,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest_asyncio
-from tests.integration.engine.support import Participants
 
 from saga_orchestrator.orchestrator import Orchestrator
+from tests.integration.engine.support import Participants
 
 NAMES = ("reserve", "charge", "ship", "notify", "email", "sms", "review", "pack", "label")
 

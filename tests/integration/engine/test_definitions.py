@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from tests.integration.engine.support import Participants, saga, steps
 
 from saga_orchestrator.core.status import InstanceStatus
 from saga_orchestrator.engine.definitions import Registration
 from saga_orchestrator.errors import DefinitionConflict, DefinitionError, NotFound
 from saga_orchestrator.orchestrator import Orchestrator
+from tests.integration.engine.support import Participants, saga, steps
 
 
 async def test_a_registered_version_is_immutable(orchestrator: Orchestrator) -> None:

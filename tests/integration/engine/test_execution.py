@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from tests.integration.engine.support import FAST_RETRY, Participants, saga, steps
 
 from saga_orchestrator.core.events import AttemptScheduled, Phase, SagaStarted
 from saga_orchestrator.core.status import InstanceStatus, StepStatus
 from saga_orchestrator.errors import InvalidInput, InvalidTransition
 from saga_orchestrator.orchestrator import Orchestrator
+from saga_orchestrator.store import InstanceFilter
+from tests.integration.engine.support import FAST_RETRY, Participants, saga, steps
 
 A, C = Phase.ACTION, Phase.COMPENSATION
 
@@ -236,7 +237,7 @@ async def test_a_context_that_fails_the_input_schema_is_refused_and_nothing_is_w
         await orchestrator.start("order", {"sku": 7})
     page = await orchestrator.store.list_instances(
         "default",
-        __import__("saga_orchestrator.store", fromlist=["InstanceFilter"]).InstanceFilter(),
+        InstanceFilter(),
     )
     assert page.items == ()
     assert participants.calls == []
@@ -280,3 +281,27 @@ async def test_max_concurrent_sagas_applies_back_pressure(
     started = await asyncio.wait_for(third, timeout=10)
     for result in [*first, started]:
         assert (await node.wait(result.instance_id, timeout=10)).status is InstanceStatus.COMPLETED
+
+
+async def test_oversize_payloads_get_a_specific_error_and_nothing_is_half_written(
+    orchestrator: Orchestrator, participants: Participants
+) -> None:
+    await orchestrator.register(saga("order", steps("reserve")))
+    with pytest.raises(InvalidInput, match="limit is 1000000"):
+        await orchestrator.start("order", {"blob": "x" * 1_000_001})
+    assert (await orchestrator.store.list_instances("default", InstanceFilter())).items == ()
+
+    @orchestrator.handler("huge")
+    async def huge(ctx: object) -> str:
+        return "y" * 1_000_001
+
+    await orchestrator.register(
+        saga("big", [{"name": "huge", "action": "huge", "retry": {"max_attempts": 5}}])
+    )
+    started = await orchestrator.start("big", {})
+    view = await orchestrator.wait(started.instance_id, timeout=10)
+    error = view.steps["huge"].error
+    assert error is not None
+    assert error.type == "OutputTooLarge"
+    assert view.steps["huge"].attempts == 1  # a definite failure: not retried
+    assert view.status is InstanceStatus.COMPENSATED
