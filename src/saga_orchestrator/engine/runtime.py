@@ -37,6 +37,7 @@ from saga_orchestrator.core.operations import (
 from saga_orchestrator.core.state import SagaState, evolve, fold
 from saga_orchestrator.core.status import InstanceStatus
 from saga_orchestrator.definition.compiler import CompiledDefinition, validate_input
+from saga_orchestrator.engine.bus import CommittedEvent, EventBus
 from saga_orchestrator.engine.clock import Clock, SystemClock
 from saga_orchestrator.engine.definitions import DefinitionRegistry
 from saga_orchestrator.engine.timers import TimerQueue
@@ -107,6 +108,7 @@ class Engine:
         self.options = options or EngineOptions()
         self.writer = BatchWriter(store, max_batch=self.options.max_batch)
         self.timers = TimerQueue(self._on_timer)
+        self.bus = EventBus()
         self._slots = asyncio.Semaphore(self.options.max_concurrent_sagas)
         self._live: dict[str, _Live] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -237,6 +239,7 @@ class Engine:
             raise _Duplicate(existing)
         if result.status is not AppendStatus.APPENDED:
             raise SequenceConflict(f"instance {instance_id} already exists")
+        self._publish(request, now)
         live = _Live(definition=definition, state=decision.state, holds_slot=parent is None)
         self._live[instance_id] = live
         self._after_commit(live, decision.effects, decision.wake_at)
@@ -278,20 +281,37 @@ class Engine:
             decision = decide(live.definition, state, now)
             events = [*inputs, *decision.events]
             if events:
-                result = await self.writer.submit(
-                    AppendRequest(
-                        tenant_id=before.tenant_id,
-                        instance_id=before.instance_id,
-                        expected_seq=before.seq,
-                        events=[codec.encode(e) for e in events],
-                        update=_update(decision.state, now, decision.wake_at),
-                    )
+                request = AppendRequest(
+                    tenant_id=before.tenant_id,
+                    instance_id=before.instance_id,
+                    expected_seq=before.seq,
+                    events=[codec.encode(e) for e in events],
+                    update=_update(decision.state, now, decision.wake_at),
                 )
+                result = await self.writer.submit(request)
                 if result.status is not AppendStatus.APPENDED:
                     raise SequenceConflict(f"instance {before.instance_id} moved on")
                 live.state = decision.state
+                self._publish(request, now)
             self._after_commit(live, decision.effects, decision.wake_at)
             return live.state
+
+    def _publish(self, request: AppendRequest, recorded_at: Any) -> None:
+        if not self.bus.has_subscribers(request.instance_id):
+            return
+        self.bus.publish(
+            [
+                CommittedEvent(
+                    tenant_id=request.tenant_id,
+                    instance_id=request.instance_id,
+                    seq=request.expected_seq + offset,
+                    type=kind,
+                    data=data,
+                    recorded_at=recorded_at,
+                )
+                for offset, (kind, data) in enumerate(request.events, start=1)
+            ]
+        )
 
     def _after_commit(self, live: _Live, effects: Sequence[Effect], wake_at: Any) -> None:
         state = live.state
