@@ -52,6 +52,7 @@ from saga_orchestrator.errors import (
 from saga_orchestrator.store import (
     AppendRequest,
     AppendStatus,
+    InstanceRef,
     InstanceUpdate,
     NewInstance,
     Store,
@@ -61,6 +62,9 @@ from saga_orchestrator.transports.base import StepOutcome, StepRequest, Transpor
 log = logging.getLogger("saga_orchestrator.engine")
 
 MakeEvents = Callable[[SagaState], list[Event]]
+
+RECOVERY_CONCURRENCY = 64
+"""Instances resumed at once after a restart (their appends share group commits)."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -476,15 +480,19 @@ class Engine:
         await self._advance(live, lambda _state: [], redecide=True)
 
     async def _recover_all(self) -> None:
-        for ref in await self.store.list_unfinished():
-            if not self._running:
-                return
-            if ref.instance_id in self._live:
-                continue
-            try:
-                await self.resume(ref.tenant_id, ref.instance_id)
-            except SagaError as error:
-                log.error("could not resume %s: %s", ref.instance_id, error)
+        """Resume every unfinished instance, many at once so their appends share commits."""
+        gate = asyncio.Semaphore(RECOVERY_CONCURRENCY)
+
+        async def one(ref: InstanceRef) -> None:
+            async with gate:
+                if not self._running or ref.instance_id in self._live:
+                    return
+                try:
+                    await self.resume(ref.tenant_id, ref.instance_id)
+                except SagaError as error:
+                    log.error("could not resume %s: %s", ref.instance_id, error)
+
+        await asyncio.gather(*(one(ref) for ref in await self.store.list_unfinished()))
 
     async def resume(self, tenant_id: str, instance_id: str) -> None:
         """Pick an instance up from its history after a crash."""
