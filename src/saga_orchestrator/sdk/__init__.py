@@ -1,4 +1,9 @@
-"""Define sagas in Python: see :mod:`saga_orchestrator.sdk.builder`."""
+"""The Python SDK: define sagas in code and write the handlers that run their steps.
+
+- :class:`SagaBuilder` and its helpers build the same definition as JSON or YAML would;
+- :func:`handler` marks a function as the handler of an action or compensation, and
+  :class:`StepContext` is what it receives.
+"""
 
 from saga_orchestrator.sdk.builder import (
     DefaultsOptions,
@@ -10,18 +15,20 @@ from saga_orchestrator.sdk.builder import (
     amqp,
     branch,
     case,
-    handler,
+    handler_call,
     http,
     parallel,
     step,
     sub_saga,
     switch,
 )
+from saga_orchestrator.transports.handlers import StepContext, handler
 
 __all__ = [
     "DefaultsOptions",
     "Retry",
     "SagaBuilder",
+    "StepContext",
     "StepOptions",
     "SubSagaOptions",
     "Target",
@@ -29,6 +36,7 @@ __all__ = [
     "branch",
     "case",
     "handler",
+    "handler_call",
     "http",
     "parallel",
     "step",

@@ -58,7 +58,7 @@ __all__ = [
     "amqp",
     "branch",
     "case",
-    "handler",
+    "handler_call",
     "http",
     "parallel",
     "step",
@@ -70,7 +70,7 @@ Retry = RetryPolicy
 """``Retry(max_attempts=5, initial_interval="500ms", ...)``: a step's retry policy."""
 
 Target = str | HandlerCall | HttpCall | AmqpCall
-"""A handler name (shorthand for :func:`handler`), or what :func:`http`/:func:`amqp` build."""
+"""A handler name (shorthand for :func:`handler_call`), or what :func:`http`/:func:`amqp` build."""
 Duration = float | str
 """Seconds, or a string with a unit: ``"500ms"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"1d"``."""
 HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -118,8 +118,9 @@ class DefaultsOptions(TypedDict, total=False):
 # --- targets --------------------------------------------------------------------------------
 
 
-def handler(name: str) -> HandlerCall:
-    """A Python handler, registered in-process or served by a worker."""
+def handler_call(name: str) -> HandlerCall:
+    """A target naming a Python handler (in-process or served by a worker); a plain string
+    is the same. Not to be confused with the ``@handler`` decorator that registers one."""
     return _validated(HandlerCall, {"handler": name}, "")
 
 

@@ -23,7 +23,7 @@ from saga_orchestrator.sdk import (
     amqp,
     branch,
     case,
-    handler,
+    handler_call,
     http,
     parallel,
     step,
@@ -67,7 +67,7 @@ def test_every_construct_builds_the_definition_its_json_gives() -> None:
         .switch(
             "route",
             case("input.amount > 100", step("review", action="review.manual", timeout=3600)),
-            default=[step("auto", action=handler("review.auto"))],
+            default=[step("auto", action=handler_call("review.auto"))],
         )
         .sub_saga("shipping", saga="shipping", version="^1", input={"sku": "${input.sku}"})
         .step("close", action="order.close", kind=StepKind.PIVOT)
@@ -235,7 +235,7 @@ def test_module_helpers_and_builder_methods_agree() -> None:
 
 
 def test_a_handler_name_is_shorthand_for_a_handler_target() -> None:
-    assert step("a", "inventory.reserve") == step("a", handler("inventory.reserve"))
+    assert step("a", "inventory.reserve") == step("a", handler_call("inventory.reserve"))
     assert step("a", "inventory.reserve").action == HandlerCall(handler="inventory.reserve")
 
 
@@ -331,6 +331,7 @@ def test_the_sdk_exports_the_builder_api() -> None:
         "DefaultsOptions",
         "Retry",
         "SagaBuilder",
+        "StepContext",
         "StepOptions",
         "SubSagaOptions",
         "Target",
@@ -338,6 +339,7 @@ def test_the_sdk_exports_the_builder_api() -> None:
         "branch",
         "case",
         "handler",
+        "handler_call",
         "http",
         "parallel",
         "step",
