@@ -275,8 +275,8 @@ class Engine:
     ) -> SagaState:
         async with live.lock:
             before = live.state
-            now = self.clock.now()
             inputs = make_events(before)
+            now = self.clock.now()  # read after the inputs stamped theirs: times never go back
             if not inputs and not redecide:
                 return before
             state = before
