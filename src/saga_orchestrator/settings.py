@@ -1,0 +1,104 @@
+"""Settings, from environment variables: one :class:`Settings` object, built by
+:func:`load_settings` where the process starts (the CLI, an app factory) and passed down.
+
+There is no module-level instance, so a test builds the settings it needs in one line::
+
+    settings = load_settings(database_url="sqlite:///:memory:", max_concurrent_sagas=10)
+
+Keyword overrides win over the environment, which wins over the defaults. Invalid values
+raise :class:`~saga_orchestrator.errors.ConfigurationError` with one line per problem set,
+e.g. ``MAX_CONCURRENT_SAGAS: must be greater than 0 (got -3)``.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from saga_orchestrator.errors import ConfigurationError
+
+__all__ = ["DEFAULT_DATABASE_URL", "LogLevel", "Settings", "load_settings", "mask_password"]
+
+DEFAULT_DATABASE_URL: Final = "sqlite:///saga.db"
+"""The embedded default: a SQLite file ``saga.db`` in the working directory."""
+
+_SECRET_FIELDS: Final = frozenset({"database_url"})
+"""Fields whose value is never echoed in an error: a URL may carry a password."""
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class Settings(BaseSettings):
+    """The node's configuration; each field is read from the upper-cased environment variable
+    of the same name (``DATABASE_URL``, ``MAX_CONCURRENT_SAGAS``...)."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", case_sensitive=False)
+
+    database_url: str = Field(default=DEFAULT_DATABASE_URL, min_length=1, repr=False)
+    """``sqlite:///path.db``, ``sqlite:///:memory:`` or ``postgresql://user@host:port/db``."""
+    max_concurrent_sagas: int = Field(default=1000, gt=0)
+    """Instances this node drives at once; more wait for a slot."""
+    log_level: LogLevel = LogLevel.INFO
+    """``debug``, ``info``, ``warning`` or ``error`` (any case)."""
+    tenant_id: str = Field(default="default", min_length=1)
+    """The tenant of embedded use and of the CLI's commands."""
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case_level(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment; ``overrides`` set to ``None`` count as not given."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as error:
+        raise ConfigurationError(_one_line(error)) from None
+
+
+def mask_password(url: str) -> str:
+    """``url`` with any password replaced by ``***``, safe to print or log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
+
+
+def _one_line(error: ValidationError) -> str:
+    return "; ".join(_describe(details) for details in error.errors(include_url=False))
+
+
+def _describe(details: ErrorDetails) -> str:
+    field = str(details["loc"][0]) if details["loc"] else "settings"
+    message = details["msg"]
+    if message.startswith("Input should be "):
+        message = "must be " + message.removeprefix("Input should be ")
+    elif message.startswith("String should have at least 1 character"):
+        message = "must not be empty"
+    else:
+        message = message[:1].lower() + message[1:]
+    if details["type"] == "extra_forbidden":
+        return f"{field.upper()}: unknown setting"
+    if field in _SECRET_FIELDS:
+        return f"{field.upper()}: {message}"
+    return f"{field.upper()}: {message} (got {_shown(details['input'])})"
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, str) and value and value == value.strip():
+        return value
+    return repr(value)
