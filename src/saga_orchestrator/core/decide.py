@@ -11,14 +11,8 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from saga_orchestrator.core.commands import (
-    CompensateChild,
-    Decision,
-    Dispatch,
-    Effect,
-    ReportToParent,
-    StartChild,
-)
+from saga_orchestrator.core.commands import Decision
+from saga_orchestrator.core.effects import effects_of
 from saga_orchestrator.core.events import (
     AlertRaised,
     AttemptFailed,
@@ -76,7 +70,7 @@ def decide(definition: CompiledDefinition, state: SagaState, now: datetime) -> D
             emitted.append(event)
     else:  # pragma: no cover - a rule bug, never a user error
         raise RuntimeError("decide did not reach a fixpoint")
-    effects = tuple(_effects(definition, state, emitted))
+    effects = tuple(effects_of(definition, state, emitted))
     return Decision(events=tuple(emitted), effects=effects, state=state, wake_at=wake_at(state))
 
 
@@ -432,98 +426,3 @@ def _activation(definition: CompiledDefinition, state: SagaState) -> dict[str, A
             "version": state.definition_version,
         },
     }
-
-
-def _effects(definition: CompiledDefinition, state: SagaState, events: list[Event]) -> list[Effect]:
-    effects: list[Effect] = []
-    for event in events:
-        if isinstance(event, AttemptScheduled):
-            effects.append(_effect_of_attempt(definition, state, event))
-        elif state.parent_instance_id is not None:
-            report = _report_to_parent(state, event)
-            if report is not None:
-                effects.append(report)
-    return effects
-
-
-def _effect_of_attempt(
-    definition: CompiledDefinition, state: SagaState, event: AttemptScheduled
-) -> Effect:
-    spec = definition.nodes[event.node]
-    if spec.type is NodeType.SAGA:
-        assert event.child_instance_id is not None
-        if event.phase is Phase.COMPENSATION:
-            return CompensateChild(
-                tenant_id=state.tenant_id,
-                parent_instance_id=state.instance_id,
-                node=event.node,
-                child_instance_id=event.child_instance_id,
-            )
-        model = spec.model
-        return StartChild(
-            tenant_id=state.tenant_id,
-            parent_instance_id=state.instance_id,
-            node=event.node,
-            child_instance_id=event.child_instance_id,
-            saga=getattr(model, "saga", ""),
-            version=getattr(model, "version", None),
-            input=event.input,
-            timeout=spec.timeout or None,
-        )
-    target = spec.action if event.phase is Phase.ACTION else spec.compensation
-    assert target is not None
-    return Dispatch(
-        tenant_id=state.tenant_id,
-        instance_id=state.instance_id,
-        node=event.node,
-        phase=event.phase,
-        attempt=event.attempt,
-        idempotency_key=event.idempotency_key,
-        target=target,
-        input=event.input,
-        action_output=state.node(event.node).output if event.phase is Phase.COMPENSATION else None,
-        timeout=spec.timeout if event.phase is Phase.ACTION else spec.compensation_timeout,
-        deadline=event.deadline,
-    )
-
-
-def _report_to_parent(state: SagaState, event: Event) -> ReportToParent | None:
-    assert state.parent_instance_id is not None
-    assert state.parent_node is not None
-    phase = Phase.COMPENSATION if state.undo_requested else Phase.ACTION
-    if isinstance(event, SagaCompleted):
-        return _report(state, phase, succeeded=True, output=event.output)
-    if isinstance(event, SagaCompensated | SagaCancelled | SagaTimedOut):
-        if state.undo_requested:
-            return _report(state, Phase.COMPENSATION, succeeded=True)
-        error = ErrorInfo(
-            type="ChildSagaFailed",
-            message=f"child saga ended {state.status.value}",
-            retryable=False,
-        )
-        return _report(state, Phase.ACTION, succeeded=False, error=error)
-    if isinstance(event, SagaParked) and state.undo_requested:
-        error = ErrorInfo(type="ChildCompensationFailed", message=event.reason, retryable=False)
-        return _report(state, Phase.COMPENSATION, succeeded=False, error=error)
-    return None
-
-
-def _report(
-    state: SagaState,
-    phase: Phase,
-    *,
-    succeeded: bool,
-    output: Any = None,
-    error: ErrorInfo | None = None,
-) -> ReportToParent:
-    assert state.parent_instance_id is not None
-    assert state.parent_node is not None
-    return ReportToParent(
-        tenant_id=state.tenant_id,
-        parent_instance_id=state.parent_instance_id,
-        parent_node=state.parent_node,
-        phase=phase,
-        succeeded=succeeded,
-        output=output,
-        error=error,
-    )
