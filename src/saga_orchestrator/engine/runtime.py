@@ -31,20 +31,18 @@ from saga_orchestrator.core.events import ErrorInfo, Event, Phase
 from saga_orchestrator.core.operations import (
     outcome_events,
     recover,
-    request_undo,
     start_event,
 )
 from saga_orchestrator.core.state import SagaState, evolve, fold
-from saga_orchestrator.core.status import InstanceStatus
 from saga_orchestrator.definition.compiler import CompiledDefinition, validate_input
 from saga_orchestrator.engine.bus import CommittedEvent, EventBus
+from saga_orchestrator.engine.children import ChildSagas
 from saga_orchestrator.engine.clock import Clock, SystemClock
 from saga_orchestrator.engine.definitions import DefinitionRegistry
 from saga_orchestrator.engine.timers import TimerQueue
 from saga_orchestrator.engine.writer import BatchWriter
 from saga_orchestrator.errors import (
     InvalidInput,
-    InvalidTransition,
     NotFound,
     SagaError,
     SequenceConflict,
@@ -68,7 +66,7 @@ RECOVERY_CONCURRENCY = 64
 
 
 @dataclass(slots=True, kw_only=True)
-class _Live:
+class Live:
     """An instance this node drives: its definition, its folded state, its lock."""
 
     definition: CompiledDefinition
@@ -113,8 +111,9 @@ class Engine:
         self.writer = BatchWriter(store, max_batch=self.options.max_batch)
         self.timers = TimerQueue(self._on_timer)
         self.bus = EventBus()
+        self.children = ChildSagas(self)
         self._slots = asyncio.Semaphore(self.options.max_concurrent_sagas)
-        self._live: dict[str, _Live] = {}
+        self._live: dict[str, Live] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running = False
 
@@ -159,7 +158,7 @@ class Engine:
         validate_input(definition.definition, context)
         await self._slots.acquire()
         try:
-            return await self._create(
+            return await self.create_instance(
                 definition,
                 tenant_id=tenant_id,
                 instance_id=str(uuid.uuid4()),
@@ -167,7 +166,7 @@ class Engine:
                 idempotency_key=idempotency_key,
                 request_digest=request_digest,
             )
-        except _Duplicate as duplicate:
+        except DuplicateStart as duplicate:
             self._slots.release()
             return duplicate.existing
         except BaseException:
@@ -192,7 +191,7 @@ class Engine:
             created=False,
         )
 
-    async def _create(
+    async def create_instance(
         self,
         definition: CompiledDefinition,
         *,
@@ -240,11 +239,11 @@ class Engine:
             assert idempotency_key is not None
             existing = await self._existing_start(tenant_id, idempotency_key, request_digest)
             assert existing is not None
-            raise _Duplicate(existing)
+            raise DuplicateStart(existing)
         if result.status is not AppendStatus.APPENDED:
             raise SequenceConflict(f"instance {instance_id} already exists")
         self._publish(request, now)
-        live = _Live(definition=definition, state=decision.state, holds_slot=parent is None)
+        live = Live(definition=definition, state=decision.state, holds_slot=parent is None)
         self._live[instance_id] = live
         self._after_commit(live, decision.effects, decision.wake_at)
         return StartResult(
@@ -258,7 +257,7 @@ class Engine:
     async def advance(self, tenant_id: str, instance_id: str, make_events: MakeEvents) -> SagaState:
         """Apply an outside input (outcome, cancel, operator action) and what follows from it."""
         for _ in range(3):
-            live = await self._load(tenant_id, instance_id)
+            live = await self.load(tenant_id, instance_id)
             try:
                 state = await self._advance(live, make_events)
             except SequenceConflict:
@@ -271,7 +270,7 @@ class Engine:
         raise SequenceConflict(f"instance {instance_id} keeps changing under us")
 
     async def _advance(
-        self, live: _Live, make_events: MakeEvents, *, redecide: bool = False
+        self, live: Live, make_events: MakeEvents, *, redecide: bool = False
     ) -> SagaState:
         async with live.lock:
             before = live.state
@@ -317,7 +316,7 @@ class Engine:
             ]
         )
 
-    def _after_commit(self, live: _Live, effects: Sequence[Effect], wake_at: Any) -> None:
+    def _after_commit(self, live: Live, effects: Sequence[Effect], wake_at: Any) -> None:
         state = live.state
         if state.status.is_settled:
             self._settle(live)
@@ -328,7 +327,7 @@ class Engine:
         for effect in effects:
             self._spawn(self._perform(effect), f"saga-effect-{state.instance_id}")
 
-    def _settle(self, live: _Live) -> None:
+    def _settle(self, live: Live) -> None:
         live.settled.set()
         if live.holds_slot:
             live.holds_slot = False
@@ -341,11 +340,11 @@ class Engine:
             if isinstance(effect, Dispatch):
                 await self._dispatch(effect)
             elif isinstance(effect, StartChild):
-                await self._start_child(effect)
+                await self.children.start(effect)
             elif isinstance(effect, CompensateChild):
-                await self._compensate_child(effect)
+                await self.children.compensate(effect)
             elif isinstance(effect, ReportToParent):
-                await self._report_to_parent(effect)
+                await self.children.report(effect)
         except SagaError as error:
             # The attempt stays in flight; its durable deadline turns it into a retry.
             log.warning("effect %s failed: %s", type(effect).__name__, error)
@@ -402,76 +401,6 @@ class Engine:
 
         await self.advance(tenant_id, instance_id, make)
 
-    async def _start_child(self, effect: StartChild) -> None:
-        child = await self.store.get_instance(effect.tenant_id, effect.child_instance_id)
-        if child is not None:
-            await self._report_existing_child(effect.tenant_id, effect.child_instance_id)
-            return
-        try:
-            definition = await self.definitions.resolve(
-                effect.tenant_id, effect.saga, effect.version
-            )
-            validate_input(definition.definition, effect.input)
-        except (NotFound, InvalidInput) as error:
-            failure = ErrorInfo(type=type(error).__name__, message=str(error), retryable=False)
-            await self._report_to_parent(
-                ReportToParent(
-                    tenant_id=effect.tenant_id,
-                    parent_instance_id=effect.parent_instance_id,
-                    parent_node=effect.node,
-                    phase=Phase.ACTION,
-                    succeeded=False,
-                    error=failure,
-                )
-            )
-            return
-        await self._create(
-            definition,
-            tenant_id=effect.tenant_id,
-            instance_id=effect.child_instance_id,
-            context=effect.input,
-            parent=(effect.parent_instance_id, effect.node),
-            timeout=effect.timeout,
-        )
-
-    async def _report_existing_child(self, tenant_id: str, child_id: str) -> None:
-        """After a crash the child may have finished without telling its parent: re-decide it,
-        which re-derives the report from its (settled) state."""
-        live = await self._load(tenant_id, child_id)
-        state = live.state
-        if not state.status.is_settled:
-            return
-        for effect in _settled_report(state):
-            await self._report_to_parent(effect)
-
-    async def _compensate_child(self, effect: CompensateChild) -> None:
-        def make(state: SagaState) -> list[Event]:
-            if state.undo_requested:
-                return []
-            return request_undo(
-                state, f"parent {effect.parent_instance_id} compensates", self.clock.now()
-            )
-
-        state = await self.advance(effect.tenant_id, effect.child_instance_id, make)
-        if state.undo_requested and state.status.is_settled:
-            for report in _settled_report(state):
-                await self._report_to_parent(report)
-
-    async def _report_to_parent(self, effect: ReportToParent) -> None:
-        def make(state: SagaState) -> list[Event]:
-            progress = state.node(effect.parent_node).phase(effect.phase)
-            return outcome_events(
-                state,
-                node=effect.parent_node,
-                phase=effect.phase,
-                attempt=progress.attempts,
-                now=self.clock.now(),
-                output=effect.output,
-                error=effect.error,
-            )
-
-        await self.advance(effect.tenant_id, effect.parent_instance_id, make)
-
     # -- timers and recovery --
     async def _on_timer(self, tenant_id: str, instance_id: str) -> None:
         live = self._live.get(instance_id)
@@ -496,7 +425,7 @@ class Engine:
 
     async def resume(self, tenant_id: str, instance_id: str) -> None:
         """Pick an instance up from its history after a crash."""
-        live = await self._load(tenant_id, instance_id)
+        live = await self.load(tenant_id, instance_id)
         if live.state.parent_instance_id is None and not live.holds_slot:
             await self._slots.acquire()
             live.holds_slot = True
@@ -505,7 +434,7 @@ class Engine:
         for effect in effects:
             self._spawn(self._perform(effect), f"saga-recover-{instance_id}")
 
-    async def _load(self, tenant_id: str, instance_id: str) -> _Live:
+    async def load(self, tenant_id: str, instance_id: str) -> Live:
         live = self._live.get(instance_id)
         if live is not None:
             return live
@@ -516,7 +445,7 @@ class Engine:
         definition = await self.definitions.get(
             tenant_id, state.definition_name, state.definition_version
         )
-        live = self._live.setdefault(instance_id, _Live(definition=definition, state=state))
+        live = self._live.setdefault(instance_id, Live(definition=definition, state=state))
         if state.status.is_settled:
             live.settled.set()
         return live
@@ -573,7 +502,7 @@ def _check_size(context: Any) -> None:
         raise InvalidInput(f"the context is {size} bytes; the limit is {MAX_CONTEXT_BYTES}")
 
 
-class _Duplicate(SagaError):
+class DuplicateStart(SagaError):
     def __init__(self, existing: StartResult) -> None:
         super().__init__("duplicate start")
         self.existing = existing
@@ -604,39 +533,4 @@ def _update(state: SagaState, now: Any, wake_at: Any) -> InstanceUpdate:
     )
 
 
-def _settled_report(state: SagaState) -> list[ReportToParent]:
-    if state.parent_instance_id is None or state.parent_node is None:
-        return []
-    phase = Phase.COMPENSATION if state.undo_requested else Phase.ACTION
-    if state.status is InstanceStatus.COMPLETED and not state.undo_requested:
-        return [
-            ReportToParent(
-                tenant_id=state.tenant_id,
-                parent_instance_id=state.parent_instance_id,
-                parent_node=state.parent_node,
-                phase=phase,
-                succeeded=True,
-                output=state.output,
-            )
-        ]
-    succeeded = state.undo_requested and state.status is InstanceStatus.COMPENSATED
-    error = None
-    if not succeeded:
-        error = ErrorInfo(
-            type="ChildSagaFailed",
-            message=f"child saga ended {state.status.value}",
-            retryable=False,
-        )
-    return [
-        ReportToParent(
-            tenant_id=state.tenant_id,
-            parent_instance_id=state.parent_instance_id,
-            parent_node=state.parent_node,
-            phase=phase,
-            succeeded=succeeded,
-            error=error,
-        )
-    ]
-
-
-__all__ = ["Engine", "EngineOptions", "InvalidTransition", "StartResult"]
+__all__ = ["Engine", "EngineOptions", "StartResult"]
