@@ -176,7 +176,8 @@ class _Forward:
 
     def run(self) -> list[Event]:
         if self.sequence(self.definition.root) and not self.events:
-            output = {name: node.output for name, node in self.state.nodes.items() if node.output}
+            nodes = self.state.nodes.items()
+            output = {name: node.output for name, node in nodes if node.output is not None}
             return [SagaCompleted(at=self.now, output=output)]
         return self.events
 

@@ -25,6 +25,7 @@ from saga_orchestrator.core.events import (
     SagaTimedOut,
 )
 from saga_orchestrator.core.state import SagaState
+from saga_orchestrator.core.status import InstanceStatus
 from saga_orchestrator.definition.compiler import CompiledDefinition, NodeType
 
 
@@ -83,25 +84,37 @@ def _effect_of_attempt(
     )
 
 
+_ENDINGS = (SagaCompleted, SagaCompensated, SagaCancelled, SagaTimedOut, SagaParked)
+
+
 def _report_to_parent(state: SagaState, event: Event) -> ReportToParent | None:
-    assert state.parent_instance_id is not None
-    assert state.parent_node is not None
-    phase = Phase.COMPENSATION if state.undo_requested else Phase.ACTION
-    if isinstance(event, SagaCompleted):
-        return _report(state, phase, succeeded=True, output=event.output)
-    if isinstance(event, SagaCompensated | SagaCancelled | SagaTimedOut):
-        if state.undo_requested:
+    return report_for(state) if isinstance(event, _ENDINGS) else None
+
+
+def report_for(state: SagaState) -> ReportToParent | None:
+    """What a settled child tells its parent; None while it runs (or if it has no parent).
+
+    A parked child fails its parent's step (an operator must finish the child by hand): the
+    parent never waits forever on a child that waits for an operator.
+    """
+    if state.parent_instance_id is None or not state.status.is_settled:
+        return None
+    status = state.status
+    if state.undo_requested:
+        if status is InstanceStatus.COMPENSATED:
             return _report(state, Phase.COMPENSATION, succeeded=True)
-        error = ErrorInfo(
-            type="ChildSagaFailed",
-            message=f"child saga ended {state.status.value}",
-            retryable=False,
-        )
-        return _report(state, Phase.ACTION, succeeded=False, error=error)
-    if isinstance(event, SagaParked) and state.undo_requested:
-        error = ErrorInfo(type="ChildCompensationFailed", message=event.reason, retryable=False)
+        reason = state.parked_reason or f"child saga ended {status.value}"
+        error = ErrorInfo(type="ChildCompensationFailed", message=reason, retryable=False)
         return _report(state, Phase.COMPENSATION, succeeded=False, error=error)
-    return None
+    if status is InstanceStatus.COMPLETED:
+        return _report(state, Phase.ACTION, succeeded=True, output=state.output)
+    if status is InstanceStatus.FAILED:
+        message = f"child saga parked: {state.parked_reason}"
+        error = ErrorInfo(type="ChildSagaParked", message=message, retryable=False)
+    else:
+        message = f"child saga ended {status.value}"
+        error = ErrorInfo(type="ChildSagaFailed", message=message, retryable=False)
+    return _report(state, Phase.ACTION, succeeded=False, error=error)
 
 
 def _report(

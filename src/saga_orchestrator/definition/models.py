@@ -2,7 +2,7 @@
 Python builder and the exported JSON Schema.
 
 Models check shape only (types, enums, required fields, sizes). Rules that span nodes
-(unique names, pivot ordering, expression references) live in :mod:`.validation`.
+(unique names, pivot ordering, expression references) live in :mod:`.compiler`.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ Target = Annotated[
 
 class _NodeBase(_Model):
     name: Name
-    when: str | None = Field(default=None, max_length=4000)
+    when: str | None = Field(default=None, max_length=2048)
     """CEL; false → the node is skipped (and never compensated)."""
 
 
@@ -225,7 +225,7 @@ class ParallelNode(_NodeBase):
 
 
 class SwitchCase(_Model):
-    when: str = Field(max_length=4000)
+    when: str = Field(max_length=2048)
     steps: list[Node] = Field(min_length=1)
 
 

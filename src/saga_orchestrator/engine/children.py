@@ -7,12 +7,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from saga_orchestrator.core.commands import CompensateChild, ReportToParent, StartChild
+from saga_orchestrator.core.effects import report_for
 from saga_orchestrator.core.events import ErrorInfo, Event, Phase
 from saga_orchestrator.core.operations import outcome_events, request_undo
 from saga_orchestrator.core.state import SagaState
-from saga_orchestrator.core.status import InstanceStatus
 from saga_orchestrator.definition.compiler import validate_input
-from saga_orchestrator.errors import InvalidInput, NotFound
+from saga_orchestrator.errors import InvalidInput, InvalidTransition, NotFound
 
 if TYPE_CHECKING:
     from saga_orchestrator.engine.runtime import Engine
@@ -72,7 +72,22 @@ class ChildSagas:
                 state, f"parent {effect.parent_instance_id} compensates", self._engine.clock.now()
             )
 
-        state = await self._engine.advance(effect.tenant_id, effect.child_instance_id, make)
+        try:
+            state = await self._engine.advance(effect.tenant_id, effect.child_instance_id, make)
+        except InvalidTransition as refused:
+            # e.g. the child passed its own pivot: the parent's compensation policy decides.
+            error = ErrorInfo(type="ChildUndoRefused", message=str(refused), retryable=False)
+            await self.report(
+                ReportToParent(
+                    tenant_id=effect.tenant_id,
+                    parent_instance_id=effect.parent_instance_id,
+                    parent_node=effect.node,
+                    phase=Phase.COMPENSATION,
+                    succeeded=False,
+                    error=error,
+                )
+            )
+            return
         if state.undo_requested and state.status.is_settled:
             for report in settled_report(state):
                 await self.report(report)
@@ -94,36 +109,5 @@ class ChildSagas:
 
 
 def settled_report(state: SagaState) -> list[ReportToParent]:
-    if state.parent_instance_id is None or state.parent_node is None:
-        return []
-    phase = Phase.COMPENSATION if state.undo_requested else Phase.ACTION
-    if state.status is InstanceStatus.COMPLETED and not state.undo_requested:
-        return [
-            ReportToParent(
-                tenant_id=state.tenant_id,
-                parent_instance_id=state.parent_instance_id,
-                parent_node=state.parent_node,
-                phase=phase,
-                succeeded=True,
-                output=state.output,
-            )
-        ]
-    succeeded = state.undo_requested and state.status is InstanceStatus.COMPENSATED
-    error = None
-    if not succeeded:
-        error = ErrorInfo(
-            type="ChildSagaFailed",
-            message=f"child saga ended {state.status.value}",
-            retryable=False,
-        )
-    return [
-        ReportToParent(
-            tenant_id=state.tenant_id,
-            parent_instance_id=state.parent_instance_id,
-            parent_node=state.parent_node,
-            phase=phase,
-            succeeded=succeeded,
-            error=error,
-        )
-    ]
-
+    report = report_for(state)
+    return [] if report is None else [report]

@@ -305,3 +305,44 @@ async def test_oversize_payloads_get_a_specific_error_and_nothing_is_half_writte
     assert error.type == "OutputTooLarge"
     assert view.steps["huge"].attempts == 1  # a definite failure: not retried
     assert view.status is InstanceStatus.COMPENSATED
+
+
+async def test_a_parked_child_fails_its_parents_step_instead_of_leaving_it_waiting(
+    orchestrator: Orchestrator, participants: Participants
+) -> None:
+    participants.script["notify"] = ["reject"]
+    participants.script["undo.charge"] = ["retry"]
+    child = steps("charge", "notify", compensation_retry={"max_attempts": 1})
+    await orchestrator.register(saga("payment", child))
+    await orchestrator.register(
+        saga("order", [*steps("reserve"), {"name": "pay", "saga": "payment"}])
+    )
+    started = await orchestrator.start("order", {})
+    view = await orchestrator.wait(started.instance_id, timeout=10)
+    assert view.status is InstanceStatus.COMPENSATED
+    error = view.steps["pay"].error
+    assert error is not None
+    assert error.type == "ChildSagaParked"
+    child_id = view.steps["pay"].child_instance_id
+    assert child_id is not None
+    assert (await orchestrator.get(child_id)).status is InstanceStatus.FAILED
+
+
+async def test_a_child_past_its_pivot_cannot_be_undone_and_the_parent_parks(
+    orchestrator: Orchestrator, participants: Participants
+) -> None:
+    participants.script["ship"] = ["reject"]
+    child = [
+        {"name": "charge", "action": "charge", "kind": "pivot"},
+        {"name": "notify", "action": "notify", "kind": "retriable"},
+    ]
+    await orchestrator.register(saga("payment", child))
+    nodes = [{"name": "pay", "saga": "payment"}, *steps("ship")]
+    await orchestrator.register(saga("order", nodes))
+    started = await orchestrator.start("order", {})
+    view = await orchestrator.wait(started.instance_id, timeout=10)
+    assert view.status is InstanceStatus.FAILED
+    assert view.parked_node == "pay"
+    error = view.steps["pay"].compensation_error
+    assert error is not None
+    assert error.type == "ChildUndoRefused"
