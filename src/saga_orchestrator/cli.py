@@ -75,6 +75,32 @@ def demo(database_url: DatabaseUrl = None) -> None:
 
 
 @app.command()
+def serve(
+    database_url: DatabaseUrl = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
+    handlers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--handlers",
+            help="A module whose @handler functions run in-process (repeatable).",
+        ),
+    ] = None,
+    grace: Annotated[
+        float, typer.Option(help="Seconds in-flight attempts get to finish on shutdown.", min=0)
+    ] = 10.0,
+) -> None:
+    """Run a node: the engine and the REST API (docs at /docs) on the configured database."""
+    from saga_orchestrator.console.serve import serve as run_node
+
+    with _reported_errors():
+        settings = _settings(database_url=database_url)
+        asyncio.run(
+            run_node(settings, host=host, port=port, handler_modules=handlers or [], grace=grace)
+        )
+
+
+@app.command()
 def version() -> None:
     """Print the installed version."""
     Console().print(f"saga-orchestrator {package_version('saga-orchestrator')}")

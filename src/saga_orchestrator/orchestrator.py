@@ -67,7 +67,7 @@ class Orchestrator:
         self.engine = Engine(
             store=self.store,
             definitions=self.definitions,
-            transports=[InProcessTransport(self.handlers), *transports],
+            transports=[InProcessTransport(self.handlers, enforce_timeout=False), *transports],
             clock=self.clock,
             options=EngineOptions(max_concurrent_sagas=max_concurrent_sagas),
         )

@@ -4,6 +4,7 @@ semantic version, checked for sub-saga cycles on registration."""
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
@@ -15,6 +16,10 @@ from saga_orchestrator.errors import DefinitionConflict, DefinitionError, NotFou
 from saga_orchestrator.store import DefinitionRecord, PutDefinitionOutcome, Store
 
 KnownNames = Callable[[], Collection[str] | None]
+
+RESOLVE_TTL = 1.0
+"""Seconds a name's resolution to a version is reused: another node's new version is picked up
+within this delay; this node's own registrations and deprecations take effect at once."""
 
 
 class Registration(enum.StrEnum):
@@ -41,6 +46,8 @@ class DefinitionRegistry:
         self._known_handlers = known_handlers
         self._known_services = known_services
         self._compiled: dict[tuple[str, str, str], CompiledDefinition] = {}
+        self._resolved: dict[tuple[str, str, str | None], tuple[float, CompiledDefinition]] = {}
+        self.resolve_ttl = RESOLVE_TTL
 
     async def register(self, tenant_id: str, definition: SagaDefinition) -> Registration:
         """Validate and store a version; raise DefinitionError or DefinitionConflict."""
@@ -63,6 +70,7 @@ class DefinitionRegistry:
                 "body; versions are immutable, register a new version"
             )
         self._compiled[(tenant_id, definition.name, definition.version)] = compiled
+        self._forget(tenant_id, definition.name)
         if outcome is PutDefinitionOutcome.CREATED:
             return Registration.CREATED
         return Registration.IDENTICAL
@@ -81,7 +89,21 @@ class DefinitionRegistry:
     async def resolve(
         self, tenant_id: str, name: str, constraint: str | None = None
     ) -> CompiledDefinition:
-        """The highest non-deprecated version allowed by ``constraint`` (default: latest)."""
+        """The highest non-deprecated version allowed by ``constraint`` (default: latest).
+
+        Resolutions are cached for ``resolve_ttl`` seconds (and dropped at once when this node
+        registers or deprecates a version of that name), so a start costs no store read."""
+        key = (tenant_id, name, constraint)
+        cached = self._resolved.get(key)
+        if cached is not None and time.monotonic() - cached[0] < self.resolve_ttl:
+            return cached[1]
+        compiled = await self._resolve(tenant_id, name, constraint)
+        self._resolved[key] = (time.monotonic(), compiled)
+        return compiled
+
+    async def _resolve(
+        self, tenant_id: str, name: str, constraint: str | None
+    ) -> CompiledDefinition:
         records = await self._store.list_definition_versions(tenant_id, name)
         if not records:
             raise NotFound(f"no definition named {name!r}")
@@ -97,6 +119,11 @@ class DefinitionRegistry:
     async def deprecate(self, tenant_id: str, name: str, version: str) -> None:
         if not await self._store.set_definition_deprecated(tenant_id, name, version, True):
             raise NotFound(f"no definition {name} {version}")
+        self._forget(tenant_id, name)
+
+    def _forget(self, tenant_id: str, name: str) -> None:
+        for key in [k for k in self._resolved if k[0] == tenant_id and k[1] == name]:
+            del self._resolved[key]
 
     async def _check_sub_sagas(self, tenant_id: str, compiled: CompiledDefinition) -> None:
         """Every sub-saga must exist, and no chain of sub-sagas may lead back to this one."""

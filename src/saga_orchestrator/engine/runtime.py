@@ -27,7 +27,13 @@ from saga_orchestrator.core.commands import (
     StartChild,
 )
 from saga_orchestrator.core.decide import decide
-from saga_orchestrator.core.events import ErrorInfo, Event, Phase
+from saga_orchestrator.core.events import (
+    AttemptFailed,
+    AttemptSucceeded,
+    ErrorInfo,
+    Event,
+    Phase,
+)
 from saga_orchestrator.core.operations import (
     outcome_events,
     recover,
@@ -115,6 +121,9 @@ class Engine:
         self._slots = asyncio.Semaphore(self.options.max_concurrent_sagas)
         self._live: dict[str, Live] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._attempt_tasks: dict[tuple[str, str, Phase, int], asyncio.Task[Any]] = {}
+        """Attempts running in this process, so an attempt settled otherwise (its deadline
+        passed, the saga moved on) is cancelled instead of running on unobserved."""
         self._running = False
 
     # -- lifecycle --
@@ -296,8 +305,18 @@ class Engine:
                     raise SequenceConflict(f"instance {before.instance_id} moved on")
                 live.state = decision.state
                 self._publish(request, now)
+                self._cancel_settled_attempts(before.instance_id, events)
             self._after_commit(live, decision.effects, decision.wake_at)
             return live.state
+
+    def _cancel_settled_attempts(self, instance_id: str, events: Sequence[Event]) -> None:
+        current = asyncio.current_task()
+        for event in events:
+            if isinstance(event, AttemptFailed | AttemptSucceeded):
+                key = (instance_id, event.node, event.phase, event.attempt)
+                task = self._attempt_tasks.get(key)
+                if task is not None and task is not current:
+                    task.cancel()
 
     def _publish(self, request: AppendRequest, recorded_at: Any) -> None:
         if not self.bus.has_subscribers(request.instance_id):
@@ -362,7 +381,14 @@ class Engine:
             action_output=dispatch.action_output,
             timeout=dispatch.timeout,
         )
-        outcome = await self._transport_for(dispatch).call(request)
+        attempt = (dispatch.instance_id, dispatch.node, dispatch.phase, dispatch.attempt)
+        task = asyncio.current_task()
+        assert task is not None
+        self._attempt_tasks[attempt] = task
+        try:
+            outcome = await self._transport_for(dispatch).call(request)
+        finally:
+            self._attempt_tasks.pop(attempt, None)
         await self.record_outcome(
             dispatch.tenant_id,
             dispatch.instance_id,

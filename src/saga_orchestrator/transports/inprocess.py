@@ -17,8 +17,11 @@ MAX_OUTPUT_BYTES = 1_000_000
 
 
 class InProcessTransport:
-    def __init__(self, registry: HandlerRegistry) -> None:
+    def __init__(self, registry: HandlerRegistry, *, enforce_timeout: bool = True) -> None:
         self.registry = registry
+        self.enforce_timeout = enforce_timeout
+        """False when the caller enforces attempt deadlines itself (the engine cancels an
+        attempt whose durable deadline passed), which spares a timer per call."""
 
     def accepts(self, target: Target) -> bool:
         return isinstance(target, HandlerCall)
@@ -41,7 +44,7 @@ class InProcessTransport:
             action_output=request.action_output,
         )
         try:
-            async with asyncio.timeout(request.timeout):
+            async with asyncio.timeout(request.timeout if self.enforce_timeout else None):
                 output = await invoke(function, context)
         except TimeoutError:
             return _failure("Timeout", f"handler exceeded {request.timeout}s", True, unknown=True)

@@ -1,0 +1,103 @@
+"""The app factory: a FastAPI app over a wired node, with no global state.
+
+    async with Orchestrator(database_url, handlers=[...]) as node:
+        app = create_app(node)
+        await uvicorn.Server(uvicorn.Config(app)).serve()
+
+The caller owns the orchestrator: the app's lifespan does not open or close it; it only stops
+what the app itself started (the tasks that follow instances for the metrics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from importlib.metadata import version as package_version
+
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
+
+from saga_orchestrator.api.dependencies import Services
+from saga_orchestrator.api.limits import BodyLimitMiddleware
+from saga_orchestrator.api.metrics import ApiMetrics, MetricsMiddleware
+from saga_orchestrator.api.openapi import SagaApi
+from saga_orchestrator.api.options import ApiOptions
+from saga_orchestrator.api.problems import AllowedMethods, ProblemHandlers
+from saga_orchestrator.api.routes import definitions, health, instances, operations, stream
+from saga_orchestrator.api.services import DefinitionService, HealthService, InstanceService
+from saga_orchestrator.api.watch import SettlementWatcher
+from saga_orchestrator.orchestrator import Orchestrator
+
+DESCRIPTION = """\
+Durable sagas for distributed transactions: register definitions, start instances, follow
+their events, and act on the ones an operator must handle. Every error is an RFC 9457
+`application/problem+json` document.
+"""
+
+
+def create_app(orchestrator: Orchestrator, options: ApiOptions | None = None) -> FastAPI:
+    """The API of ``orchestrator``, which the caller opens before serving and closes after."""
+    options = options or ApiOptions()
+    services = build_services(orchestrator, options)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await services.instances.aclose()
+
+    app = SagaApi(
+        title="Saga Orchestrator",
+        version=package_version("saga-orchestrator"),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    routers = [module.router for module in (definitions, instances, stream, operations, health)]
+    ProblemHandlers(options.retry_after, allowed_methods(routers)).install(app)
+    for router in routers:
+        app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=options.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=services.metrics)
+    return app
+
+
+def allowed_methods(routers: Sequence[APIRouter]) -> AllowedMethods:
+    routes = [
+        (route.path_regex, route.methods or set())
+        for router in routers
+        for route in router.routes
+        if isinstance(route, APIRoute)
+    ]
+
+    def allowed(path: str) -> list[str]:
+        return sorted({m for regex, methods in routes if regex.match(path) for m in methods})
+
+    return allowed
+
+
+def build_services(orchestrator: Orchestrator, options: ApiOptions) -> Services:
+    metrics = ApiMetrics()
+    watcher = None
+    if options.watch_settlement:
+        watcher = SettlementWatcher(
+            orchestrator.engine,
+            metrics.saga_finished,
+            poll_interval=options.watch_poll_interval,
+        )
+    return Services(
+        definitions=DefinitionService(orchestrator.definitions, orchestrator.store),
+        instances=InstanceService(
+            engine=orchestrator.engine,
+            store=orchestrator.store,
+            clock=orchestrator.clock,
+            actor=options.actor,
+            watcher=watcher,
+            on_started=metrics.saga_started,
+        ),
+        health=HealthService(orchestrator.store),
+        metrics=metrics,
+        options=options,
+        default_tenant=orchestrator.tenant_id,
+    )

@@ -1,0 +1,46 @@
+"""What route handlers receive: the services of their app, and the caller's tenant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from saga_orchestrator.api.metrics import ApiMetrics
+from saga_orchestrator.api.options import ApiOptions
+from saga_orchestrator.api.services import DefinitionService, HealthService, InstanceService
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Services:
+    """Everything the routes of one app use, kept on ``app.state`` (never a global)."""
+
+    definitions: DefinitionService
+    instances: InstanceService
+    health: HealthService
+    metrics: ApiMetrics
+    options: ApiOptions
+    default_tenant: str
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found
+
+
+def current_tenant(request: Request) -> str:
+    """The tenant of this request: the node's tenant until requests carry an identity. Every
+    route takes its tenant from here, so authentication can set it in one place."""
+    return services(request).default_tenant
+
+
+def definition_service(request: Request) -> DefinitionService:
+    return services(request).definitions
+
+
+def instance_service(request: Request) -> InstanceService:
+    return services(request).instances
+
+
+def health_service(request: Request) -> HealthService:
+    return services(request).health

@@ -1,0 +1,93 @@
+"""Prometheus metrics of one app, in a registry of its own (never the process-wide default, so
+two apps in one process, as in tests, do not share counters)."""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from saga_orchestrator.core.status import InstanceStatus
+
+METRICS_MEDIA_TYPE: Final = CONTENT_TYPE_LATEST
+UNMATCHED_ROUTE: Final = "<unmatched>"
+"""The route label of requests that matched no route (keeps the label set bounded)."""
+
+_DURATION_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "saga_http_requests",
+            "HTTP requests answered, by route template, method and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "saga_http_request_duration_seconds",
+            "Time from receiving a request to the end of its response.",
+            ["method", "route"],
+            buckets=_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.started = Counter(
+            "saga_instances_started",
+            "Instances created through the API (idempotent repeats not counted).",
+            ["saga_name"],
+            registry=self.registry,
+        )
+        self.finished = Counter(
+            "saga_instances_finished",
+            "Instances started or resumed through the API that settled, by status "
+            "(terminal, or failed: parked for an operator).",
+            ["saga_name", "status"],
+            registry=self.registry,
+        )
+
+    def saga_started(self, saga_name: str) -> None:
+        self.started.labels(saga_name=saga_name).inc()
+
+    def saga_finished(self, saga_name: str, status: InstanceStatus) -> None:
+        self.finished.labels(saga_name=saga_name, status=status.value).inc()
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method=method, route=route, status=str(status)).inc()
+        self.duration.labels(method=method, route=route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request, labelled with its route's path template."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500  # unless a response starts: an exception becomes a 500 further out
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
+            elapsed = time.perf_counter() - began
+            self.metrics.observe(scope["method"], route, status, elapsed)

@@ -1,0 +1,25 @@
+"""The API's options: one documented object, passed to :func:`~saga_orchestrator.api.create_app`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiOptions:
+    max_body_bytes: int = 1024 * 1024
+    """Request bodies above this size are refused with 413, before any route reads them."""
+    heartbeat_interval: float = 15.0
+    """Seconds of silence after which an event stream sends a comment line, so that proxies
+    and clients know the connection is alive."""
+    stream_poll_interval: float = 2.0
+    """How often a quiet event stream re-reads the store: events written by another node do
+    not reach this node's event bus."""
+    retry_after: int = 5
+    """Seconds announced in ``Retry-After`` when the database is unavailable (503)."""
+    actor: str = "api"
+    """Recorded as the actor of operator actions until requests carry an identity."""
+    watch_settlement: bool = True
+    """Follow instances started through the API to count them as they settle (metrics)."""
+    watch_poll_interval: float = 5.0
+    """How often a followed instance is looked at when no event arrives."""

@@ -1,0 +1,67 @@
+"""``saga serve``: one node — the engine on the configured database, the REST API over it,
+and the in-process handlers of the modules named on the command line."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Sequence
+
+import uvicorn
+
+from saga_orchestrator.api import create_app
+from saga_orchestrator.errors import ConfigurationError
+from saga_orchestrator.orchestrator import Orchestrator
+from saga_orchestrator.settings import Settings
+from saga_orchestrator.transports.handlers import HandlerRegistry
+
+log = logging.getLogger("saga_orchestrator.serve")
+
+
+def load_handlers(modules: Sequence[str]) -> HandlerRegistry:
+    """Import each module and register its ``@handler`` functions."""
+    registry = HandlerRegistry()
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as error:
+            raise ConfigurationError(f"--handlers {name}: cannot import it ({error})") from None
+        if registry.include(module) == 0:
+            raise ConfigurationError(f"--handlers {name}: it defines no @handler function")
+    return registry
+
+
+async def serve(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    handler_modules: Sequence[str],
+    grace: float,
+) -> None:
+    """Serve until SIGINT/SIGTERM; then stop accepting requests, give in-flight attempts
+    ``grace`` seconds, and leave anything unfinished to be resumed from its history."""
+    handlers = load_handlers(handler_modules)
+    orchestrator = Orchestrator(
+        settings.database_url,
+        handlers=handlers,
+        max_concurrent_sagas=settings.max_concurrent_sagas,
+        tenant_id=settings.tenant_id,
+        # Handlers may also be served by workers in other processes.
+        require_known_handlers=False,
+    )
+    await orchestrator.open()
+    try:
+        config = uvicorn.Config(
+            create_app(orchestrator),
+            host=host,
+            port=port,
+            log_level=settings.log_level.value,
+            lifespan="on",
+            timeout_graceful_shutdown=int(grace) or 1,
+            access_log=False,
+        )
+        log.info("serving on http://%s:%d with %d handlers", host, port, len(handlers))
+        await uvicorn.Server(config).serve()
+    finally:
+        await orchestrator.close(grace=grace)
