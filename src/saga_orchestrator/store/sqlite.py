@@ -210,7 +210,16 @@ class SqliteStore:
 # -- everything below runs on the store's thread --
 
 
+MIN_SQLITE = (3, 38, 0)
+"""JSON ``->>`` (bulk writes) needs SQLite 3.38; UPDATE ... FROM needs 3.33."""
+
+
 def _connect(path: str, options: SqliteOptions) -> sqlite3.Connection:
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        raise ConfigurationError(
+            f"SQLite {sqlite3.sqlite_version} is too old: the embedded store needs "
+            f"{'.'.join(map(str, MIN_SQLITE))} or newer (Python 3.11+ builds bundle it)"
+        )
     # isolation_level=None: the module never opens transactions behind our back.
     conn = sqlite3.connect(path, isolation_level=None, cached_statements=256)
     try:

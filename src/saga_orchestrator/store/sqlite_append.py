@@ -4,7 +4,7 @@ thread. The write lock is taken first, so the facts read inside are final: no ra
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import orjson
@@ -39,9 +39,8 @@ def append_batch(conn: sqlite3.Connection, requests: list[AppendRequest]) -> lis
     ids = orjson.dumps(batch_instance_ids(requests)).decode()
     keys = batch_start_keys(requests)
     with write_transaction(conn):
-        instances = {
-            iid: (tenant, seq) for iid, tenant, seq in conn.execute(sql.LOCKED_FACTS, (ids,))
-        }
+        (facts,) = conn.execute(sql.LOCKED_FACTS, (ids,)).fetchone()
+        instances = {iid: (tenant, seq) for iid, tenant, seq in orjson.loads(facts)}
         taken = {}
         if keys:
             rows = conn.execute(sql.TAKEN_START_KEYS, (orjson.dumps(keys).decode(),))
@@ -65,21 +64,26 @@ def _write_plan(conn: sqlite3.Connection, plan: Plan) -> None:
             for c in plan.start_keys
         ],
     )
-    conn.executemany(sql.INSERT_INSTANCE, [_created_row(row) for row in plan.created.values()])
-    conn.executemany(
-        sql.UPDATE_INSTANCE,
-        [
-            (str(u.status), _nodes(u.current_nodes), to_micros(u.updated_at), last_seq, iid)
-            for iid, (u, last_seq) in plan.updated.items()
-        ],
-    )
-    conn.executemany(
-        sql.INSERT_EVENT,
-        [
-            (tenant, iid, seq, typ, data.decode(), to_micros(at))
-            for tenant, iid, seq, typ, data, at in plan.events
-        ],
-    )
+    if plan.created:
+        _bulk(conn, sql.INSERT_INSTANCES, [_created_row(row) for row in plan.created.values()])
+    if plan.updated:
+        _bulk(
+            conn,
+            sql.UPDATE_INSTANCES,
+            [
+                (iid, str(u.status), _nodes(u.current_nodes), to_micros(u.updated_at), last_seq)
+                for iid, (u, last_seq) in plan.updated.items()
+            ],
+        )
+    if plan.events:
+        _bulk(
+            conn,
+            sql.INSERT_EVENTS,
+            [
+                (tenant, iid, seq, typ, data.decode(), to_micros(at))
+                for tenant, iid, seq, typ, data, at in plan.events
+            ],
+        )
     _write_timers(conn, plan)
     conn.executemany(
         sql.INSERT_OUTBOX,
@@ -105,9 +109,15 @@ def _write_timers(conn: sqlite3.Connection, plan: Plan) -> None:
         for iid, (tenant, fire_at) in plan.timers.items()
         if fire_at is not None
     ]
-    deletes = [(iid,) for iid, (_, fire_at) in plan.timers.items() if fire_at is None]
-    conn.executemany(sql.UPSERT_TIMER, upserts)
-    conn.executemany(sql.DELETE_TIMER, deletes)
+    deletes = [iid for iid, (_, fire_at) in plan.timers.items() if fire_at is None]
+    if upserts:
+        _bulk(conn, sql.UPSERT_TIMERS, upserts)
+    if deletes:
+        _bulk(conn, sql.DELETE_TIMERS, deletes)
+
+
+def _bulk(conn: sqlite3.Connection, statement: str, rows: Sequence[object]) -> None:
+    conn.execute(statement, (orjson.dumps(rows).decode(),))
 
 
 def _created_row(row: CreatedRow) -> tuple[object, ...]:

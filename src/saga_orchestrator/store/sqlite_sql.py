@@ -79,8 +79,11 @@ NEXT_TIMER_AT: Final = "SELECT min(fire_at) FROM timers"
 
 # -- append: the facts a batch depends on (one JSON array parameter each, so the statement is
 # prepared once whatever the batch size) and its bulk writes --
+# Bulk statements read their rows from one JSON array parameter, so a whole table's share of a
+# batch is one statement and one result row: row-by-row executemany and cursors hand the GIL
+# back and forth with the busy event loop on every row.
 LOCKED_FACTS: Final = """
-SELECT instance_id, tenant_id, last_seq FROM instances
+SELECT json_group_array(json_array(instance_id, tenant_id, last_seq)) FROM instances
 WHERE instance_id IN (SELECT value FROM json_each(?))"""
 TAKEN_START_KEYS: Final = """
 SELECT tenant_id, idempotency_key, instance_id, request_digest FROM start_keys
@@ -90,22 +93,29 @@ WHERE (tenant_id, idempotency_key) IN (
 INSERT_START_KEY: Final = """
 INSERT INTO start_keys (tenant_id, idempotency_key, instance_id, request_digest, created_at)
 VALUES (?, ?, ?, ?, ?)"""
-INSERT_INSTANCE: Final = """
+INSERT_INSTANCES: Final = """
 INSERT INTO instances
     (instance_id, tenant_id, definition_name, definition_version, status, current_nodes,
      last_seq, created_at, updated_at, parent_instance_id, parent_node, idempotency_key)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
-UPDATE_INSTANCE: Final = """
-UPDATE instances SET status = ?, current_nodes = ?, updated_at = ?, last_seq = ?
-WHERE instance_id = ?"""
-INSERT_EVENT: Final = """
+SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
+       value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11
+FROM json_each(?)"""
+UPDATE_INSTANCES: Final = """
+UPDATE instances
+SET status = u.value ->> 1, current_nodes = u.value ->> 2, updated_at = u.value ->> 3,
+    last_seq = u.value ->> 4
+FROM json_each(?) AS u
+WHERE instances.instance_id = u.value ->> 0"""
+INSERT_EVENTS: Final = """
 INSERT INTO events (tenant_id, instance_id, seq, type, data, recorded_at)
-VALUES (?, ?, ?, ?, ?, ?)"""
-UPSERT_TIMER: Final = """
-INSERT INTO timers (instance_id, tenant_id, fire_at) VALUES (?, ?, ?)
+SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5
+FROM json_each(?)"""
+UPSERT_TIMERS: Final = """
+INSERT INTO timers (instance_id, tenant_id, fire_at)
+SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) WHERE true
 ON CONFLICT (instance_id) DO UPDATE SET tenant_id = excluded.tenant_id,
                                         fire_at = excluded.fire_at"""
-DELETE_TIMER: Final = "DELETE FROM timers WHERE instance_id = ?"
+DELETE_TIMERS: Final = "DELETE FROM timers WHERE instance_id IN (SELECT value FROM json_each(?))"
 # A message id already in the outbox is the same message written again: keep the first.
 INSERT_OUTBOX: Final = """
 INSERT INTO outbox
