@@ -13,7 +13,7 @@ ROOT = Path(__file__).parents[2]
 README = ROOT / "README.md"
 CI_SCRIPT = ROOT / ".ci" / "run"
 
-DEMO_COMMAND = "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && saga demo"
+RUN_COMMAND = "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && saga serve"
 TEST_COMMAND = "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && pytest"
 
 
@@ -48,7 +48,7 @@ def test_readme_python_example_runs(tmp_path: Path, number: int) -> None:
         assert result.stdout.splitlines() == ["20 completed", "released R-A-1", "500 compensated"]
 
 
-@pytest.mark.parametrize("command", [DEMO_COMMAND, TEST_COMMAND])
+@pytest.mark.parametrize("command", [RUN_COMMAND, TEST_COMMAND])
 def test_the_newcomer_commands_are_single_lines_of_the_readme(command: str) -> None:
     assert command in shell_lines(README.read_text(encoding="utf-8"))
 

@@ -3,9 +3,14 @@ and the in-process handlers of the modules named on the command line."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import logging
-from collections.abc import Sequence
+import os
+import signal
+import sys
+from collections.abc import Iterator, Sequence
 
 import uvicorn
 
@@ -21,6 +26,8 @@ log = logging.getLogger("saga_orchestrator.serve")
 def load_handlers(modules: Sequence[str]) -> HandlerRegistry:
     """Import each module and register its ``@handler`` functions."""
     registry = HandlerRegistry()
+    if modules and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like uvicorn: modules of the working directory
     for name in modules:
         try:
             module = importlib.import_module(name)
@@ -62,6 +69,26 @@ async def serve(
             access_log=False,
         )
         log.info("serving on http://%s:%d with %d handlers", host, port, len(handlers))
-        await uvicorn.Server(config).serve()
+        await _Server(config).serve()
     finally:
         await orchestrator.close(grace=grace)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM once it has stopped, which would kill the process before the
+    engine's own graceful stop; here a signal only asks the server to exit, and the caller
+    stops the engine afterwards."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._ask_to_exit)
+        try:
+            yield
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+
+    def _ask_to_exit(self) -> None:
+        self.should_exit = True
