@@ -33,17 +33,7 @@ class ChildSagas:
             )
             validate_input(definition.definition, effect.input)
         except (NotFound, InvalidInput) as error:
-            failure = ErrorInfo(type=type(error).__name__, message=str(error), retryable=False)
-            await self.report(
-                ReportToParent(
-                    tenant_id=effect.tenant_id,
-                    parent_instance_id=effect.parent_instance_id,
-                    parent_node=effect.node,
-                    phase=Phase.ACTION,
-                    succeeded=False,
-                    error=failure,
-                )
-            )
+            await self._fail_parent(effect, Phase.ACTION, type(error).__name__, str(error))
             return
         await self._engine.create_instance(
             definition,
@@ -76,21 +66,25 @@ class ChildSagas:
             state = await self._engine.advance(effect.tenant_id, effect.child_instance_id, make)
         except InvalidTransition as refused:
             # e.g. the child passed its own pivot: the parent's compensation policy decides.
-            error = ErrorInfo(type="ChildUndoRefused", message=str(refused), retryable=False)
-            await self.report(
-                ReportToParent(
-                    tenant_id=effect.tenant_id,
-                    parent_instance_id=effect.parent_instance_id,
-                    parent_node=effect.node,
-                    phase=Phase.COMPENSATION,
-                    succeeded=False,
-                    error=error,
-                )
-            )
+            await self._fail_parent(effect, Phase.COMPENSATION, "ChildUndoRefused", str(refused))
             return
         if state.undo_requested and state.status.is_settled:
             for report in settled_report(state):
                 await self.report(report)
+
+    async def _fail_parent(
+        self, effect: StartChild | CompensateChild, phase: Phase, kind: str, message: str
+    ) -> None:
+        await self.report(
+            ReportToParent(
+                tenant_id=effect.tenant_id,
+                parent_instance_id=effect.parent_instance_id,
+                parent_node=effect.node,
+                phase=phase,
+                succeeded=False,
+                error=ErrorInfo(type=kind, message=message, retryable=False),
+            )
+        )
 
     async def report(self, effect: ReportToParent) -> None:
         def make(state: SagaState) -> list[Event]:
