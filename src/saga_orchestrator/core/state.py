@@ -163,7 +163,12 @@ def evolve(state: SagaState, event: Event) -> SagaState:
     if apply is None:
         raise InvalidTransition(f"cannot apply {type(event).__name__} to a saga's state")
     applied: SagaState = apply(state, event)
-    return replace(applied, seq=state.seq + 1)
+    if applied is state:
+        return replace(state, seq=state.seq + 1)
+    # ``applied`` was built by this call and is seen by no one yet: stamping its sequence in
+    # place spares a second copy of the whole state on every event (the hot path).
+    object.__setattr__(applied, "seq", state.seq + 1)
+    return applied
 
 
 def _with_node(state: SagaState, name: str, node: NodeState) -> SagaState:
