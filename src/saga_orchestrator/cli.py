@@ -9,11 +9,14 @@ settings or usage. Imports of the engine are deferred to the commands that need 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from importlib.metadata import version as package_version
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -23,7 +26,9 @@ from saga_orchestrator.errors import ConfigurationError, SagaError
 from saga_orchestrator.settings import Settings, load_settings, mask_password
 
 if TYPE_CHECKING:
+    from saga_orchestrator.console.client import SagaClient
     from saga_orchestrator.console.demo import DemoRun
+    from saga_orchestrator.errors import DefinitionError
 
 app = typer.Typer(
     name="saga",
@@ -106,6 +111,235 @@ def version() -> None:
     Console().print(f"saga-orchestrator {package_version('saga-orchestrator')}")
 
 
+# --- client commands: a running server over its REST API -----------------------------------
+
+definitions_app = typer.Typer(
+    name="definitions", help="Register and list saga definitions on a server.", no_args_is_help=True
+)
+instances_app = typer.Typer(
+    name="instances",
+    help="Start, inspect, cancel and retry saga instances on a server.",
+    no_args_is_help=True,
+)
+app.add_typer(definitions_app)
+app.add_typer(instances_app)
+
+
+class OutputFormat(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+
+
+ServerUrl = Annotated[
+    str,
+    typer.Option("--url", envvar="SAGA_URL", help="The server's base URL."),
+]
+OutputOption = Annotated[
+    OutputFormat,
+    typer.Option("--output", "-o", help="table for people, json for scripts."),
+]
+InstanceIdArgument = Annotated[str, typer.Argument(help="The instance's id.", show_default=False)]
+ReasonOption = Annotated[
+    str, typer.Option("--reason", help="Why (recorded in the history).", show_default=False)
+]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+@definitions_app.command("apply")
+def definitions_apply(
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Definition files (.json, .yaml or .yml).",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            show_default=False,
+        ),
+    ],
+    url: ServerUrl = DEFAULT_URL,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """Register each file's definition: prints created or identical per file; stops at the
+    first invalid one with its violations."""
+    from saga_orchestrator.console.client import media_type_of
+    from saga_orchestrator.console.output import print_applied, print_json
+    from saga_orchestrator.errors import DefinitionError
+
+    applied: list[dict[str, Any]] = []
+    with _reported_errors(), _client(url) as client:
+        for file in files:
+            try:
+                body = file.read_bytes()
+            except OSError as error:
+                _fail(f"error: cannot read {file}: {error.strerror}", EXIT_ERROR)
+            try:
+                registered = client.apply_definition(body, media_type_of(file))
+            except DefinitionError as error:
+                _fail_with_violations(f"error: {file}: invalid definition", error)
+            applied.append({"file": str(file), **registered})
+            if output is OutputFormat.TABLE:
+                print_applied(Console(), str(file), registered)
+    if output is OutputFormat.JSON:
+        print_json(applied)
+
+
+@definitions_app.command("list")
+def definitions_list(
+    prefix: Annotated[str, typer.Option(help="Only names starting with this.")] = "",
+    url: ServerUrl = DEFAULT_URL,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """The latest version of each definition."""
+    from saga_orchestrator.console.output import print_definitions, print_json
+
+    with _reported_errors(), _client(url) as client:
+        definitions = client.list_definitions(prefix)
+    if output is OutputFormat.JSON:
+        print_json(definitions)
+    else:
+        print_definitions(Console(), definitions)
+
+
+@instances_app.command("start")
+def instances_start(
+    saga: Annotated[str, typer.Argument(help="The saga's name.", show_default=False)],
+    *,
+    saga_version: Annotated[
+        str | None,
+        typer.Option("--version", help="A version or constraint (default: the latest)."),
+    ] = None,
+    context: Annotated[
+        str | None, typer.Option("--context", help="The saga's input, as JSON.")
+    ] = None,
+    context_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--context-file",
+            help="The saga's input, from a JSON or YAML file.",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option("--idempotency-key", help="Starts with the same key and input start once."),
+    ] = None,
+    url: ServerUrl = DEFAULT_URL,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """Start an instance of a saga."""
+    from saga_orchestrator.console.output import print_json, print_started
+
+    payload = _context(context, context_file)
+    with _reported_errors(), _client(url) as client:
+        started = client.start_instance(
+            saga, context=payload, version=saga_version, idempotency_key=idempotency_key
+        )
+    if output is OutputFormat.JSON:
+        print_json(started)
+    else:
+        print_started(Console(), started)
+
+
+@instances_app.command("list")
+def instances_list(
+    *,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            help="running, compensating, completed, compensated, failed, cancelled, timed_out."
+        ),
+    ] = None,
+    saga: Annotated[str | None, typer.Option(help="Only instances of this saga.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Page size (1-500).", min=1, max=500)] = None,
+    cursor: Annotated[str | None, typer.Option(help="The previous page's next cursor.")] = None,
+    url: ServerUrl = DEFAULT_URL,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """List instances, newest first, one page at a time."""
+    from saga_orchestrator.console.output import print_instances, print_json
+
+    with _reported_errors(), _client(url) as client:
+        page = client.list_instances(status=status, saga_name=saga, limit=limit, cursor=cursor)
+    if output is OutputFormat.JSON:
+        print_json(page)
+    else:
+        print_instances(Console(), page)
+
+
+@instances_app.command("show")
+def instances_show(
+    instance_id: InstanceIdArgument,
+    url: ServerUrl = DEFAULT_URL,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """An instance: its steps, then the timeline of its history."""
+    from saga_orchestrator.console.output import print_instance, print_json
+
+    with _reported_errors(), _client(url) as client:
+        detail = client.get_instance(instance_id)
+        if output is OutputFormat.JSON:
+            print_json(detail)
+            return
+        events = client.events(instance_id)
+        print_instance(Console(), detail, events)
+
+
+@instances_app.command("events")
+def instances_events(
+    instance_id: InstanceIdArgument,
+    url: ServerUrl = DEFAULT_URL,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """An instance's whole history, in sequence order."""
+    from saga_orchestrator.console.output import print_events, print_json
+
+    with _reported_errors(), _client(url) as client:
+        events = client.events(instance_id)
+    if output is OutputFormat.JSON:
+        print_json(events)
+    else:
+        print_events(Console(), events)
+
+
+@instances_app.command("cancel")
+def instances_cancel(
+    instance_id: InstanceIdArgument,
+    reason: ReasonOption,
+    url: ServerUrl = DEFAULT_URL,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """Cancel a running instance: it compensates, then ends cancelled."""
+    from saga_orchestrator.console.output import print_json, print_operator_action
+
+    with _reported_errors(), _client(url) as client:
+        detail = client.cancel(instance_id, reason)
+    if output is OutputFormat.JSON:
+        print_json(detail)
+    else:
+        print_operator_action(Console(), "cancel requested", detail)
+
+
+@instances_app.command("retry")
+def instances_retry(
+    instance_id: InstanceIdArgument,
+    reason: ReasonOption,
+    url: ServerUrl = DEFAULT_URL,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """Retry the failed step or compensation of a parked (failed) instance."""
+    from saga_orchestrator.console.output import print_json, print_operator_action
+
+    with _reported_errors(), _client(url) as client:
+        detail = client.retry(instance_id, reason)
+    if output is OutputFormat.JSON:
+        print_json(detail)
+    else:
+        print_operator_action(Console(), "retry requested", detail)
+
+
 # --- wiring ---------------------------------------------------------------------------------
 
 
@@ -139,6 +373,44 @@ async def _demo(settings: Settings) -> list[DemoRun]:
         tenant_id=settings.tenant_id,
     ) as saga:
         return await run_demo(saga)
+
+
+@contextmanager
+def _client(url: str) -> Iterator[SagaClient]:
+    from saga_orchestrator.console.client import SagaClient
+
+    with SagaClient(url) as client:
+        yield client
+
+
+def _context(text: str | None, file: Path | None) -> Any:
+    """The start's context from ``--context`` or ``--context-file`` (not both); ``{}`` if
+    neither."""
+    if text is not None and file is not None:
+        raise typer.BadParameter("give --context or --context-file, not both")
+    if text is not None:
+        try:
+            return json.loads(text)
+        except ValueError as error:
+            raise typer.BadParameter(f"not JSON: {error}", param_hint="--context") from None
+    if file is not None:
+        import yaml
+
+        try:
+            return yaml.safe_load(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            raise typer.BadParameter(
+                f"cannot read {file}: {error}", param_hint="--context-file"
+            ) from None
+    return {}
+
+
+def _fail_with_violations(message: str, error: DefinitionError) -> NoReturn:
+    err = Console(stderr=True)
+    err.print(Text(message, style="red"), soft_wrap=True)
+    for violation in error.violations:
+        err.print(Text(f"  {violation}", style="red"), soft_wrap=True)
+    raise typer.Exit(EXIT_ERROR)
 
 
 @contextmanager
