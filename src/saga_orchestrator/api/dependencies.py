@@ -23,24 +23,31 @@ class Services:
     default_tenant: str
 
 
-def services(request: Request) -> Services:
-    found: Services = request.app.state.services
-    return found
+# Coroutines, not functions: FastAPI would run plain functions in a thread pool.
 
 
-def current_tenant(request: Request) -> str:
+async def services(request: Request) -> Services:
+    return _services(request)
+
+
+async def current_tenant(request: Request) -> str:
     """The tenant of this request: the node's tenant until requests carry an identity. Every
     route takes its tenant from here, so authentication can set it in one place."""
-    return services(request).default_tenant
+    return _services(request).default_tenant
 
 
-def definition_service(request: Request) -> DefinitionService:
-    return services(request).definitions
+async def definition_service(request: Request) -> DefinitionService:
+    return _services(request).definitions
 
 
-def instance_service(request: Request) -> InstanceService:
-    return services(request).instances
+async def instance_service(request: Request) -> InstanceService:
+    return _services(request).instances
 
 
-def health_service(request: Request) -> HealthService:
-    return services(request).health
+async def health_service(request: Request) -> HealthService:
+    return _services(request).health
+
+
+def _services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found

@@ -207,7 +207,7 @@ def _title(status: int) -> str:
 # --- OpenAPI ----------------------------------------------------------------------------------
 
 _DESCRIPTIONS: Final = {
-    400: "The request is malformed.",
+    400: "The body cannot be decoded (JSON text must be UTF-8).",
     404: "No such resource (for this tenant).",
     409: "The resource's state does not allow this (problem+json says why).",
     413: "The request body exceeds the size limit.",

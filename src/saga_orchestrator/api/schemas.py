@@ -4,11 +4,12 @@ definition endpoints carry the language's own JSON Schema (see :mod:`.openapi`).
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 from saga_orchestrator.core.events import ErrorInfo, FailureCause
 from saga_orchestrator.core.status import InstanceStatus, StepStatus
@@ -23,6 +24,16 @@ CONSTRAINT_PATTERN = r"^[0-9A-Za-z.+*^~<>=, -]{1,64}$"
 PREFIX_PATTERN = r"^[A-Za-z0-9_.-]{0,100}$"
 KEY_PATTERN = r"^[\x20-\x7e]{1,255}$"
 """Idempotency keys: printable ASCII, as HTTP headers carry them."""
+
+
+_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _date_time_text(value: object) -> object:
+    # pydantic would also take a number of seconds; the documented format is RFC 3339 only.
+    if isinstance(value, str) and not _DATE_TIME.match(value):
+        raise ValueError("expected an RFC 3339 date-time such as 2024-05-01T12:00:00Z")
+    return value
 
 
 def _utc(value: datetime) -> datetime:
@@ -43,7 +54,7 @@ def _storable_text(value: str) -> str:
     return value
 
 
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+UtcDatetime = Annotated[AwareDatetime, BeforeValidator(_date_time_text), AfterValidator(_utc)]
 SagaName = Annotated[str, Field(pattern=NAME_PATTERN, examples=["order"])]
 Reason = Annotated[
     str,

@@ -202,7 +202,14 @@ class InstanceService:
         return await self._store.list_instances(tenant_id, filters, limit=limit, cursor=cursor)
 
     async def get(self, tenant_id: str, instance_id: str) -> InstanceView:
-        return describe(await self._engine.state(tenant_id, instance_id))
+        return describe(await self._state(tenant_id, instance_id))
+
+    async def _state(self, tenant_id: str, instance_id: str) -> SagaState:
+        # The engine finds the instances it drives by id alone: the tenant is checked here.
+        state = await self._engine.state(tenant_id, instance_id)
+        if state.tenant_id != tenant_id:
+            raise NotFound(f"no instance {instance_id}")
+        return state
 
     async def require(self, tenant_id: str, instance_id: str) -> None:
         if await self._store.get_instance(tenant_id, instance_id) is None:
@@ -246,7 +253,7 @@ class InstanceService:
         return view
 
     async def skip(self, tenant_id: str, instance_id: str, node: str, reason: str) -> InstanceView:
-        state = await self._engine.state(tenant_id, instance_id)
+        state = await self._state(tenant_id, instance_id)
         definition = await self._engine.definitions.get(
             tenant_id, state.definition_name, state.definition_version
         )
@@ -268,6 +275,7 @@ class InstanceService:
         )
 
     async def _act(self, tenant_id: str, instance_id: str, make: MakeEvents) -> InstanceView:
+        await self._state(tenant_id, instance_id)
         return describe(await self._engine.advance(tenant_id, instance_id, make))
 
     def _watch(self, tenant_id: str, instance_id: str) -> None:

@@ -1,7 +1,8 @@
 """Notices when instances started (or resumed) through the API settle, for the metrics.
 
-One task per instance in flight, woken by the node's event bus (a quiet ``poll_interval`` or an
-overflowed subscription makes it look at the state again). The engine offers no settlement hook
+One task per instance in flight, told by the node's event bus which status the instance
+settled in (a quiet ``poll_interval`` or an overflowed subscription makes it look at the state
+again). The engine offers no settlement hook
 yet; when it does, this module becomes a subscription to it.
 """
 
@@ -11,8 +12,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Final
 
 from saga_orchestrator.core.status import InstanceStatus
+from saga_orchestrator.engine.bus import Subscription
 from saga_orchestrator.engine.runtime import Engine
 from saga_orchestrator.errors import SagaError
 
@@ -56,9 +59,31 @@ class SettlementWatcher:
                 except SagaError as error:
                     log.warning("cannot watch instance %s: %s", instance_id, error)
                     return
-                if state.status.is_settled:
-                    self._on_settled(state.definition_name, state.status)
+                status = state.status if state.status.is_settled else None
+                status = status or await self._settling_event(subscription)
+                if status is not None:
+                    self._on_settled(state.definition_name, status)
                     return
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._poll_interval):
-                        await subscription.get()
+
+    async def _settling_event(self, subscription: Subscription) -> InstanceStatus | None:
+        """The status that the next settling event announces; None after a quiet
+        ``poll_interval`` (or an event that needs the state to tell), to look again."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._poll_interval):
+                while True:
+                    event = await subscription.get()
+                    if event.type in _SETTLING:
+                        return _SETTLING[event.type]
+                    if event.type == "OperatorResolved":
+                        return None
+        return None
+
+
+_SETTLING: Final = {
+    "SagaCompleted": InstanceStatus.COMPLETED,
+    "SagaCompensated": InstanceStatus.COMPENSATED,
+    "SagaCancelled": InstanceStatus.CANCELLED,
+    "SagaTimedOut": InstanceStatus.TIMED_OUT,
+    "SagaParked": InstanceStatus.FAILED,
+}
+"""Events that settle an instance, and the status each leaves it in."""

@@ -463,6 +463,8 @@ class Engine:
     async def load(self, tenant_id: str, instance_id: str) -> Live:
         live = self._live.get(instance_id)
         if live is not None:
+            if live.state.tenant_id != tenant_id:
+                raise NotFound(f"no instance {instance_id}")  # another tenant's: not found
             return live
         stored = await self.store.load_events(tenant_id, instance_id)
         if not stored:
@@ -479,7 +481,7 @@ class Engine:
     # -- reading --
     async def state(self, tenant_id: str, instance_id: str) -> SagaState:
         live = self._live.get(instance_id)
-        if live is not None:
+        if live is not None and live.state.tenant_id == tenant_id:
             return live.state
         stored = await self.store.load_events(tenant_id, instance_id)
         if not stored:
@@ -493,7 +495,7 @@ class Engine:
         async with asyncio.timeout(timeout):
             while True:
                 live = self._live.get(instance_id)
-                if live is None:
+                if live is None or live.state.tenant_id != tenant_id:
                     state = await self.state(tenant_id, instance_id)
                     if state.status.is_settled:
                         return state

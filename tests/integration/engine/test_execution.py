@@ -346,3 +346,22 @@ async def test_a_child_past_its_pivot_cannot_be_undone_and_the_parent_parks(
     error = view.steps["pay"].compensation_error
     assert error is not None
     assert error.type == "ChildUndoRefused"
+
+
+async def test_a_live_instance_is_invisible_to_another_tenant(
+    orchestrator: Orchestrator, participants: Participants
+) -> None:
+    from saga_orchestrator.errors import NotFound
+
+    gate = participants.gates["reserve"] = asyncio.Event()
+    await orchestrator.register(saga("order", steps("reserve")))
+    started = await orchestrator.start("order", {})
+    engine = orchestrator.engine
+    with pytest.raises(NotFound):
+        await engine.state("other-tenant", started.instance_id)
+    with pytest.raises(NotFound):
+        await engine.advance("other-tenant", started.instance_id, lambda s: [])
+    with pytest.raises(NotFound):
+        await engine.wait("other-tenant", started.instance_id, timeout=1)
+    gate.set()
+    assert (await orchestrator.wait(started.instance_id, 10)).status is InstanceStatus.COMPLETED

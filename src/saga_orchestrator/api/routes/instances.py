@@ -59,6 +59,7 @@ _LOCATION: Final = {
             "headers": _LOCATION,
         },
         **problem_responses(
+            400,
             404,
             409,
             413,

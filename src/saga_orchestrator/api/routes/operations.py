@@ -21,6 +21,7 @@ InstanceId = Annotated[uuid.UUID, Path(description="The instance's id (a UUID)."
 Step = Annotated[str, Path(pattern=NAME_PATTERN, description="The node to skip.")]
 
 _ERRORS: Final[dict[int | str, dict[str, Any]]] = problem_responses(
+    400,
     404,
     409,
     413,
