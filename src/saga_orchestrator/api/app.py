@@ -25,7 +25,7 @@ from saga_orchestrator.api.options import ApiOptions
 from saga_orchestrator.api.problems import AllowedMethods, ProblemHandlers
 from saga_orchestrator.api.routes import definitions, health, instances, operations, stream
 from saga_orchestrator.api.services import DefinitionService, HealthService, InstanceService
-from saga_orchestrator.api.watch import SettlementWatcher
+from saga_orchestrator.core.state import SagaState
 from saga_orchestrator.orchestrator import Orchestrator
 
 DESCRIPTION = """\
@@ -39,13 +39,18 @@ def create_app(orchestrator: Orchestrator, options: ApiOptions | None = None) ->
     """The API of ``orchestrator``, which the caller opens before serving and closes after."""
     options = options or ApiOptions()
     services = build_services(orchestrator, options)
+    metrics = services.metrics
+
+    def count_settled(state: SagaState) -> None:
+        metrics.saga_finished(state.definition_name, state.status)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        orchestrator.engine.settled_listeners.append(count_settled)
         try:
             yield
         finally:
-            await services.instances.aclose()
+            orchestrator.engine.settled_listeners.remove(count_settled)
 
     app = SagaApi(
         title="Saga Orchestrator",
@@ -79,13 +84,6 @@ def allowed_methods(routers: Sequence[APIRouter]) -> AllowedMethods:
 
 def build_services(orchestrator: Orchestrator, options: ApiOptions) -> Services:
     metrics = ApiMetrics()
-    watcher = None
-    if options.watch_settlement:
-        watcher = SettlementWatcher(
-            orchestrator.engine,
-            metrics.saga_finished,
-            poll_interval=options.watch_poll_interval,
-        )
     return Services(
         definitions=DefinitionService(orchestrator.definitions, orchestrator.store),
         instances=InstanceService(
@@ -93,7 +91,6 @@ def build_services(orchestrator: Orchestrator, options: ApiOptions) -> Services:
             store=orchestrator.store,
             clock=orchestrator.clock,
             actor=options.actor,
-            watcher=watcher,
             on_started=metrics.saga_started,
         ),
         health=HealthService(orchestrator.store),

@@ -19,7 +19,3 @@ class ApiOptions:
     """Seconds announced in ``Retry-After`` when the database is unavailable (503)."""
     actor: str = "api"
     """Recorded as the actor of operator actions until requests carry an identity."""
-    watch_settlement: bool = True
-    """Follow instances started through the API to count them as they settle (metrics)."""
-    watch_poll_interval: float = 5.0
-    """How often a followed instance is looked at when no event arrives."""

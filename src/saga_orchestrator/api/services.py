@@ -11,7 +11,6 @@ from typing import Any, Literal
 import orjson
 
 from saga_orchestrator.api.feed import EventFeed
-from saga_orchestrator.api.watch import SettlementWatcher
 from saga_orchestrator.core.events import Event
 from saga_orchestrator.core.operations import (
     operator_resolve,
@@ -139,14 +138,12 @@ class InstanceService:
         store: Store,
         clock: Clock,
         actor: str,
-        watcher: SettlementWatcher | None = None,
         on_started: Callable[[str], None] = lambda _name: None,
     ) -> None:
         self._engine = engine
         self._store = store
         self._clock = clock
         self._actor = actor
-        self._watcher = watcher
         self._on_started = on_started
         self._starting: dict[tuple[str, str], str] = {}
         """Idempotency keys whose start is in flight in this process, with the request digest."""
@@ -181,7 +178,6 @@ class InstanceService:
                 del self._starting[slot]
         if result.created:
             self._on_started(result.definition_name)
-            self._watch(tenant_id, result.instance_id)
         state = await self._engine.state(tenant_id, result.instance_id)
         return Started(result=result, status=state.status)
 
@@ -244,28 +240,24 @@ class InstanceService:
         )
 
     async def retry(self, tenant_id: str, instance_id: str, reason: str) -> InstanceView:
-        view = await self._act(
+        return await self._act(
             tenant_id,
             instance_id,
             lambda s: operator_retry(s, reason, self._actor, self._clock.now()),
         )
-        self._watch(tenant_id, instance_id)
-        return view
 
     async def skip(self, tenant_id: str, instance_id: str, node: str, reason: str) -> InstanceView:
         state = await self._state(tenant_id, instance_id)
         definition = await self._engine.definitions.get(
             tenant_id, state.definition_name, state.definition_version
         )
-        view = await self._act(
+        return await self._act(
             tenant_id,
             instance_id,
             lambda s: operator_skip(
                 definition, s, node=node, reason=reason, actor=self._actor, now=self._clock.now()
             ),
         )
-        self._watch(tenant_id, instance_id)
-        return view
 
     async def resolve(self, tenant_id: str, instance_id: str, reason: str) -> InstanceView:
         return await self._act(
@@ -277,14 +269,6 @@ class InstanceService:
     async def _act(self, tenant_id: str, instance_id: str, make: MakeEvents) -> InstanceView:
         await self._state(tenant_id, instance_id)
         return describe(await self._engine.advance(tenant_id, instance_id, make))
-
-    def _watch(self, tenant_id: str, instance_id: str) -> None:
-        if self._watcher is not None:
-            self._watcher.watch(tenant_id, instance_id)
-
-    async def aclose(self) -> None:
-        if self._watcher is not None:
-            await self._watcher.aclose()
 
 
 def start_digest(saga_name: str, version: str | None, context: Any) -> str:

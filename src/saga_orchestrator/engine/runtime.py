@@ -118,6 +118,9 @@ class Engine:
         self.timers = TimerQueue(self._on_timer)
         self.bus = EventBus()
         self.children = ChildSagas(self)
+        self.settled_listeners: list[Callable[[SagaState], None]] = []
+        """Called with each instance's state when it settles (terminal or parked), whichever
+        way it got there: the seam for metrics and integrations."""
         self._slots = asyncio.Semaphore(self.options.max_concurrent_sagas)
         self._live: dict[str, Live] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -348,6 +351,11 @@ class Engine:
 
     def _settle(self, live: Live) -> None:
         live.settled.set()
+        for listener in self.settled_listeners:
+            try:
+                listener(live.state)
+            except Exception:  # a listener's bug must not stop the engine
+                log.exception("settled listener failed")
         if live.holds_slot:
             live.holds_slot = False
             self._slots.release()

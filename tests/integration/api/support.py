@@ -23,7 +23,6 @@ FAST_OPTIONS = ApiOptions(
     max_body_bytes=256 * 1024,
     heartbeat_interval=0.05,
     stream_poll_interval=0.05,
-    watch_poll_interval=0.05,
 )
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
 
 import httpx
 import pytest
@@ -38,7 +37,7 @@ ORDER = saga("order", steps("reserve", "charge", "ship"))
 @pytest.fixture
 def options() -> ApiOptions:
     """Without the metrics' own subscriptions, the bus's subscribers are the streams."""
-    return replace(FAST_OPTIONS, watch_settlement=False)
+    return FAST_OPTIONS
 
 
 def _assert_whole(frames: list[Frame], first: int = 1) -> None:
