@@ -27,6 +27,7 @@ from saga_orchestrator.core.operations import (
     request_cancel,
 )
 from saga_orchestrator.core.view import InstanceView, describe
+from saga_orchestrator.definition.features import FeatureFlags
 from saga_orchestrator.definition.loader import parse_definition
 from saga_orchestrator.definition.models import SagaDefinition
 from saga_orchestrator.engine.clock import Clock, SystemClock
@@ -53,6 +54,7 @@ class Orchestrator:
         store: Store | None = None,
         transports: Iterable[Transport] = (),
         require_known_handlers: bool = True,
+        features: FeatureFlags | None = None,
     ) -> None:
         self.handlers = (
             handlers if isinstance(handlers, HandlerRegistry) else HandlerRegistry(handlers)
@@ -63,6 +65,7 @@ class Orchestrator:
         self.definitions = DefinitionRegistry(
             self.store,
             known_handlers=self.handlers.names if require_known_handlers else lambda: None,
+            features=features,
         )
         self.engine = Engine(
             store=self.store,

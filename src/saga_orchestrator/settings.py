@@ -13,7 +13,7 @@ e.g. ``MAX_CONCURRENT_SAGAS: must be greater than 0 (got -3)``.
 from __future__ import annotations
 
 import enum
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator
@@ -21,6 +21,9 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from saga_orchestrator.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from saga_orchestrator.definition.features import FeatureFlags
 
 __all__ = ["DEFAULT_DATABASE_URL", "LogLevel", "Settings", "load_settings", "mask_password"]
 
@@ -52,6 +55,25 @@ class Settings(BaseSettings):
     """``debug``, ``info``, ``warning`` or ``error`` (any case)."""
     tenant_id: str = Field(default="default", min_length=1)
     """The tenant of embedded use and of the CLI's commands."""
+    saga_versioning_enabled: bool = True
+    """Off: a saga name keeps its first version (registering another is refused)."""
+    parallel_execution_enabled: bool = True
+    """Off: definitions with parallel nodes are refused."""
+    dynamic_routing_enabled: bool = True
+    """Off: definitions with switch nodes are refused."""
+    saga_composition_enabled: bool = True
+    """Off: definitions with sub-saga nodes are refused."""
+
+    def feature_flags(self) -> FeatureFlags:
+        # Imported here: loading settings (every CLI command) must not load the language.
+        from saga_orchestrator.definition.features import FeatureFlags  # noqa: PLC0415
+
+        return FeatureFlags(
+            versioning=self.saga_versioning_enabled,
+            parallel=self.parallel_execution_enabled,
+            dynamic_routing=self.dynamic_routing_enabled,
+            composition=self.saga_composition_enabled,
+        )
 
     @field_validator("log_level", mode="before")
     @classmethod

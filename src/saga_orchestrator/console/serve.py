@@ -56,6 +56,7 @@ async def serve(
         tenant_id=settings.tenant_id,
         # Handlers may also be served by workers in other processes.
         require_known_handlers=False,
+        features=settings.feature_flags(),
     )
     await orchestrator.open()
     try:

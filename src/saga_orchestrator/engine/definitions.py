@@ -9,6 +9,11 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from saga_orchestrator.definition.compiler import CompiledDefinition, compile_definition
+from saga_orchestrator.definition.features import (
+    FeatureFlags,
+    another_version_violation,
+    disabled_features,
+)
 from saga_orchestrator.definition.loader import canonical_json, definition_digest
 from saga_orchestrator.definition.models import SagaDefinition
 from saga_orchestrator.definition.versions import VersionConstraint, resolve
@@ -41,7 +46,9 @@ class DefinitionRegistry:
         *,
         known_handlers: KnownNames = lambda: None,
         known_services: KnownNames = lambda: None,
+        features: FeatureFlags | None = None,
     ) -> None:
+        self.features = features or FeatureFlags()
         self._store = store
         self._known_handlers = known_handlers
         self._known_services = known_services
@@ -56,6 +63,7 @@ class DefinitionRegistry:
             known_handlers=self._known_handlers(),
             known_services=self._known_services(),
         )
+        await self._check_features(tenant_id, compiled)
         await self._check_sub_sagas(tenant_id, compiled)
         outcome = await self._store.put_definition(
             tenant_id=tenant_id,
@@ -124,6 +132,15 @@ class DefinitionRegistry:
     def _forget(self, tenant_id: str, name: str) -> None:
         for key in [k for k in self._resolved if k[0] == tenant_id and k[1] == name]:
             del self._resolved[key]
+
+    async def _check_features(self, tenant_id: str, compiled: CompiledDefinition) -> None:
+        violations = disabled_features(compiled, self.features)
+        if not self.features.versioning:
+            versions = await self._store.list_definition_versions(tenant_id, compiled.name)
+            if any(record.version != compiled.version for record in versions):
+                violations.append(another_version_violation(compiled.name))
+        if violations:
+            raise DefinitionError(violations)
 
     async def _check_sub_sagas(self, tenant_id: str, compiled: CompiledDefinition) -> None:
         """Every sub-saga must exist, and no chain of sub-sagas may lead back to this one."""
