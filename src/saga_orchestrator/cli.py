@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from importlib.metadata import version as package_version
@@ -191,14 +191,11 @@ def definitions_list(
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
     """The latest version of each definition."""
-    from saga_orchestrator.console.output import print_definitions, print_json
+    from saga_orchestrator.console.output import print_definitions
 
     with _reported_errors(), _client(url) as client:
         definitions = client.list_definitions(prefix)
-    if output is OutputFormat.JSON:
-        print_json(definitions)
-    else:
-        print_definitions(Console(), definitions)
+    _emit(output, definitions, print_definitions)
 
 
 @instances_app.command("start")
@@ -230,17 +227,14 @@ def instances_start(
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
     """Start an instance of a saga."""
-    from saga_orchestrator.console.output import print_json, print_started
+    from saga_orchestrator.console.output import print_started
 
     payload = _context(context, context_file)
     with _reported_errors(), _client(url) as client:
         started = client.start_instance(
             saga, context=payload, version=saga_version, idempotency_key=idempotency_key
         )
-    if output is OutputFormat.JSON:
-        print_json(started)
-    else:
-        print_started(Console(), started)
+    _emit(output, started, print_started)
 
 
 @instances_app.command("list")
@@ -259,14 +253,11 @@ def instances_list(
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
     """List instances, newest first, one page at a time."""
-    from saga_orchestrator.console.output import print_instances, print_json
+    from saga_orchestrator.console.output import print_instances
 
     with _reported_errors(), _client(url) as client:
         page = client.list_instances(status=status, saga_name=saga, limit=limit, cursor=cursor)
-    if output is OutputFormat.JSON:
-        print_json(page)
-    else:
-        print_instances(Console(), page)
+    _emit(output, page, print_instances)
 
 
 @instances_app.command("show")
@@ -294,14 +285,11 @@ def instances_events(
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
     """An instance's whole history, in sequence order."""
-    from saga_orchestrator.console.output import print_events, print_json
+    from saga_orchestrator.console.output import print_events
 
     with _reported_errors(), _client(url) as client:
         events = client.events(instance_id)
-    if output is OutputFormat.JSON:
-        print_json(events)
-    else:
-        print_events(Console(), events)
+    _emit(output, events, print_events)
 
 
 @instances_app.command("cancel")
@@ -312,14 +300,15 @@ def instances_cancel(
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
     """Cancel a running instance: it compensates, then ends cancelled."""
-    from saga_orchestrator.console.output import print_json, print_operator_action
+    from saga_orchestrator.console.output import print_operator_action
 
     with _reported_errors(), _client(url) as client:
         detail = client.cancel(instance_id, reason)
-    if output is OutputFormat.JSON:
-        print_json(detail)
-    else:
-        print_operator_action(Console(), "cancel requested", detail)
+    _emit(
+        output,
+        detail,
+        lambda console, value: print_operator_action(console, "cancel requested", value),
+    )
 
 
 @instances_app.command("retry")
@@ -330,14 +319,15 @@ def instances_retry(
     output: OutputOption = OutputFormat.TABLE,
 ) -> None:
     """Retry the failed step or compensation of a parked (failed) instance."""
-    from saga_orchestrator.console.output import print_json, print_operator_action
+    from saga_orchestrator.console.output import print_operator_action
 
     with _reported_errors(), _client(url) as client:
         detail = client.retry(instance_id, reason)
-    if output is OutputFormat.JSON:
-        print_json(detail)
-    else:
-        print_operator_action(Console(), "retry requested", detail)
+    _emit(
+        output,
+        detail,
+        lambda console, value: print_operator_action(console, "retry requested", value),
+    )
 
 
 # --- wiring ---------------------------------------------------------------------------------
@@ -411,6 +401,16 @@ def _fail_with_violations(message: str, error: DefinitionError) -> NoReturn:
     for violation in error.violations:
         err.print(Text(f"  {violation}", style="red"), soft_wrap=True)
     raise typer.Exit(EXIT_ERROR)
+
+
+def _emit(output: OutputFormat, data: Any, render: Callable[[Console, Any], None]) -> None:
+    """JSON on stdout for scripts, or the Rich rendering for people."""
+    from saga_orchestrator.console.output import print_json
+
+    if output is OutputFormat.JSON:
+        print_json(data)
+    else:
+        render(Console(), data)
 
 
 @contextmanager
