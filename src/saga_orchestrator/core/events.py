@@ -40,6 +40,12 @@ class ErrorInfo:
     retryable: bool
     unknown: bool = False
     """The effect may have happened (timeout, connection lost, node crashed mid-attempt)."""
+    retry_after: float | None = None
+    """Seconds the participant asked us to wait (HTTP ``Retry-After``, an open circuit
+    breaker): the next attempt starts no sooner, whatever the retry policy says."""
+    budgeted: bool = True
+    """False when the attempt never reached the participant (its circuit breaker was open):
+    such an attempt does not use up the step's retry budget."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

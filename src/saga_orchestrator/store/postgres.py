@@ -12,12 +12,13 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
 
 from saga_orchestrator.errors import ConfigurationError, SagaError, StoreError, StoreUnavailable
+from saga_orchestrator.store import postgres_extras as extras
 from saga_orchestrator.store import postgres_sql as sql
 from saga_orchestrator.store.batch import validate
 from saga_orchestrator.store.codec import (
@@ -40,6 +41,8 @@ from saga_orchestrator.store.protocol import (
     InstanceRecord,
     InstanceRef,
     InstanceStatus,
+    OutboxRow,
+    ParticipantEntry,
     PutDefinitionOutcome,
     StoredEvent,
 )
@@ -240,6 +243,46 @@ class PostgresStore:
         async with self._connection() as conn:
             value: datetime | None = await conn.fetchval(sql.NEXT_TIMER_AT)
         return value
+
+    # -- outbox --
+    async def claim_outbox(self, limit: int, lease_seconds: float) -> list[OutboxRow]:
+        async with self._connection() as conn:
+            return await extras.claim_outbox(conn, limit, lease_seconds)
+
+    async def mark_outbox_published(self, ids: Sequence[int]) -> None:
+        if ids:
+            async with self._connection() as conn:
+                await extras.mark_outbox_published(conn, ids)
+
+    async def release_outbox(self, ids: Sequence[int]) -> None:
+        if ids:
+            async with self._connection() as conn:
+                await extras.release_outbox(conn, ids)
+
+    async def outbox_backlog(self) -> int:
+        async with self._connection() as conn:
+            return await extras.outbox_backlog(conn)
+
+    # -- participant services --
+    async def put_participant(self, tenant_id: str, name: str, config: dict[str, Any]) -> int:
+        async with self._connection() as conn:
+            return await extras.put_participant(conn, tenant_id, name, config)
+
+    async def get_participant(self, tenant_id: str, name: str) -> ParticipantEntry | None:
+        async with self._connection() as conn:
+            return await extras.get_participant(conn, tenant_id, name)
+
+    async def list_participants(self, tenant_id: str) -> list[ParticipantEntry]:
+        async with self._connection() as conn:
+            return await extras.list_participants(conn, tenant_id)
+
+    async def delete_participant(self, tenant_id: str, name: str) -> bool:
+        async with self._connection() as conn:
+            return await extras.delete_participant(conn, tenant_id, name)
+
+    async def shared_secret(self, name: str, candidate: bytes) -> bytes:
+        async with self._connection() as conn:
+            return await extras.shared_secret(conn, name, candidate)
 
 
 @contextmanager

@@ -14,7 +14,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from saga_orchestrator.core.status import InstanceStatus
 
@@ -193,6 +193,34 @@ class DueTimer:
     fire_at: datetime
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxRow:
+    """A claimed outbox message: publish it, then mark it published (or release it)."""
+
+    id: int
+    tenant_id: str
+    instance_id: str
+    message_id: str
+    exchange: str
+    routing_key: str
+    body: bytes
+    headers: dict[str, str]
+    attempts: int
+    """Claims so far, this one included."""
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ParticipantEntry:
+    """A participant service as stored: its settings are JSON the caller validates."""
+
+    tenant_id: str
+    name: str
+    config: dict[str, Any]
+    version: int
+    updated_at: datetime
+
+
 class Store(Protocol):
     """The persistence port. All methods are coroutines; none holds a lock across calls."""
 
@@ -266,4 +294,42 @@ class Store(Protocol):
 
     async def next_timer_at(self) -> datetime | None:
         """The earliest pending timer, so the engine can sleep exactly until then."""
+        ...
+
+    # -- the transactional outbox (rows are written by ``append``) --
+    async def claim_outbox(self, limit: int, lease_seconds: float) -> list[OutboxRow]:
+        """Claim up to ``limit`` unpublished messages, oldest first, for ``lease_seconds``
+        (judged by the database's clock): no other claimer gets them until the lease ends.
+        Rows whose claim expired unpublished (a relay died) are claimed again."""
+        ...
+
+    async def mark_outbox_published(self, ids: Sequence[int]) -> None:
+        """Called only after the broker confirmed these messages."""
+        ...
+
+    async def release_outbox(self, ids: Sequence[int]) -> None:
+        """Give claimed messages back at once (publishing failed)."""
+        ...
+
+    async def outbox_backlog(self) -> int:
+        """Messages not yet published."""
+        ...
+
+    # -- participant services (per tenant) --
+    async def put_participant(self, tenant_id: str, name: str, config: dict[str, Any]) -> int:
+        """Create or replace; return the entry's new version (1 when created)."""
+        ...
+
+    async def get_participant(self, tenant_id: str, name: str) -> ParticipantEntry | None: ...
+
+    async def list_participants(self, tenant_id: str) -> list[ParticipantEntry]: ...
+
+    async def delete_participant(self, tenant_id: str, name: str) -> bool:
+        """Return False if there was no such entry."""
+        ...
+
+    # -- node-wide secrets --
+    async def shared_secret(self, name: str, candidate: bytes) -> bytes:
+        """The secret stored under ``name``, storing ``candidate`` first if there is none: every
+        node sharing the database gets the same bytes (e.g. the key of completion tokens)."""
         ...

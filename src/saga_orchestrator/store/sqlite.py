@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar
 import orjson
 
 from saga_orchestrator.errors import ConfigurationError, SagaError, StoreError, StoreUnavailable
+from saga_orchestrator.store import sqlite_extras as extras
 from saga_orchestrator.store import sqlite_sql as sql
 from saga_orchestrator.store.batch import validate
 from saga_orchestrator.store.codec import (
@@ -43,6 +44,8 @@ from saga_orchestrator.store.protocol import (
     InstanceRecord,
     InstanceRef,
     InstanceStatus,
+    OutboxRow,
+    ParticipantEntry,
     PutDefinitionOutcome,
     StoredEvent,
 )
@@ -205,6 +208,37 @@ class SqliteStore:
         rows = await self._run(_fetch, sql.NEXT_TIMER_AT, ())
         value = rows[0][0]
         return None if value is None else from_micros(value)
+
+    # -- outbox --
+    async def claim_outbox(self, limit: int, lease_seconds: float) -> list[OutboxRow]:
+        return await self._run(extras.claim_outbox, limit, lease_seconds)
+
+    async def mark_outbox_published(self, ids: Sequence[int]) -> None:
+        if ids:
+            await self._run(extras.mark_outbox_published, list(ids))
+
+    async def release_outbox(self, ids: Sequence[int]) -> None:
+        if ids:
+            await self._run(extras.release_outbox, list(ids))
+
+    async def outbox_backlog(self) -> int:
+        return await self._run(extras.outbox_backlog)
+
+    # -- participant services --
+    async def put_participant(self, tenant_id: str, name: str, config: dict[str, Any]) -> int:
+        return await self._run(extras.put_participant, tenant_id, name, config)
+
+    async def get_participant(self, tenant_id: str, name: str) -> ParticipantEntry | None:
+        return await self._run(extras.get_participant, tenant_id, name)
+
+    async def list_participants(self, tenant_id: str) -> list[ParticipantEntry]:
+        return await self._run(extras.list_participants, tenant_id)
+
+    async def delete_participant(self, tenant_id: str, name: str) -> bool:
+        return await self._run(extras.delete_participant, tenant_id, name)
+
+    async def shared_secret(self, name: str, candidate: bytes) -> bytes:
+        return await self._run(extras.shared_secret, name, candidate)
 
 
 # -- everything below runs on the store's thread --

@@ -15,6 +15,7 @@ from saga_orchestrator.store import (
     SqliteStore,
     open_store,
 )
+from saga_orchestrator.store.migrator import latest_version
 
 from .support import TENANT, create
 
@@ -34,6 +35,8 @@ def test_exported_members() -> None:
         "InstanceUpdate",
         "NewInstance",
         "OutboxMessage",
+        "OutboxRow",
+        "ParticipantEntry",
         "PostgresOptions",
         "PostgresStore",
         "PutDefinitionOutcome",
@@ -106,7 +109,7 @@ async def test_sqlite_connection_settings(tmp_path: Path) -> None:
 async def test_in_memory_sqlite_store_works() -> None:
     store = open_store("sqlite:///:memory:")
     try:
-        assert await store.migrate() == 1
+        assert await store.migrate() == latest_version("sqlite")
         await store.append([create("i-1")])
         assert [e.seq for e in await store.load_events(TENANT, "i-1")] == [1]
     finally:

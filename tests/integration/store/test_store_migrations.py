@@ -13,19 +13,22 @@ from saga_orchestrator.store.migrator import latest_version
 
 from .support import TENANT, RawDatabase, create, update
 
-TABLES = {"definitions", "instances", "events", "timers", "start_keys", "outbox"}
+TABLES = {"definitions", "instances", "events", "timers", "start_keys", "outbox", "participants"}
+"""Tenant-owned tables (``shared_secrets`` is node-wide: keys every node of a cluster shares)."""
+LATEST = 2
+MIGRATIONS = [(1, "initial"), (2, "participants_outbox_claims")]
 
 
 async def test_migrate_from_empty_database(empty_store_url: str) -> None:
     store = open_store(empty_store_url)
     try:
         assert await store.schema_version() == 0
-        assert await store.migrate() == 1
-        assert await store.schema_version() == 1
+        assert await store.migrate() == LATEST
+        assert await store.schema_version() == LATEST
         async with RawDatabase(empty_store_url) as db:
-            assert TABLES | {"schema_migrations"} <= await db.tables()
+            assert TABLES | {"schema_migrations", "shared_secrets"} <= await db.tables()
             recorded = await db.fetch("SELECT version, name FROM schema_migrations")
-        assert recorded == [(1, "initial")]
+        assert recorded == MIGRATIONS
     finally:
         await store.close()
 
@@ -35,11 +38,12 @@ async def test_second_migrate_is_a_no_op(empty_store_url: str) -> None:
     try:
         await store.migrate()
         await store.append([create("i-1")])
-        assert await store.migrate() == 1
-        assert await store.schema_version() == latest_version("sqlite") == 1
+        assert await store.migrate() == LATEST
+        assert await store.schema_version() == latest_version("sqlite") == LATEST
+        assert latest_version("postgres") == LATEST
         assert (await store.get_instance(TENANT, "i-1")) is not None
         async with RawDatabase(empty_store_url) as db:
-            assert await db.fetch("SELECT version FROM schema_migrations") == [(1,)]
+            assert await db.fetch("SELECT version FROM schema_migrations") == [(1,), (2,)]
     finally:
         await store.close()
 
@@ -48,9 +52,9 @@ async def test_concurrent_migrate_applies_each_version_once(empty_store_url: str
     first, second = open_store(empty_store_url), open_store(empty_store_url)
     try:
         versions = await asyncio.gather(first.migrate(), second.migrate())
-        assert list(versions) == [1, 1]
+        assert list(versions) == [LATEST, LATEST]
         async with RawDatabase(empty_store_url) as db:
-            assert await db.fetch("SELECT version FROM schema_migrations") == [(1,)]
+            assert await db.fetch("SELECT version FROM schema_migrations") == [(1,), (2,)]
     finally:
         await first.close()
         await second.close()

@@ -1,0 +1,138 @@
+"""PostgreSQL statements for the outbox claims, participant services and shared secrets.
+
+A claim is a short transaction: ``FOR UPDATE SKIP LOCKED`` inside a CTE with ``LIMIT`` (as a
+plain subquery the planner may run it more than once and claim more than the limit) stamps
+``claimed_until`` by the database's clock, so concurrent relays never take the same row and no
+row lock is held while the relay talks to the broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import orjson
+
+from saga_orchestrator.store.protocol import OutboxRow, ParticipantEntry
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    Connection = PoolConnectionProxy[asyncpg.Record]
+
+CLAIM_OUTBOX = """
+WITH claimable AS (
+    SELECT id FROM outbox
+    WHERE published_at IS NULL AND (claimed_until IS NULL OR claimed_until <= now())
+    ORDER BY id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE outbox AS o
+SET claimed_until = now() + make_interval(secs => $2), attempts = o.attempts + 1
+FROM claimable
+WHERE o.id = claimable.id
+RETURNING o.id, o.tenant_id, o.instance_id, o.message_id, o.exchange, o.routing_key, o.body,
+          o.headers::text, o.attempts, o.created_at
+"""
+MARK_PUBLISHED = """
+UPDATE outbox SET published_at = now(), claimed_until = NULL WHERE id = ANY($1::bigint[])
+"""
+RELEASE = """
+UPDATE outbox SET claimed_until = NULL
+WHERE published_at IS NULL AND id = ANY($1::bigint[])
+"""
+BACKLOG = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+
+UPSERT_PARTICIPANT = """
+INSERT INTO participants (tenant_id, name, config, version, updated_at)
+VALUES ($1, $2, $3::jsonb, 1, now())
+ON CONFLICT (tenant_id, name) DO UPDATE
+SET config = excluded.config, version = participants.version + 1, updated_at = now()
+RETURNING version
+"""
+PARTICIPANT_COLUMNS = "tenant_id, name, config::text, version, updated_at"
+GET_PARTICIPANT = (
+    f"SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE tenant_id = $1 AND name = $2"
+)
+LIST_PARTICIPANTS = (
+    f"SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE tenant_id = $1 ORDER BY name"
+)
+DELETE_PARTICIPANT = "DELETE FROM participants WHERE tenant_id = $1 AND name = $2"
+
+INSERT_SECRET = """
+INSERT INTO shared_secrets (name, value, created_at) VALUES ($1, $2, now())
+ON CONFLICT (name) DO NOTHING
+"""
+GET_SECRET = "SELECT value FROM shared_secrets WHERE name = $1"
+
+
+async def claim_outbox(conn: Connection, limit: int, lease_seconds: float) -> list[OutboxRow]:
+    rows = await conn.fetch(CLAIM_OUTBOX, limit, float(lease_seconds))
+    claimed = [
+        OutboxRow(
+            id=row[0],
+            tenant_id=row[1],
+            instance_id=row[2],
+            message_id=row[3],
+            exchange=row[4],
+            routing_key=row[5],
+            body=bytes(row[6]),
+            headers=orjson.loads(row[7]),
+            attempts=row[8],
+            created_at=row[9],
+        )
+        for row in rows
+    ]
+    claimed.sort(key=lambda row: row.id)  # RETURNING does not promise an order
+    return claimed
+
+
+async def mark_outbox_published(conn: Connection, ids: Sequence[int]) -> None:
+    await conn.execute(MARK_PUBLISHED, list(ids))
+
+
+async def release_outbox(conn: Connection, ids: Sequence[int]) -> None:
+    await conn.execute(RELEASE, list(ids))
+
+
+async def outbox_backlog(conn: Connection) -> int:
+    return int(await conn.fetchval(BACKLOG))
+
+
+async def put_participant(
+    conn: Connection, tenant_id: str, name: str, config: dict[str, Any]
+) -> int:
+    return int(
+        await conn.fetchval(UPSERT_PARTICIPANT, tenant_id, name, orjson.dumps(config).decode())
+    )
+
+
+async def get_participant(conn: Connection, tenant_id: str, name: str) -> ParticipantEntry | None:
+    row = await conn.fetchrow(GET_PARTICIPANT, tenant_id, name)
+    return None if row is None else _participant(row)
+
+
+async def list_participants(conn: Connection, tenant_id: str) -> list[ParticipantEntry]:
+    return [_participant(row) for row in await conn.fetch(LIST_PARTICIPANTS, tenant_id)]
+
+
+async def delete_participant(conn: Connection, tenant_id: str, name: str) -> bool:
+    return str(await conn.execute(DELETE_PARTICIPANT, tenant_id, name)) != "DELETE 0"
+
+
+async def shared_secret(conn: Connection, name: str, candidate: bytes) -> bytes:
+    async with conn.transaction():
+        await conn.execute(INSERT_SECRET, name, candidate)
+        return bytes(await conn.fetchval(GET_SECRET, name))
+
+
+def _participant(row: asyncpg.Record) -> ParticipantEntry:
+    return ParticipantEntry(
+        tenant_id=row[0],
+        name=row[1],
+        config=orjson.loads(row[2]),
+        version=row[3],
+        updated_at=row[4],
+    )

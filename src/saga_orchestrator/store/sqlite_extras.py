@@ -1,0 +1,153 @@
+"""SQLite statements for the outbox claims, participant services and shared secrets.
+
+Each function runs on the store's thread (see :mod:`.sqlite`). SQLite has a single writer, so
+a claim is one ``UPDATE ... RETURNING`` under ``BEGIN IMMEDIATE``: no two claimers can take
+the same row.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from saga_orchestrator.store.codec import from_micros, to_micros
+from saga_orchestrator.store.protocol import OutboxRow, ParticipantEntry
+from saga_orchestrator.store.sqlite_append import write_transaction
+
+CLAIM_OUTBOX = """
+UPDATE outbox SET claimed_until = ?1, attempts = attempts + 1
+WHERE id IN (
+    SELECT id FROM outbox
+    WHERE published_at IS NULL AND (claimed_until IS NULL OR claimed_until <= ?2)
+    ORDER BY id LIMIT ?3
+)
+RETURNING id, tenant_id, instance_id, message_id, exchange, routing_key, body, headers,
+          attempts, created_at
+"""
+MARK_PUBLISHED = """
+UPDATE outbox SET published_at = ?1, claimed_until = NULL
+WHERE id IN (SELECT value FROM json_each(?2))
+"""
+RELEASE = """
+UPDATE outbox SET claimed_until = NULL
+WHERE published_at IS NULL AND id IN (SELECT value FROM json_each(?1))
+"""
+BACKLOG = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+
+UPSERT_PARTICIPANT = """
+INSERT INTO participants (tenant_id, name, config, version, updated_at)
+VALUES (?1, ?2, ?3, 1, ?4)
+ON CONFLICT (tenant_id, name) DO UPDATE
+SET config = excluded.config, version = participants.version + 1, updated_at = excluded.updated_at
+RETURNING version
+"""
+PARTICIPANT_COLUMNS = "tenant_id, name, config, version, updated_at"
+GET_PARTICIPANT = f"SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE tenant_id = ? AND name = ?"
+LIST_PARTICIPANTS = (
+    f"SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE tenant_id = ? ORDER BY name"
+)
+DELETE_PARTICIPANT = "DELETE FROM participants WHERE tenant_id = ? AND name = ?"
+
+INSERT_SECRET = """
+INSERT INTO shared_secrets (name, value, created_at) VALUES (?, ?, ?)
+ON CONFLICT (name) DO NOTHING
+"""
+GET_SECRET = "SELECT value FROM shared_secrets WHERE name = ?"
+
+
+def _now() -> int:
+    return to_micros(datetime.now(UTC))
+
+
+def claim_outbox(conn: sqlite3.Connection, limit: int, lease_seconds: float) -> list[OutboxRow]:
+    now = _now()
+    with write_transaction(conn):
+        rows = conn.execute(
+            CLAIM_OUTBOX, (now + int(lease_seconds * 1_000_000), now, limit)
+        ).fetchall()
+    rows.sort(key=lambda row: row[0])  # RETURNING does not promise an order
+    return [
+        OutboxRow(
+            id=row_id,
+            tenant_id=tenant_id,
+            instance_id=instance_id,
+            message_id=message_id,
+            exchange=exchange,
+            routing_key=routing_key,
+            body=bytes(body),
+            headers=orjson.loads(headers),
+            attempts=attempts,
+            created_at=from_micros(created_at),
+        )
+        for (
+            row_id,
+            tenant_id,
+            instance_id,
+            message_id,
+            exchange,
+            routing_key,
+            body,
+            headers,
+            attempts,
+            created_at,
+        ) in rows
+    ]
+
+
+def mark_outbox_published(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
+    with write_transaction(conn):
+        conn.execute(MARK_PUBLISHED, (_now(), orjson.dumps(list(ids)).decode()))
+
+
+def release_outbox(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
+    with write_transaction(conn):
+        conn.execute(RELEASE, (orjson.dumps(list(ids)).decode(),))
+
+
+def outbox_backlog(conn: sqlite3.Connection) -> int:
+    return int(conn.execute(BACKLOG).fetchone()[0])
+
+
+def put_participant(
+    conn: sqlite3.Connection, tenant_id: str, name: str, config: dict[str, Any]
+) -> int:
+    with write_transaction(conn):
+        row = conn.execute(
+            UPSERT_PARTICIPANT, (tenant_id, name, orjson.dumps(config).decode(), _now())
+        ).fetchone()
+    return int(row[0])
+
+
+def get_participant(conn: sqlite3.Connection, tenant_id: str, name: str) -> ParticipantEntry | None:
+    row = conn.execute(GET_PARTICIPANT, (tenant_id, name)).fetchone()
+    return None if row is None else _participant(row)
+
+
+def list_participants(conn: sqlite3.Connection, tenant_id: str) -> list[ParticipantEntry]:
+    return [_participant(row) for row in conn.execute(LIST_PARTICIPANTS, (tenant_id,))]
+
+
+def delete_participant(conn: sqlite3.Connection, tenant_id: str, name: str) -> bool:
+    with write_transaction(conn):
+        return conn.execute(DELETE_PARTICIPANT, (tenant_id, name)).rowcount > 0
+
+
+def shared_secret(conn: sqlite3.Connection, name: str, candidate: bytes) -> bytes:
+    with write_transaction(conn):
+        conn.execute(INSERT_SECRET, (name, candidate, _now()))
+        return bytes(conn.execute(GET_SECRET, (name,)).fetchone()[0])
+
+
+def _participant(row: tuple[Any, ...]) -> ParticipantEntry:
+    tenant_id, name, config, version, updated_at = row
+    return ParticipantEntry(
+        tenant_id=tenant_id,
+        name=name,
+        config=orjson.loads(config),
+        version=version,
+        updated_at=from_micros(updated_at),
+    )
