@@ -162,6 +162,8 @@ SAMPLES: dict[type[Event], Event] = {
         succeeded(0, "reserve", None),
         ev.AttemptFailed(at=T0, node="charge", phase=Phase.ACTION, attempt=1, error=TIMEOUT),
         ev.RetryScheduled(at=T0, node="charge", phase=Phase.ACTION, attempt=2, due=at(500)),
+        ev.AttemptAccepted(at=T0, node="ship", phase=Phase.ACTION, attempt=1),
+        ev.AttemptHeartbeat(at=T0, node="ship", phase=Phase.ACTION, attempt=1, deadline=at(900)),
         ev.StepFailed(at=T0, node="charge", error=DECLINED),
         ev.PivotPassed(at=T0, node="ship"),
         ev.CancelRequested(at=T0, reason="customer asked"),

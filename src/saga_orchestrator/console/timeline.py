@@ -20,7 +20,9 @@ from rich.text import Text
 
 from saga_orchestrator.core.events import (
     AlertRaised,
+    AttemptAccepted,
     AttemptFailed,
+    AttemptHeartbeat,
     AttemptScheduled,
     AttemptSucceeded,
     CancelRequested,
@@ -163,6 +165,10 @@ def _step_row(event: Event) -> TimelineRow | None:
             return _attempt(event, "compensated", _json(event.output), "yellow")
         case AttemptFailed():
             return _attempt(event, "failed", _error(event.error), "red")
+        case AttemptAccepted():
+            return _attempt(event, "accepted", "awaiting the participant's callback", "cyan")
+        case AttemptHeartbeat():
+            return _attempt(event, "heartbeat", f"deadline now {event.deadline:%H:%M:%S}", "dim")
         case RetryScheduled():
             wait = f"in {(event.due - event.at).total_seconds() * 1000:.0f} ms"
             return _attempt(event, "retry scheduled", wait, "cyan")
@@ -218,7 +224,14 @@ def _saga_row(event: Event) -> TimelineRow:
     return _saga(type(event).__name__, "")
 
 
-_AttemptEvent = AttemptScheduled | AttemptSucceeded | AttemptFailed | RetryScheduled
+_AttemptEvent = (
+    AttemptScheduled
+    | AttemptSucceeded
+    | AttemptFailed
+    | AttemptAccepted
+    | AttemptHeartbeat
+    | RetryScheduled
+)
 
 
 def _attempt(event: _AttemptEvent, what: str, detail: str, style: str = "") -> TimelineRow:

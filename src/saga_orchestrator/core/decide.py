@@ -196,9 +196,9 @@ class _Forward:
 
     def enter(self, spec: CompiledNode) -> None:
         needs_data = spec.when is not None or spec.input is not None or bool(spec.cases)
-        activation = _activation(self.definition, self.state) if needs_data else {}
+        data = activation(self.definition, self.state) if needs_data else {}
         try:
-            if spec.when is not None and not spec.when.evaluate_bool(activation):
+            if spec.when is not None and not spec.when.evaluate_bool(data):
                 self.events.append(
                     NodeSkipped(at=self.now, node=spec.name, reason=SkipReason.CONDITION_FALSE)
                 )
@@ -207,12 +207,10 @@ class _Forward:
                 self.events.append(NodeEntered(at=self.now, node=spec.name))
             elif spec.type is NodeType.SWITCH:
                 self.events.append(
-                    NodeEntered(at=self.now, node=spec.name, case=_route(spec, activation))
+                    NodeEntered(at=self.now, node=spec.name, case=_route(spec, data))
                 )
             else:
-                step_input = (
-                    self.state.input if spec.input is None else spec.input.render(activation)
-                )
+                step_input = self.state.input if spec.input is None else spec.input.render(data)
                 self.events.append(self.schedule(spec, 1, step_input))
         except ExpressionError as error:
             failure = ErrorInfo(type="ExpressionError", message=str(error), retryable=False)
@@ -284,7 +282,7 @@ def _next_attempt(
         return [schedule(spec, progress.attempts + 1, node.input)]
     policy = spec.retry if phase is Phase.ACTION else spec.compensation_retry
     if _may_retry(policy, progress, error):
-        due = now + timedelta(seconds=policy.delay_after(progress.attempts_in_budget))
+        due = now + timedelta(seconds=_retry_delay(policy, progress, error))
         return [
             RetryScheduled(
                 at=now, node=spec.name, phase=phase, attempt=progress.attempts + 1, due=due
@@ -293,6 +291,16 @@ def _next_attempt(
     if phase is Phase.ACTION:
         return [StepFailed(at=now, node=spec.name, error=error)]
     return _compensation_exhausted(spec, state, now, error)
+
+
+def _retry_delay(policy: Any, progress: PhaseProgress, error: ErrorInfo) -> float:
+    """The policy's backoff, but never sooner than the participant asked (``Retry-After``); an
+    attempt that never reached the participant waits only for what it was told."""
+    floor = error.retry_after or 0.0
+    if not error.budgeted:
+        return max(floor, 0.001)
+    delay: float = policy.delay_after(progress.attempts_in_budget)
+    return max(delay, floor)
 
 
 def _may_retry(policy: Any, progress: PhaseProgress, error: ErrorInfo) -> bool:
@@ -412,7 +420,7 @@ class _Compensator:
         return SagaCompensated(at=self.now)
 
 
-def _activation(definition: CompiledDefinition, state: SagaState) -> dict[str, Any]:
+def activation(definition: CompiledDefinition, state: SagaState) -> dict[str, Any]:
     """What expressions see: ``input``, ``steps.<name>.{output,status}`` and ``saga``."""
     return {
         "input": state.input,

@@ -103,6 +103,25 @@ class AttemptScheduled(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptAccepted(Event):
+    """The participant took the attempt on (HTTP 202): it completes by callback, in time."""
+
+    node: str
+    phase: Phase
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptHeartbeat(Event):
+    """The participant says it is still working: the attempt's deadline moves to ``deadline``."""
+
+    node: str
+    phase: Phase
+    attempt: int
+    deadline: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AttemptSucceeded(Event):
     node: str
     phase: Phase
@@ -234,6 +253,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     AttemptScheduled,
     AttemptSucceeded,
     AttemptFailed,
+    AttemptAccepted,
+    AttemptHeartbeat,
     RetryScheduled,
     StepFailed,
     PivotPassed,

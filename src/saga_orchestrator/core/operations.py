@@ -9,7 +9,9 @@ from typing import Any
 from saga_orchestrator.core.commands import CompensateChild, Effect, StartChild
 from saga_orchestrator.core.decide import decide
 from saga_orchestrator.core.events import (
+    AttemptAccepted,
     AttemptFailed,
+    AttemptHeartbeat,
     AttemptSucceeded,
     CancelRequested,
     CompensationRequested,
@@ -77,6 +79,31 @@ def outcome_events(
     if error is None:
         return [AttemptSucceeded(at=now, node=node, phase=phase, attempt=attempt, output=output)]
     return [AttemptFailed(at=now, node=node, phase=phase, attempt=attempt, error=error)]
+
+
+def accepted_events(
+    state: SagaState, *, node: str, phase: Phase, attempt: int, now: datetime
+) -> list[Event]:
+    """The participant will complete the attempt by callback (HTTP 202)."""
+    if not is_current_attempt(state, node, phase, attempt):
+        return []
+    if state.node(node).phase(phase).accepted:
+        return []
+    return [AttemptAccepted(at=now, node=node, phase=phase, attempt=attempt)]
+
+
+def heartbeat_events(
+    state: SagaState, *, node: str, phase: Phase, attempt: int, now: datetime, extend_by: float
+) -> list[Event]:
+    """A participant working on an accepted attempt asks for more time: the deadline moves to
+    ``now + extend_by`` (never earlier than it was)."""
+    if not is_current_attempt(state, node, phase, attempt):
+        raise InvalidTransition("that attempt is no longer in flight")
+    current = state.node(node).phase(phase).deadline
+    deadline = now + timedelta(seconds=extend_by)
+    if current is not None and deadline <= current:
+        return []
+    return [AttemptHeartbeat(at=now, node=node, phase=phase, attempt=attempt, deadline=deadline)]
 
 
 def request_cancel(state: SagaState, reason: str, now: datetime) -> list[Event]:

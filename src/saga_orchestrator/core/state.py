@@ -13,7 +13,9 @@ from typing import Any
 
 from saga_orchestrator.core.events import (
     AlertRaised,
+    AttemptAccepted,
     AttemptFailed,
+    AttemptHeartbeat,
     AttemptScheduled,
     AttemptSucceeded,
     CancelRequested,
@@ -56,6 +58,8 @@ class PhaseProgress:
     budget_start: int = 0
     """Attempts before this count do not use the retry budget (reset by an operator retry)."""
     in_flight: bool = False
+    accepted: bool = False
+    """The in-flight attempt was accepted for asynchronous completion (HTTP 202)."""
     deadline: datetime | None = None
     retry_due: datetime | None = None
     """Set while waiting on a retry timer: the next attempt may start then."""
@@ -210,6 +214,7 @@ def _attempt_scheduled(state: SagaState, event: AttemptScheduled) -> SagaState:
         node.phase(event.phase),
         attempts=event.attempt,
         in_flight=True,
+        accepted=False,
         deadline=event.deadline,
         retry_due=None,
         started_at=node.phase(event.phase).started_at or event.at,
@@ -226,7 +231,11 @@ def _attempt_scheduled(state: SagaState, event: AttemptScheduled) -> SagaState:
 def _attempt_succeeded(state: SagaState, event: AttemptSucceeded) -> SagaState:
     node = state.node(event.node)
     progress = replace(
-        node.phase(event.phase), in_flight=False, deadline=None, finished_at=event.at
+        node.phase(event.phase),
+        in_flight=False,
+        accepted=False,
+        deadline=None,
+        finished_at=event.at,
     )
     if event.phase is Phase.ACTION:
         return _with_phase(
@@ -242,9 +251,30 @@ def _attempt_succeeded(state: SagaState, event: AttemptSucceeded) -> SagaState:
 
 def _attempt_failed(state: SagaState, event: AttemptFailed) -> SagaState:
     node = state.node(event.node)
+    before = node.phase(event.phase)
+    # An attempt that never reached the participant (its circuit breaker was open) leaves the
+    # retry budget as it was: the budget starts one attempt later.
+    budget_start = before.budget_start + (0 if event.error.budgeted else 1)
     progress = replace(
-        node.phase(event.phase), in_flight=False, deadline=None, last_error=event.error
+        before,
+        in_flight=False,
+        accepted=False,
+        deadline=None,
+        last_error=event.error,
+        budget_start=budget_start,
     )
+    return _with_phase(state, event.node, event.phase, progress)
+
+
+def _attempt_accepted(state: SagaState, event: AttemptAccepted) -> SagaState:
+    node = state.node(event.node)
+    progress = replace(node.phase(event.phase), accepted=True)
+    return _with_phase(state, event.node, event.phase, progress)
+
+
+def _attempt_heartbeat(state: SagaState, event: AttemptHeartbeat) -> SagaState:
+    node = state.node(event.node)
+    progress = replace(node.phase(event.phase), deadline=event.deadline)
     return _with_phase(state, event.node, event.phase, progress)
 
 
@@ -378,6 +408,8 @@ _APPLY: dict[type[Event], Any] = {
     AttemptScheduled: _attempt_scheduled,
     AttemptSucceeded: _attempt_succeeded,
     AttemptFailed: _attempt_failed,
+    AttemptAccepted: _attempt_accepted,
+    AttemptHeartbeat: _attempt_heartbeat,
     RetryScheduled: _retry_scheduled,
     StepFailed: _step_failed,
     PivotPassed: _pivot_passed,

@@ -57,6 +57,16 @@ class CompiledCase:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CompiledCall:
+    """An http or amqp target's templates, compiled once: ``path`` and ``headers`` are None
+    for amqp targets; a None ``body`` means the step's input is sent as it is."""
+
+    path: Template | None = None
+    headers: Template | None = None
+    body: Template | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CompiledNode:
     name: str
     type: NodeType
@@ -79,6 +89,8 @@ class CompiledNode:
     """Every node that runs only after this one finished: its compensation waits for theirs."""
     branches: tuple[tuple[str, ...], ...] = ()
     cases: tuple[CompiledCase, ...] = ()
+    action_call: CompiledCall | None = None
+    compensation_call: CompiledCall | None = None
 
     @property
     def action(self) -> HandlerCall | HttpCall | AmqpCall:
@@ -211,9 +223,11 @@ class _Builder:
             self.fail(
                 path, "kind-compensation", f"a {node.kind} step is never compensated: remove it"
             )
-        for label, target in (("action", node.action), ("compensation", node.compensation)):
-            self.check_target_templates(target, f"{path}.{label}")
+        action_call = self.compile_call(node.action, f"{path}.action")
+        compensation_call = self.compile_call(node.compensation, f"{path}.compensation")
         return CompiledNode(
+            action_call=action_call,
+            compensation_call=compensation_call,
             **common,
             type=NodeType.STEP,
             input=self.template(node.input, f"{path}.input"),
@@ -320,18 +334,21 @@ class _Builder:
         self._references.append((location, compiled.step_references()))
         return compiled
 
-    def check_target_templates(
+    def compile_call(
         self, target: HandlerCall | HttpCall | AmqpCall | None, location: str
-    ) -> None:
+    ) -> CompiledCall | None:
         """Paths, headers and bodies of http/amqp targets are templates: compile them now, so
         a bad expression fails registration, not the first run."""
         if isinstance(target, HttpCall):
             spec = target.http
-            self.template(spec.path, f"{location}.http.path")
-            self.template(spec.headers or None, f"{location}.http.headers")
-            self.template(spec.body, f"{location}.http.body")
-        elif isinstance(target, AmqpCall):
-            self.template(target.amqp.body, f"{location}.amqp.body")
+            return CompiledCall(
+                path=self.template(spec.path, f"{location}.http.path"),
+                headers=self.template(spec.headers or None, f"{location}.http.headers"),
+                body=self.template(spec.body, f"{location}.http.body"),
+            )
+        if isinstance(target, AmqpCall):
+            return CompiledCall(body=self.template(target.amqp.body, f"{location}.amqp.body"))
+        return None
 
     def check_definition_level(self) -> None:
         try:

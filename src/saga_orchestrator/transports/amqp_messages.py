@@ -189,32 +189,34 @@ def decode_reply(body: bytes) -> StepReply:
     """Parse a reply; :class:`InvalidInput` says what is wrong with a malformed one."""
     data = _object(body)
     try:
-        status = data["status"]
-        if status == "succeeded":
-            outcome = StepOutcome(output=data.get("output"))
-        elif status == "failed":
-            error = data.get("error")
-            if not isinstance(error, dict):
-                raise ValueError("a failed reply needs an 'error' object")
-            outcome = StepOutcome(
-                error=ErrorInfo(
-                    type=str(error.get("type") or "StepFailed")[:200],
-                    message=str(error.get("message") or "")[:4000],
-                    retryable=_flag(error, "retryable"),
-                )
-            )
-        else:
-            raise ValueError(f"status must be 'succeeded' or 'failed', not {status!r}")
         return StepReply(
             tenant_id=_text(data, "tenant_id"),
             instance_id=_text(data, "instance_id"),
             node=_text(data, "node"),
             phase=Phase(data["phase"]),
             attempt=_positive(data, "attempt"),
-            outcome=outcome,
+            outcome=_outcome(data),
         )
     except (KeyError, ValueError, TypeError) as error:
         raise InvalidInput(f"malformed step reply: {error}") from error
+
+
+def _outcome(data: dict[str, Any]) -> StepOutcome:
+    status = data["status"]
+    if status == "succeeded":
+        return StepOutcome(output=data.get("output"))
+    if status != "failed":
+        raise ValueError(f"status must be 'succeeded' or 'failed', not {status!r}")
+    error = data.get("error")
+    if not isinstance(error, dict):
+        raise TypeError("a failed reply needs an 'error' object")
+    return StepOutcome(
+        error=ErrorInfo(
+            type=str(error.get("type") or "StepFailed")[:200],
+            message=str(error.get("message") or "")[:4000],
+            retryable=_flag(error, "retryable"),
+        )
+    )
 
 
 def _object(body: bytes) -> dict[str, Any]:
@@ -244,7 +246,7 @@ def _positive(data: dict[str, Any], key: str) -> int:
 def _flag(data: dict[str, Any], key: str) -> bool:
     value = data.get(key, True)
     if not isinstance(value, bool):
-        raise ValueError(f"{key!r} must be true or false")
+        raise TypeError(f"{key!r} must be true or false")
     return value
 
 
@@ -259,9 +261,9 @@ __all__ = [
     "StepReply",
     "attempt_id",
     "command_for",
+    "command_message",
     "decode_command",
     "decode_reply",
     "encode_command",
     "encode_reply",
-    "command_message",
 ]

@@ -11,6 +11,8 @@ from saga_orchestrator.core.commands import Decision, Dispatch, Effect
 from saga_orchestrator.core.decide import decide
 from saga_orchestrator.core.events import ErrorInfo, Event, Phase
 from saga_orchestrator.core.operations import (
+    accepted_events,
+    heartbeat_events,
     operator_resolve,
     operator_retry,
     operator_skip,
@@ -94,8 +96,17 @@ class Run:
         unknown: bool = False,
         error_type: str = "Boom",
         phase: Phase = A,
+        retry_after: float | None = None,
+        budgeted: bool = True,
     ) -> Decision:
-        error = ErrorInfo(type=error_type, message="it broke", retryable=retryable, unknown=unknown)
+        error = ErrorInfo(
+            type=error_type,
+            message="it broke",
+            retryable=retryable,
+            unknown=unknown,
+            retry_after=retry_after,
+            budgeted=budgeted,
+        )
         events = outcome_events(
             self.state,
             node=node,
@@ -105,6 +116,26 @@ class Run:
             error=error,
         )
         assert events, f"{node} {phase} has no attempt in flight"
+        self._append(events)
+        return self._decide()
+
+    def accept(self, node: str, phase: Phase = A) -> Decision:
+        """The participant answered 202: it will complete the attempt by callback."""
+        events = accepted_events(
+            self.state, node=node, phase=phase, attempt=self.attempt(node, phase), now=self.now
+        )
+        self._append(events)
+        return self._decide()
+
+    def heartbeat(self, node: str, extend_by: float, phase: Phase = A) -> Decision:
+        events = heartbeat_events(
+            self.state,
+            node=node,
+            phase=phase,
+            attempt=self.attempt(node, phase),
+            now=self.now,
+            extend_by=extend_by,
+        )
         self._append(events)
         return self._decide()
 
