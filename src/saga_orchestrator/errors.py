@@ -9,6 +9,8 @@ This module is a leaf: it imports nothing from the project, so every layer may u
     ├── NotFound                   definition, instance or handler does not exist
     ├── InvalidInput               a start context or operator request is invalid
     ├── InvalidTransition          an operation is not allowed in the current state
+    │   └── AttemptNotInFlight     a callback names an attempt that is over (expired token)
+    ├── InvalidCompletionToken     a completion callback's token is forged or malformed
     ├── StoreError                 the database failed or refused a write
     │   ├── SequenceConflict       another writer moved the instance first
     │   └── StoreUnavailable       the database cannot be reached
@@ -66,6 +68,15 @@ class InvalidInput(SagaError):
 
 class InvalidTransition(SagaError):
     """The operation is not allowed in the instance's current state (e.g. cancel after pivot)."""
+
+
+class AttemptNotInFlight(InvalidTransition):
+    """A callback or heartbeat names an attempt that already ended (timed out, completed, or
+    superseded by a retry): its completion token no longer works."""
+
+
+class InvalidCompletionToken(SagaError):
+    """A completion token is malformed, forged, or names another instance or step."""
 
 
 class StoreError(SagaError):

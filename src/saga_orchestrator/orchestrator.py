@@ -30,12 +30,16 @@ from saga_orchestrator.core.view import InstanceView, describe
 from saga_orchestrator.definition.features import FeatureFlags
 from saga_orchestrator.definition.loader import parse_definition
 from saga_orchestrator.definition.models import SagaDefinition
+from saga_orchestrator.definition.participants import ParticipantRecord, ParticipantService
 from saga_orchestrator.engine.clock import Clock, SystemClock
 from saga_orchestrator.engine.definitions import DefinitionRegistry, Registration
+from saga_orchestrator.engine.participants import ParticipantRegistry
 from saga_orchestrator.engine.runtime import Engine, EngineOptions, StartResult
 from saga_orchestrator.store import Store, open_store
 from saga_orchestrator.transports.base import Transport
+from saga_orchestrator.transports.breaker import BreakerBook, BreakerSnapshot
 from saga_orchestrator.transports.handlers import HandlerRegistry
+from saga_orchestrator.transports.http import HttpTransport, Resolver
 from saga_orchestrator.transports.inprocess import InProcessTransport
 
 DEFAULT_DATABASE_URL = "sqlite:///saga.db"
@@ -55,6 +59,8 @@ class Orchestrator:
         transports: Iterable[Transport] = (),
         require_known_handlers: bool = True,
         features: FeatureFlags | None = None,
+        callback_base_url: str | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         self.handlers = (
             handlers if isinstance(handlers, HandlerRegistry) else HandlerRegistry(handlers)
@@ -62,15 +68,28 @@ class Orchestrator:
         self.tenant_id = tenant_id
         self.clock = clock or SystemClock()
         self.store = store or open_store(database_url)
+        self.participants = ParticipantRegistry(self.store)
         self.definitions = DefinitionRegistry(
             self.store,
             known_handlers=self.handlers.names if require_known_handlers else lambda: None,
+            known_services=self.participants.names,
             features=features,
+        )
+        self.breakers = BreakerBook()
+        self.http = HttpTransport(
+            self.participants,
+            breakers=self.breakers,
+            resolver=resolver,
+            callback_base_url=callback_base_url,
         )
         self.engine = Engine(
             store=self.store,
             definitions=self.definitions,
-            transports=[InProcessTransport(self.handlers, enforce_timeout=False), *transports],
+            transports=[
+                InProcessTransport(self.handlers, enforce_timeout=False),
+                self.http,
+                *transports,
+            ],
             clock=self.clock,
             options=EngineOptions(max_concurrent_sagas=max_concurrent_sagas),
         )
@@ -88,6 +107,7 @@ class Orchestrator:
         if self._open:
             await self.engine.stop(grace)
             self._open = False
+        await self.http.aclose()
         await self.store.close()
 
     async def __aenter__(self) -> Self:
@@ -121,6 +141,21 @@ class Orchestrator:
 
     async def deprecate(self, name: str, version: str) -> None:
         await self.definitions.deprecate(self.tenant_id, name, version)
+
+    # -- participant services --
+    async def put_participant(
+        self, name: str, service: ParticipantService | Mapping[str, Any]
+    ) -> ParticipantRecord:
+        """Register (or replace) where the http steps naming ``name`` go."""
+        model = (
+            service
+            if isinstance(service, ParticipantService)
+            else ParticipantService.model_validate(service)
+        )
+        return (await self.participants.put(self.tenant_id, name, model)).record
+
+    def breaker_snapshots(self) -> list[BreakerSnapshot]:
+        return self.breakers.snapshot()
 
     # -- instances --
     async def start(

@@ -22,8 +22,17 @@ from saga_orchestrator.api.limits import BodyLimitMiddleware
 from saga_orchestrator.api.metrics import ApiMetrics, MetricsMiddleware
 from saga_orchestrator.api.openapi import SagaApi
 from saga_orchestrator.api.options import ApiOptions
+from saga_orchestrator.api.participants import CallbackApi, ParticipantsApi
 from saga_orchestrator.api.problems import AllowedMethods, ProblemHandlers
-from saga_orchestrator.api.routes import definitions, health, instances, operations, stream
+from saga_orchestrator.api.routes import (
+    callbacks,
+    definitions,
+    health,
+    instances,
+    operations,
+    participants,
+    stream,
+)
 from saga_orchestrator.api.services import DefinitionService, HealthService, InstanceService
 from saga_orchestrator.core.state import SagaState
 from saga_orchestrator.orchestrator import Orchestrator
@@ -59,7 +68,8 @@ def create_app(orchestrator: Orchestrator, options: ApiOptions | None = None) ->
         lifespan=lifespan,
     )
     app.state.services = services
-    routers = [module.router for module in (definitions, instances, stream, operations, health)]
+    modules = (definitions, instances, stream, operations, callbacks, participants, health)
+    routers = [module.router for module in modules]
     ProblemHandlers(options.retry_after, allowed_methods(routers)).install(app)
     for router in routers:
         app.include_router(router)
@@ -94,6 +104,8 @@ def build_services(orchestrator: Orchestrator, options: ApiOptions) -> Services:
             on_started=metrics.saga_started,
         ),
         health=HealthService(orchestrator.store),
+        participants=ParticipantsApi(orchestrator.participants, orchestrator.breaker_snapshots),
+        callbacks=CallbackApi(orchestrator.engine),
         metrics=metrics,
         options=options,
         default_tenant=orchestrator.tenant_id,

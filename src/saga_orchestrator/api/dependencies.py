@@ -8,6 +8,7 @@ from fastapi import Request
 
 from saga_orchestrator.api.metrics import ApiMetrics
 from saga_orchestrator.api.options import ApiOptions
+from saga_orchestrator.api.participants import CallbackApi, ParticipantsApi
 from saga_orchestrator.api.services import DefinitionService, HealthService, InstanceService
 
 
@@ -18,6 +19,8 @@ class Services:
     definitions: DefinitionService
     instances: InstanceService
     health: HealthService
+    participants: ParticipantsApi
+    callbacks: CallbackApi
     metrics: ApiMetrics
     options: ApiOptions
     default_tenant: str
@@ -46,6 +49,14 @@ async def instance_service(request: Request) -> InstanceService:
 
 async def health_service(request: Request) -> HealthService:
     return _services(request).health
+
+
+async def participants_api(request: Request) -> ParticipantsApi:
+    return _services(request).participants
+
+
+async def callback_api(request: Request) -> CallbackApi:
+    return _services(request).callbacks
 
 
 def _services(request: Request) -> Services:

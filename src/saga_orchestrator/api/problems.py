@@ -7,7 +7,9 @@ This is the one place where the project's error hierarchy meets HTTP status code
     NotFound             404   not-found
     InvalidInput         422   invalid-input
     ExpressionError      422   invalid-expression
+    AttemptNotInFlight   410   attempt-over (a completion token for an attempt that ended)
     InvalidTransition    409   invalid-transition
+    InvalidCompletionToken 403 invalid-completion-token
     StartInProgress      409   start-in-progress
     SequenceConflict     409   concurrent-update
     NotReady             503   not-ready (with ``Retry-After``)
@@ -35,9 +37,11 @@ from starlette.responses import Response
 from saga_orchestrator.api.schemas import Problem
 from saga_orchestrator.api.services import NotReady, StartInProgress
 from saga_orchestrator.errors import (
+    AttemptNotInFlight,
     DefinitionConflict,
     DefinitionError,
     ExpressionError,
+    InvalidCompletionToken,
     InvalidInput,
     InvalidTransition,
     NotFound,
@@ -70,7 +74,12 @@ _SAGA_ERRORS: Final[tuple[tuple[type[SagaError], Kind], ...]] = (
     (NotFound, Kind(status=404, slug="not-found", title="Not found")),
     (InvalidInput, Kind(status=422, slug="invalid-input", title="Invalid input")),
     (ExpressionError, Kind(status=422, slug="invalid-expression", title="Invalid expression")),
+    (AttemptNotInFlight, Kind(status=410, slug="attempt-over", title="Attempt is over")),
     (InvalidTransition, Kind(status=409, slug="invalid-transition", title="Not allowed now")),
+    (
+        InvalidCompletionToken,
+        Kind(status=403, slug="invalid-completion-token", title="Invalid completion token"),
+    ),
     (StartInProgress, Kind(status=409, slug="start-in-progress", title="Start in progress")),
     (SequenceConflict, Kind(status=409, slug="concurrent-update", title="Concurrent update")),
     (NotReady, Kind(status=503, slug="not-ready", title="Not ready")),
@@ -208,8 +217,10 @@ def _title(status: int) -> str:
 
 _DESCRIPTIONS: Final = {
     400: "The body cannot be decoded (JSON text must be UTF-8).",
+    403: "Not allowed (problem+json says why).",
     404: "No such resource (for this tenant).",
     409: "The resource's state does not allow this (problem+json says why).",
+    410: "The resource is gone (problem+json says why).",
     413: "The request body exceeds the size limit.",
     415: "The body's Content-Type is not supported.",
     422: "The request is invalid; `violations` lists each broken rule.",

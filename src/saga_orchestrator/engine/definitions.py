@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 from saga_orchestrator.definition.compiler import CompiledDefinition, compile_definition
@@ -21,6 +21,8 @@ from saga_orchestrator.errors import DefinitionConflict, DefinitionError, NotFou
 from saga_orchestrator.store import DefinitionRecord, PutDefinitionOutcome, Store
 
 KnownNames = Callable[[], Collection[str] | None]
+KnownServices = Callable[[str], Awaitable[Collection[str]]]
+"""A tenant's registered participant services."""
 
 RESOLVE_TTL = 1.0
 """Seconds a name's resolution to a version is reused: another node's new version is picked up
@@ -45,7 +47,7 @@ class DefinitionRegistry:
         store: Store,
         *,
         known_handlers: KnownNames = lambda: None,
-        known_services: KnownNames = lambda: None,
+        known_services: KnownServices | None = None,
         features: FeatureFlags | None = None,
     ) -> None:
         self.features = features or FeatureFlags()
@@ -58,11 +60,15 @@ class DefinitionRegistry:
 
     async def register(self, tenant_id: str, definition: SagaDefinition) -> Registration:
         """Validate and store a version; raise DefinitionError or DefinitionConflict."""
-        compiled = compile_definition(
-            definition,
-            known_handlers=self._known_handlers(),
-            known_services=self._known_services(),
-        )
+        handlers = self._known_handlers()
+        compiled = compile_definition(definition, known_handlers=handlers)
+        if self._known_services is not None and compiled.services():
+            # Again, now naming every service the tenant has not registered, with its location.
+            compiled = compile_definition(
+                definition,
+                known_handlers=handlers,
+                known_services=await self._known_services(tenant_id),
+            )
         await self._check_features(tenant_id, compiled)
         await self._check_sub_sagas(tenant_id, compiled)
         outcome = await self._store.put_definition(

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,20 +36,30 @@ from saga_orchestrator.core.events import (
     Phase,
 )
 from saga_orchestrator.core.operations import (
+    accepted_events,
+    heartbeat_events,
+    is_current_attempt,
     outcome_events,
     recover,
     start_event,
 )
 from saga_orchestrator.core.state import SagaState, evolve, fold
 from saga_orchestrator.definition.compiler import CompiledDefinition, validate_input
+from saga_orchestrator.definition.models import AmqpCall, HandlerCall
 from saga_orchestrator.engine.bus import CommittedEvent, EventBus
+from saga_orchestrator.engine.calls import render_call, traceparent
 from saga_orchestrator.engine.children import ChildSagas
 from saga_orchestrator.engine.clock import Clock, SystemClock
+from saga_orchestrator.engine.completion import KEY_NAME, AttemptRef, CompletionTokens
 from saga_orchestrator.engine.definitions import DefinitionRegistry
 from saga_orchestrator.engine.timers import TimerQueue
 from saga_orchestrator.engine.writer import BatchWriter
 from saga_orchestrator.errors import (
+    AttemptNotInFlight,
+    ExpressionError,
+    InvalidCompletionToken,
     InvalidInput,
+    InvalidTransition,
     NotFound,
     SagaError,
     SequenceConflict,
@@ -59,9 +70,21 @@ from saga_orchestrator.store import (
     InstanceRef,
     InstanceUpdate,
     NewInstance,
+    OutboxMessage,
     Store,
 )
-from saga_orchestrator.transports.base import StepOutcome, StepRequest, Transport
+from saga_orchestrator.transports.amqp_messages import (
+    COMMAND_EXCHANGE,
+    command_for,
+    command_message,
+)
+from saga_orchestrator.transports.base import (
+    AmqpCallSpec,
+    HttpCallSpec,
+    StepOutcome,
+    StepRequest,
+    Transport,
+)
 
 log = logging.getLogger("saga_orchestrator.engine")
 
@@ -99,6 +122,27 @@ class EngineOptions:
     """Instances' appends per group-commit transaction."""
 
 
+@dataclass(slots=True, kw_only=True)
+class OutboxRouting:
+    """Which dispatches travel through the transactional outbox to RabbitMQ: amqp targets,
+    and handler targets that no handler of this process serves (workers run them)."""
+
+    local_handlers: Callable[[], Collection[str]]
+    remote_handlers: bool = True
+    wake: Callable[[], None] = lambda: None
+    """Called after a commit that wrote outbox rows, so the relay publishes at once."""
+
+    def routes(self, dispatch: Dispatch) -> bool:
+        target = dispatch.target
+        if isinstance(target, AmqpCall):
+            return True
+        return (
+            self.remote_handlers
+            and isinstance(target, HandlerCall)
+            and target.handler not in self.local_handlers()
+        )
+
+
 class Engine:
     def __init__(
         self,
@@ -108,8 +152,10 @@ class Engine:
         transports: Sequence[Transport],
         clock: Clock | None = None,
         options: EngineOptions | None = None,
+        outbox: OutboxRouting | None = None,
     ) -> None:
         self.store = store
+        self.outbox = outbox
         self.definitions = definitions
         self.transports = tuple(transports)
         self.clock = clock or SystemClock()
@@ -128,9 +174,12 @@ class Engine:
         """Attempts running in this process, so an attempt settled otherwise (its deadline
         passed, the saga moved on) is cancelled instead of running on unobserved."""
         self._running = False
+        self.completion_tokens: CompletionTokens | None = None
 
     # -- lifecycle --
     async def start(self) -> None:
+        key = await self.store.shared_secret(KEY_NAME, os.urandom(32))
+        self.completion_tokens = CompletionTokens(key)
         self.writer.start()
         self.timers.start()
         self._running = True
@@ -228,12 +277,14 @@ class Engine:
         )
         state = fold([started])
         decision = decide(definition, state, now)
+        effects, outbox = self._route(definition, decision.state, decision.effects)
         request = AppendRequest(
             tenant_id=tenant_id,
             instance_id=instance_id,
             expected_seq=0,
             events=[codec.encode(e) for e in (started, *decision.events)],
             update=_update(decision.state, now, decision.wake_at),
+            outbox=outbox,
             create=NewInstance(
                 tenant_id=tenant_id,
                 instance_id=instance_id,
@@ -257,7 +308,7 @@ class Engine:
         self._publish(request, now)
         live = Live(definition=definition, state=decision.state, holds_slot=parent is None)
         self._live[instance_id] = live
-        self._after_commit(live, decision.effects, decision.wake_at)
+        self._after_commit(live, effects, decision.wake_at, wrote_outbox=bool(outbox))
         return StartResult(
             instance_id=instance_id,
             definition_name=definition.name,
@@ -295,6 +346,7 @@ class Engine:
                 state = evolve(state, event)
             decision = decide(live.definition, state, now)
             events = [*inputs, *decision.events]
+            effects, outbox = self._route(live.definition, decision.state, decision.effects)
             if events:
                 request = AppendRequest(
                     tenant_id=before.tenant_id,
@@ -302,6 +354,7 @@ class Engine:
                     expected_seq=before.seq,
                     events=[codec.encode(e) for e in events],
                     update=_update(decision.state, now, decision.wake_at),
+                    outbox=outbox,
                 )
                 result = await self.writer.submit(request)
                 if result.status is not AppendStatus.APPENDED:
@@ -309,8 +362,85 @@ class Engine:
                 live.state = decision.state
                 self._publish(request, now)
                 self._cancel_settled_attempts(before.instance_id, events)
-            self._after_commit(live, decision.effects, decision.wake_at)
+            self._after_commit(live, effects, decision.wake_at, wrote_outbox=bool(outbox))
             return live.state
+
+    def _route(
+        self, definition: CompiledDefinition, state: SagaState, effects: Sequence[Effect]
+    ) -> tuple[Sequence[Effect], list[OutboxMessage]]:
+        """Split off the dispatches that go out through the outbox: their messages are written
+        in the same transaction as the events that justify them."""
+        if self.outbox is None:
+            return effects, []
+        immediate: list[Effect] = []
+        messages: list[OutboxMessage] = []
+        for effect in effects:
+            if isinstance(effect, Dispatch) and self.outbox.routes(effect):
+                message = self._outbox_message(definition, state, effect)
+                if message is not None:
+                    messages.append(message)
+                    continue
+            immediate.append(effect)  # a template that fails to render fails in _dispatch
+        return immediate, messages
+
+    def _outbox_message(
+        self, definition: CompiledDefinition, state: SagaState, dispatch: Dispatch
+    ) -> OutboxMessage | None:
+        try:
+            request = self._request(dispatch, render_call(definition, state, dispatch))
+        except ExpressionError:
+            return None
+        if isinstance(request.call, AmqpCallSpec):
+            command = command_for(request, handler=None)
+            message = command_message(
+                command, exchange=request.call.exchange, routing_key=request.call.routing_key
+            )
+        else:
+            assert isinstance(dispatch.target, HandlerCall)
+            name = dispatch.target.handler
+            command = command_for(request, handler=name)
+            message = command_message(command, exchange=COMMAND_EXCHANGE, routing_key=name)
+        return OutboxMessage(
+            tenant_id=dispatch.tenant_id,
+            instance_id=dispatch.instance_id,
+            message_id=message.key,
+            exchange=message.exchange,
+            routing_key=message.routing_key,
+            body=message.body,
+            headers=message.headers,
+        )
+
+    def _request(self, dispatch: Dispatch, call: HttpCallSpec | AmqpCallSpec | None) -> StepRequest:
+        token = ""
+        if self.completion_tokens is not None and call is not None:
+            token = self.completion_tokens.mint(
+                AttemptRef(
+                    tenant_id=dispatch.tenant_id,
+                    instance_id=dispatch.instance_id,
+                    node=dispatch.node,
+                    phase=dispatch.phase,
+                    attempt=dispatch.attempt,
+                )
+            )
+        return StepRequest(
+            tenant_id=dispatch.tenant_id,
+            instance_id=dispatch.instance_id,
+            node=dispatch.node,
+            phase=dispatch.phase,
+            attempt=dispatch.attempt,
+            idempotency_key=dispatch.idempotency_key,
+            target=dispatch.target,
+            input=dispatch.input,
+            action_output=dispatch.action_output,
+            timeout=dispatch.timeout,
+            call=call,
+            completion_token=token,
+            traceparent=traceparent(
+                dispatch.instance_id, dispatch.idempotency_key, dispatch.attempt
+            )
+            if call is not None
+            else "",
+        )
 
     def _cancel_settled_attempts(self, instance_id: str, events: Sequence[Event]) -> None:
         current = asyncio.current_task()
@@ -338,7 +468,11 @@ class Engine:
             ]
         )
 
-    def _after_commit(self, live: Live, effects: Sequence[Effect], wake_at: Any) -> None:
+    def _after_commit(
+        self, live: Live, effects: Sequence[Effect], wake_at: Any, *, wrote_outbox: bool = False
+    ) -> None:
+        if wrote_outbox and self.outbox is not None:
+            self.outbox.wake()
         state = live.state
         if state.status.is_settled:
             self._settle(live)
@@ -347,7 +481,7 @@ class Engine:
             if wake_at is not None:
                 self.timers.schedule(state.tenant_id, state.instance_id, wake_at)
         for effect in effects:
-            self._spawn(self._perform(effect), f"saga-effect-{state.instance_id}")
+            self._spawn(self._perform(effect, live), f"saga-effect-{state.instance_id}")
 
     def _settle(self, live: Live) -> None:
         live.settled.set()
@@ -362,10 +496,10 @@ class Engine:
         self._live.pop(live.state.instance_id, None)
 
     # -- effects --
-    async def _perform(self, effect: Effect) -> None:
+    async def _perform(self, effect: Effect, live: Live) -> None:
         try:
             if isinstance(effect, Dispatch):
-                await self._dispatch(effect)
+                await self._dispatch(effect, live)
             elif isinstance(effect, StartChild):
                 await self.children.start(effect)
             elif isinstance(effect, CompensateChild):
@@ -376,27 +510,17 @@ class Engine:
             # The attempt stays in flight; its durable deadline turns it into a retry.
             log.warning("effect %s failed: %s", type(effect).__name__, error)
 
-    async def _dispatch(self, dispatch: Dispatch) -> None:
-        request = StepRequest(
-            tenant_id=dispatch.tenant_id,
-            instance_id=dispatch.instance_id,
-            node=dispatch.node,
-            phase=dispatch.phase,
-            attempt=dispatch.attempt,
-            idempotency_key=dispatch.idempotency_key,
-            target=dispatch.target,
-            input=dispatch.input,
-            action_output=dispatch.action_output,
-            timeout=dispatch.timeout,
-        )
-        attempt = (dispatch.instance_id, dispatch.node, dispatch.phase, dispatch.attempt)
-        task = asyncio.current_task()
-        assert task is not None
-        self._attempt_tasks[attempt] = task
+    async def _dispatch(self, dispatch: Dispatch, live: Live) -> None:
         try:
-            outcome = await self._transport_for(dispatch).call(request)
-        finally:
-            self._attempt_tasks.pop(attempt, None)
+            call = render_call(live.definition, live.state, dispatch)
+        except ExpressionError as error:
+            failure = ErrorInfo(type="ExpressionError", message=str(error), retryable=False)
+            outcome = StepOutcome(error=failure)
+        else:
+            outcome = await self._call(dispatch, self._request(dispatch, call))
+        if outcome.accepted:
+            await self._record_accepted(dispatch)
+            return
         await self.record_outcome(
             dispatch.tenant_id,
             dispatch.instance_id,
@@ -405,6 +529,28 @@ class Engine:
             attempt=dispatch.attempt,
             outcome=outcome,
         )
+
+    async def _call(self, dispatch: Dispatch, request: StepRequest) -> StepOutcome:
+        attempt = (dispatch.instance_id, dispatch.node, dispatch.phase, dispatch.attempt)
+        task = asyncio.current_task()
+        assert task is not None
+        self._attempt_tasks[attempt] = task
+        try:
+            return await self._transport_for(dispatch).call(request)
+        finally:
+            self._attempt_tasks.pop(attempt, None)
+
+    async def _record_accepted(self, dispatch: Dispatch) -> None:
+        def make(state: SagaState) -> list[Event]:
+            return accepted_events(
+                state,
+                node=dispatch.node,
+                phase=dispatch.phase,
+                attempt=dispatch.attempt,
+                now=self.clock.now(),
+            )
+
+        await self.advance(dispatch.tenant_id, dispatch.instance_id, make)
 
     def _transport_for(self, dispatch: Dispatch) -> Transport:
         for transport in self.transports:
@@ -434,6 +580,79 @@ class Engine:
             )
 
         await self.advance(tenant_id, instance_id, make)
+
+    async def record_reply(
+        self,
+        tenant_id: str,
+        instance_id: str,
+        *,
+        node: str,
+        phase: Phase,
+        attempt: int,
+        outcome: StepOutcome,
+    ) -> None:
+        """A worker's reply over RabbitMQ. NotFound for an instance or step that does not
+        exist (the consumer dead-letters it); a duplicate or late reply changes nothing."""
+        live = await self.load(tenant_id, instance_id)
+        if node not in live.definition.nodes:
+            raise NotFound(f"instance {instance_id} has no step {node!r}")
+        await self.record_outcome(
+            tenant_id, instance_id, node=node, phase=phase, attempt=attempt, outcome=outcome
+        )
+
+    # -- asynchronous completion (callbacks authorized by completion tokens) --
+    def _attempt_of(self, token: str, instance_id: str, node: str) -> AttemptRef:
+        if self.completion_tokens is None:
+            raise InvalidCompletionToken("the engine is not started")
+        ref = self.completion_tokens.verify(token)
+        if ref.instance_id != instance_id or ref.node != node:
+            raise InvalidCompletionToken("the completion token is for another step")
+        return ref
+
+    async def complete_attempt(
+        self, token: str, *, instance_id: str, node: str, outcome: StepOutcome
+    ) -> SagaState:
+        """A participant finishes an accepted attempt. Refused (AttemptNotInFlight) once the
+        attempt is over: timed out, superseded by a retry, or already completed."""
+        ref = self._attempt_of(token, instance_id, node)
+
+        def make(state: SagaState) -> list[Event]:
+            if not is_current_attempt(state, ref.node, ref.phase, ref.attempt):
+                raise AttemptNotInFlight("this attempt is over; its completion token expired")
+            return outcome_events(
+                state,
+                node=ref.node,
+                phase=ref.phase,
+                attempt=ref.attempt,
+                now=self.clock.now(),
+                output=outcome.output,
+                error=outcome.error,
+            )
+
+        return await self.advance(ref.tenant_id, instance_id, make)
+
+    async def heartbeat_attempt(self, token: str, *, instance_id: str, node: str) -> SagaState:
+        """A participant still working on an attempt extends its deadline by the step's
+        timeout (the compensation timeout for a compensation)."""
+        ref = self._attempt_of(token, instance_id, node)
+        live = await self.load(ref.tenant_id, instance_id)
+        spec = live.definition.nodes[ref.node]
+        extend_by = spec.timeout if ref.phase is Phase.ACTION else spec.compensation_timeout
+
+        def make(state: SagaState) -> list[Event]:
+            try:
+                return heartbeat_events(
+                    state,
+                    node=ref.node,
+                    phase=ref.phase,
+                    attempt=ref.attempt,
+                    now=self.clock.now(),
+                    extend_by=extend_by,
+                )
+            except InvalidTransition as error:
+                raise AttemptNotInFlight(str(error)) from None
+
+        return await self.advance(ref.tenant_id, instance_id, make)
 
     # -- timers and recovery --
     async def _on_timer(self, tenant_id: str, instance_id: str) -> None:
@@ -466,7 +685,7 @@ class Engine:
         events, effects = recover(live.definition, live.state, self.clock.now())
         await self._advance(live, lambda _state: events, redecide=True)
         for effect in effects:
-            self._spawn(self._perform(effect), f"saga-recover-{instance_id}")
+            self._spawn(self._perform(effect, live), f"saga-recover-{instance_id}")
 
     async def load(self, tenant_id: str, instance_id: str) -> Live:
         live = self._live.get(instance_id)
@@ -569,4 +788,4 @@ def _update(state: SagaState, now: Any, wake_at: Any) -> InstanceUpdate:
     )
 
 
-__all__ = ["Engine", "EngineOptions", "StartResult"]
+__all__ = ["Engine", "EngineOptions", "OutboxRouting", "StartResult"]

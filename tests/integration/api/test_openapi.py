@@ -34,6 +34,19 @@ EXPECTED = {
     ("post", "/api/v1/sagas/instances/{instance_id}/resolve"): {
         "200", "400", "404", "409", "413", "422", "503",
     },
+    ("post", "/api/v1/sagas/instances/{instance_id}/steps/{step}/complete"): {
+        "200", "400", "403", "404", "409", "410", "413", "422", "503",
+    },
+    ("post", "/api/v1/sagas/instances/{instance_id}/steps/{step}/fail"): {
+        "200", "400", "403", "404", "409", "410", "413", "422", "503",
+    },
+    ("post", "/api/v1/sagas/instances/{instance_id}/steps/{step}/heartbeat"): {
+        "200", "400", "403", "404", "409", "410", "413", "422", "503",
+    },
+    ("get", "/api/v1/participants"): {"200", "400", "404", "413", "422", "503"},
+    ("get", "/api/v1/participants/{name}"): {"200", "400", "404", "413", "422", "503"},
+    ("put", "/api/v1/participants/{name}"): {"200", "201", "400", "404", "413", "422", "503"},
+    ("delete", "/api/v1/participants/{name}"): {"204", "400", "404", "413", "422", "503"},
     ("get", "/health"): {"200"},
     ("get", "/ready"): {"200", "503"},
     ("get", "/metrics"): {"200"},
@@ -61,10 +74,12 @@ async def test_every_route_and_status_is_documented(client: httpx.AsyncClient) -
     declared = {
         (method.lower(), route.path)
         for module in (
+            routes.callbacks,
             routes.definitions,
             routes.health,
             routes.instances,
             routes.operations,
+            routes.participants,
             routes.stream,
         )
         for route in module.router.routes
