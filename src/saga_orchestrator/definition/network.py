@@ -32,12 +32,35 @@ def parse_ip_literal(host: str) -> IPAddress | None:
     return ipaddress.IPv4Address(packed)
 
 
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
 def is_public(address: IPAddress) -> bool:
     """True for a globally routable unicast address; false for loopback, private, link-local
-    (cloud metadata lives at 169.254.169.254), carrier-grade NAT, multicast, reserved, ..."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return is_public(address.ipv4_mapped)
+    (cloud metadata lives at 169.254.169.254), carrier-grade NAT, multicast, reserved, ...
+
+    IPv6 addresses that carry an IPv4 address (mapped, 6to4, NAT64) are judged by it too, since
+    a gateway may deliver them to it; the deprecated IPv4-compatible ``::a.b.c.d`` and
+    local-use NAT64 never count as public (``ipaddress`` calls both global)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return is_public(address.ipv4_mapped)
+        embedded = _embedded_ipv4(address)
+        if embedded is not None and not is_public(embedded):
+            return False
+        if address in _IPV4_COMPATIBLE or address in _LOCAL_NAT64:
+            return False
     return address.is_global and not address.is_multicast
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
 
 
 def is_local_name(host: str) -> bool:

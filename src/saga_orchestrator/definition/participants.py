@@ -18,8 +18,17 @@ from saga_orchestrator.definition.network import private_host_reason
 
 HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$"
 RESERVED_HEADERS = frozenset(
-    {"host", "content-length", "transfer-encoding", "connection", "idempotency-key",
-     "traceparent", "saga-instance-id", "saga-step", "saga-completion-token"}
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "idempotency-key",
+        "traceparent",
+        "saga-instance-id",
+        "saga-step",
+        "saga-completion-token",
+    }
 )
 """Set by the transport itself: a registry entry may not override them."""
 

@@ -15,14 +15,10 @@ import hmac
 from dataclasses import dataclass
 
 from saga_orchestrator.core.events import Phase
-from saga_orchestrator.errors import SagaError
+from saga_orchestrator.errors import InvalidCompletionToken
 
 KEY_NAME = "completion-token-key"
 _SEPARATOR = "\x1f"
-
-
-class InvalidCompletionToken(SagaError):
-    """The token is malformed, forged, or names another attempt."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
