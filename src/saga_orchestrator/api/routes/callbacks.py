@@ -52,7 +52,11 @@ _ERRORS: Final[dict[int | str, dict[str, Any]]] = problem_responses(
     responses=_ERRORS,
 )
 async def complete_step(
-    instance_id: InstanceId, step: Step, body: CompleteAttempt, token: Token, callbacks: Callbacks
+    instance_id: InstanceId,
+    step: Step,
+    body: CompleteAttempt,
+    callbacks: Callbacks,
+    token: Token = None,
 ) -> CallbackAccepted:
     return await callbacks.complete(token, str(instance_id), step, body)
 
@@ -63,7 +67,11 @@ async def complete_step(
     responses=_ERRORS,
 )
 async def fail_step(
-    instance_id: InstanceId, step: Step, body: FailAttempt, token: Token, callbacks: Callbacks
+    instance_id: InstanceId,
+    step: Step,
+    body: FailAttempt,
+    callbacks: Callbacks,
+    token: Token = None,
 ) -> CallbackAccepted:
     return await callbacks.fail(token, str(instance_id), step, body)
 
@@ -74,6 +82,6 @@ async def fail_step(
     responses=_ERRORS,
 )
 async def heartbeat_step(
-    instance_id: InstanceId, step: Step, token: Token, callbacks: Callbacks
+    instance_id: InstanceId, step: Step, callbacks: Callbacks, token: Token = None
 ) -> CallbackAccepted:
     return await callbacks.heartbeat(token, str(instance_id), step)
