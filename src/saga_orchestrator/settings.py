@@ -30,7 +30,7 @@ __all__ = ["DEFAULT_DATABASE_URL", "LogLevel", "Settings", "load_settings", "mas
 DEFAULT_DATABASE_URL: Final = "sqlite:///saga.db"
 """The embedded default: a SQLite file ``saga.db`` in the working directory."""
 
-_SECRET_FIELDS: Final = frozenset({"database_url"})
+_SECRET_FIELDS: Final = frozenset({"database_url", "amqp_url"})
 """Fields whose value is never echoed in an error: a URL may carry a password."""
 
 
@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     """``debug``, ``info``, ``warning`` or ``error`` (any case)."""
     tenant_id: str = Field(default="default", min_length=1)
     """The tenant of embedded use and of the CLI's commands."""
+    amqp_url: str | None = Field(default=None, min_length=1, repr=False)
+    """RabbitMQ (``amqp://user:pass@host:5672/vhost``): enables amqp steps and handlers served
+    by ``saga worker`` processes. Unset: every handler must run in this process."""
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
+    """How participants reach this service (``https://saga.example.com``): sent to them as
+    ``Saga-Callback-Url`` so an attempt answered with 202 can be completed by callback."""
     saga_versioning_enabled: bool = True
     """Off: a saga name keeps its first version (registering another is refused)."""
     parallel_execution_enabled: bool = True

@@ -94,6 +94,7 @@ def allowed_methods(routers: Sequence[APIRouter]) -> AllowedMethods:
 
 def build_services(orchestrator: Orchestrator, options: ApiOptions) -> Services:
     metrics = ApiMetrics()
+    metrics.watch_breakers(orchestrator.breaker_snapshots)
     return Services(
         definitions=DefinitionService(orchestrator.definitions, orchestrator.store),
         instances=InstanceService(

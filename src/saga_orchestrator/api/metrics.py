@@ -4,13 +4,17 @@ two apps in one process, as in tests, do not share counters)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from saga_orchestrator.core.status import InstanceStatus
+from saga_orchestrator.transports.breaker import BreakerSnapshot, BreakerState
 
 METRICS_MEDIA_TYPE: Final = CONTENT_TYPE_LATEST
 UNMATCHED_ROUTE: Final = "<unmatched>"
@@ -51,6 +55,9 @@ class ApiMetrics:
             registry=self.registry,
         )
 
+    def watch_breakers(self, snapshots: Callable[[], Sequence[BreakerSnapshot]]) -> None:
+        self.registry.register(BreakerCollector(snapshots))
+
     def saga_started(self, saga_name: str) -> None:
         self.started.labels(saga_name=saga_name).inc()
 
@@ -63,6 +70,33 @@ class ApiMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class BreakerCollector(Collector):
+    """Each participant service's circuit breaker on this node, read at scrape time."""
+
+    def __init__(self, snapshots: Callable[[], Sequence[BreakerSnapshot]]) -> None:
+        self._snapshots = snapshots
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "saga_participant_circuit_state",
+            "1 for the state each participant service's circuit breaker is in.",
+            labels=["tenant", "service", "state"],
+        )
+        rate = GaugeMetricFamily(
+            "saga_participant_failure_rate",
+            "Failed calls / calls over the breaker's window.",
+            labels=["tenant", "service"],
+        )
+        for snap in self._snapshots():
+            for each in BreakerState:
+                state.add_metric(
+                    [snap.tenant_id, snap.service, each.value], float(snap.state is each)
+                )
+            rate.add_metric([snap.tenant_id, snap.service], snap.failure_rate)
+        yield state
+        yield rate
 
 
 class MetricsMiddleware:

@@ -145,3 +145,40 @@ async def test_callbacks_complete_accepted_attempts_and_refuse_bad_tokens(
         assert again.status_code == 410
         assert again.json()["type"].endswith("/attempt-over")
         assert canary.connections == 0
+
+
+async def test_an_open_breaker_shows_in_the_registry_and_in_metrics(
+    client: httpx.AsyncClient, node: Orchestrator
+) -> None:
+    async with StubParticipant(Reply(status=500)) as stub:
+        breaker = {"minimum_calls": 2, "failure_rate": 0.5, "open_for": 60}
+        service = {"base_url": stub.base_url, "allow_private_network": True}
+        await client.put(f"{BASE}/flaky", json={**service, "circuit_breaker": breaker})
+        definition = {
+            "name": "flaky",
+            "version": "1.0.0",
+            "steps": [
+                {
+                    "name": "poke",
+                    "retry": {"max_attempts": 2, "initial_interval": 0.01},
+                    "action": {"http": {"service": "flaky", "path": "/poke"}},
+                }
+            ],
+        }
+        await client.post("/api/v1/sagas/definitions", json=definition)
+        started = await client.post(
+            "/api/v1/sagas/instances", json={"saga_name": "flaky", "context": {}}
+        )
+        view = await node.wait(started.json()["id"], timeout=10)
+        assert view.status is InstanceStatus.COMPENSATED
+        assert len(stub.calls) == 2
+        shown = (await client.get(f"{BASE}/flaky")).json()["circuit_breaker"]
+        assert shown["state"] == "open"
+        assert shown["failure_rate"] == 1.0
+        assert shown["retry_after"] > 0
+        metrics = (await client.get("/metrics")).text
+        assert (
+            'saga_participant_circuit_state{service="flaky",state="open",tenant="default"} 1.0'
+            in metrics
+        )
+        assert 'saga_participant_failure_rate{service="flaky",tenant="default"} 1.0' in metrics
