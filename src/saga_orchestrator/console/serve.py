@@ -57,6 +57,7 @@ async def serve(
         # Handlers may also be served by workers in other processes.
         require_known_handlers=False,
         features=settings.feature_flags(),
+        callback_base_url=settings.public_url or _local_url(host, port),
     )
     await orchestrator.open()
     try:
@@ -73,6 +74,12 @@ async def serve(
         await _Server(config).serve()
     finally:
         await orchestrator.close(grace=grace)
+
+
+def _local_url(host: str, port: int) -> str:
+    """Where participants on this machine reach the service when PUBLIC_URL is not set."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
 
 
 class _Server(uvicorn.Server):
