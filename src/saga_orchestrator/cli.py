@@ -106,6 +106,39 @@ def serve(
 
 
 @app.command()
+def worker(
+    handlers: Annotated[
+        list[str],
+        typer.Option(
+            "--handlers",
+            help="A module whose @handler functions this worker runs (repeatable).",
+            show_default=False,
+        ),
+    ],
+    amqp_url: Annotated[
+        str,
+        typer.Option("--amqp-url", envvar="AMQP_URL", help="RabbitMQ URL."),
+    ] = "amqp://guest:guest@127.0.0.1:5672/",
+    concurrency: Annotated[
+        int, typer.Option(help="Commands handled at once.", min=1, max=10_000)
+    ] = 16,
+) -> None:
+    """Run the handlers of steps dispatched over RabbitMQ until SIGINT/SIGTERM (in-flight
+    commands finish first)."""
+    from saga_orchestrator.console.serve import load_handlers
+    from saga_orchestrator.sdk.worker import run_worker
+    from saga_orchestrator.transports.amqp import AmqpSettings
+
+    with _reported_errors():
+        _settings()
+        registry = load_handlers(handlers)
+        logging.getLogger("saga_orchestrator.worker").info(
+            "connecting to %s", mask_password(amqp_url)
+        )
+        asyncio.run(run_worker(AmqpSettings(amqp_url), registry, concurrency=concurrency))
+
+
+@app.command()
 def version() -> None:
     """Print the installed version."""
     Console().print(f"saga-orchestrator {package_version('saga-orchestrator')}")

@@ -33,9 +33,14 @@ from saga_orchestrator.definition.models import SagaDefinition
 from saga_orchestrator.definition.participants import ParticipantRecord, ParticipantService
 from saga_orchestrator.engine.clock import Clock, SystemClock
 from saga_orchestrator.engine.definitions import DefinitionRegistry, Registration
+from saga_orchestrator.engine.integration import IntegrationEvents
 from saga_orchestrator.engine.participants import ParticipantRegistry
-from saga_orchestrator.engine.runtime import Engine, EngineOptions, StartResult
+from saga_orchestrator.engine.relay import OutboxRelay
+from saga_orchestrator.engine.runtime import Engine, EngineOptions, OutboxRouting, StartResult
+from saga_orchestrator.errors import ConfigurationError
 from saga_orchestrator.store import Store, open_store
+from saga_orchestrator.transports.amqp import AmqpPublisher, AmqpSettings, ReplyConsumer
+from saga_orchestrator.transports.amqp_messages import StepReply
 from saga_orchestrator.transports.base import Transport
 from saga_orchestrator.transports.breaker import BreakerBook, BreakerSnapshot
 from saga_orchestrator.transports.handlers import HandlerRegistry
@@ -61,6 +66,8 @@ class Orchestrator:
         features: FeatureFlags | None = None,
         callback_base_url: str | None = None,
         resolver: Resolver | None = None,
+        amqp_url: str | None = None,
+        integration_event_tenants: Iterable[str] = (),
     ) -> None:
         self.handlers = (
             handlers if isinstance(handlers, HandlerRegistry) else HandlerRegistry(handlers)
@@ -82,8 +89,23 @@ class Orchestrator:
             resolver=resolver,
             callback_base_url=callback_base_url,
         )
+        self.amqp: AmqpSettings | None = None if amqp_url is None else AmqpSettings(amqp_url)
+        self.publisher: AmqpPublisher | None = None
+        self.relay: OutboxRelay | None = None
+        self.replies: ReplyConsumer | None = None
+        routing: OutboxRouting | None = None
+        if self.amqp is not None:
+            self.publisher = AmqpPublisher(self.amqp)
+            self.relay = OutboxRelay(self.store, self.publisher)
+            self.replies = ReplyConsumer(self.amqp, self._on_reply)
+            routing = OutboxRouting(local_handlers=self.handlers.names, wake=self.relay.wake)
+        tenants = list(integration_event_tenants)
+        if tenants and self.amqp is None:
+            raise ConfigurationError("integration events are published to RabbitMQ: set AMQP_URL")
         self.engine = Engine(
             store=self.store,
+            outbox=routing,
+            integration_events=IntegrationEvents.for_tenants(tenants) if tenants else None,
             definitions=self.definitions,
             transports=[
                 InProcessTransport(self.handlers, enforce_timeout=False),
@@ -100,13 +122,22 @@ class Orchestrator:
         """Migrate the database, start the engine, resume unfinished instances."""
         await self.store.migrate()
         await self.engine.start()
+        if self.relay is not None and self.replies is not None:
+            self.relay.start()
+            await self.replies.start()
         self._open = True
         return self
 
     async def close(self, grace: float = 5.0) -> None:
         if self._open:
+            if self.replies is not None:
+                await self.replies.stop()
             await self.engine.stop(grace)
+            if self.relay is not None:
+                await self.relay.stop()
             self._open = False
+        if self.publisher is not None:
+            await self.publisher.close()
         await self.http.aclose()
         await self.store.close()
 
@@ -141,6 +172,16 @@ class Orchestrator:
 
     async def deprecate(self, name: str, version: str) -> None:
         await self.definitions.deprecate(self.tenant_id, name, version)
+
+    async def _on_reply(self, reply: StepReply) -> None:
+        await self.engine.record_reply(
+            reply.tenant_id,
+            reply.instance_id,
+            node=reply.node,
+            phase=reply.phase,
+            attempt=reply.attempt,
+            outcome=reply.outcome,
+        )
 
     # -- participant services --
     async def put_participant(

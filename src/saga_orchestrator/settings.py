@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     public_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
     """How participants reach this service (``https://saga.example.com``): sent to them as
     ``Saga-Callback-Url`` so an attempt answered with 202 can be completed by callback."""
+    integration_events: str = ""
+    """Tenants whose sagas publish lifecycle events to the ``saga.events`` topic exchange:
+    comma-separated tenant ids, or ``*`` for all (needs AMQP_URL). Empty: none."""
     saga_versioning_enabled: bool = True
     """Off: a saga name keeps its first version (registering another is refused)."""
     parallel_execution_enabled: bool = True
@@ -69,6 +72,9 @@ class Settings(BaseSettings):
     """Off: definitions with switch nodes are refused."""
     saga_composition_enabled: bool = True
     """Off: definitions with sub-saga nodes are refused."""
+
+    def integration_event_tenants(self) -> list[str]:
+        return [t.strip() for t in self.integration_events.split(",") if t.strip()]
 
     def feature_flags(self) -> FeatureFlags:
         # Imported here: loading settings (every CLI command) must not load the language.

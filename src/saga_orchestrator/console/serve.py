@@ -58,6 +58,8 @@ async def serve(
         require_known_handlers=False,
         features=settings.feature_flags(),
         callback_base_url=settings.public_url or _local_url(host, port),
+        amqp_url=settings.amqp_url,
+        integration_event_tenants=settings.integration_event_tenants(),
     )
     await orchestrator.open()
     try:

@@ -52,6 +52,7 @@ from saga_orchestrator.engine.children import ChildSagas
 from saga_orchestrator.engine.clock import Clock, SystemClock
 from saga_orchestrator.engine.completion import KEY_NAME, AttemptRef, CompletionTokens
 from saga_orchestrator.engine.definitions import DefinitionRegistry
+from saga_orchestrator.engine.integration import IntegrationEvents
 from saga_orchestrator.engine.timers import TimerQueue
 from saga_orchestrator.engine.writer import BatchWriter
 from saga_orchestrator.errors import (
@@ -153,9 +154,11 @@ class Engine:
         clock: Clock | None = None,
         options: EngineOptions | None = None,
         outbox: OutboxRouting | None = None,
+        integration_events: IntegrationEvents | None = None,
     ) -> None:
         self.store = store
         self.outbox = outbox
+        self.integration_events = integration_events
         self.definitions = definitions
         self.transports = tuple(transports)
         self.clock = clock or SystemClock()
@@ -278,11 +281,14 @@ class Engine:
         state = fold([started])
         decision = decide(definition, state, now)
         effects, outbox = self._route(definition, decision.state, decision.effects)
+        events = (started, *decision.events)
+        if self.integration_events is not None:
+            outbox += self.integration_events.messages(decision.state, events, 1)
         request = AppendRequest(
             tenant_id=tenant_id,
             instance_id=instance_id,
             expected_seq=0,
-            events=[codec.encode(e) for e in (started, *decision.events)],
+            events=[codec.encode(e) for e in events],
             update=_update(decision.state, now, decision.wake_at),
             outbox=outbox,
             create=NewInstance(
@@ -347,6 +353,8 @@ class Engine:
             decision = decide(live.definition, state, now)
             events = [*inputs, *decision.events]
             effects, outbox = self._route(live.definition, decision.state, decision.effects)
+            if self.integration_events is not None:
+                outbox += self.integration_events.messages(decision.state, events, before.seq + 1)
             if events:
                 request = AppendRequest(
                     tenant_id=before.tenant_id,

@@ -21,6 +21,8 @@ from saga_orchestrator.transports.base import AmqpCallSpec, StepOutcome, StepReq
 COMMAND_EXCHANGE = "saga.commands"
 """Direct exchange: handler targets run by workers are routed by handler name."""
 REPLY_QUEUE = "saga.replies"
+INTEGRATION_EXCHANGE = "saga.events"
+"""Topic exchange of saga lifecycle events (routing key ``<tenant>.<saga>.<kind>``)."""
 DEAD_LETTER_EXCHANGE = "saga.dead-letter"
 DEAD_LETTER_QUEUE = "saga.dead-letter"
 PROTOCOL_VERSION = 1
@@ -30,8 +32,17 @@ PROPERTY_MESSAGE_ID = "x-saga-message-id"
 PROPERTY_CORRELATION_ID = "x-saga-correlation-id"
 PROPERTY_REPLY_TO = "x-saga-reply-to"
 PROPERTY_EXPIRATION = "x-saga-expiration-ms"
+PROPERTY_BROADCAST = "x-saga-broadcast"
+"""Set on events (not commands): having no subscriber is fine, so the publish is not
+``mandatory`` and an unroutable message counts as delivered."""
 PROPERTY_HEADERS = frozenset(
-    {PROPERTY_MESSAGE_ID, PROPERTY_CORRELATION_ID, PROPERTY_REPLY_TO, PROPERTY_EXPIRATION}
+    {
+        PROPERTY_MESSAGE_ID,
+        PROPERTY_CORRELATION_ID,
+        PROPERTY_REPLY_TO,
+        PROPERTY_EXPIRATION,
+        PROPERTY_BROADCAST,
+    }
 )
 
 
@@ -180,7 +191,13 @@ def encode_reply(reply: StepReply) -> bytes:
             "output": outcome.output,
             "error": None
             if error is None
-            else {"type": error.type, "message": error.message, "retryable": error.retryable},
+            else {
+                "type": error.type,
+                "message": error.message,
+                "retryable": error.retryable,
+                "unknown": error.unknown,
+                "retry_after": error.retry_after,
+            },
         }
     )
 
@@ -210,11 +227,18 @@ def _outcome(data: dict[str, Any]) -> StepOutcome:
     error = data.get("error")
     if not isinstance(error, dict):
         raise TypeError("a failed reply needs an 'error' object")
+    retry_after = error.get("retry_after")
+    if retry_after is not None and (
+        isinstance(retry_after, bool) or not isinstance(retry_after, int | float)
+    ):
+        raise TypeError("'retry_after' must be a number of seconds")
     return StepOutcome(
         error=ErrorInfo(
             type=str(error.get("type") or "StepFailed")[:200],
             message=str(error.get("message") or "")[:4000],
             retryable=_flag(error, "retryable"),
+            unknown=_flag(error, "unknown", default=False),
+            retry_after=None if retry_after is None else min(max(float(retry_after), 0.0), 3600),
         )
     )
 
@@ -243,8 +267,8 @@ def _positive(data: dict[str, Any], key: str) -> int:
     return value
 
 
-def _flag(data: dict[str, Any], key: str) -> bool:
-    value = data.get(key, True)
+def _flag(data: dict[str, Any], key: str, *, default: bool = True) -> bool:
+    value = data.get(key, default)
     if not isinstance(value, bool):
         raise TypeError(f"{key!r} must be true or false")
     return value
@@ -254,6 +278,8 @@ __all__ = [
     "COMMAND_EXCHANGE",
     "DEAD_LETTER_EXCHANGE",
     "DEAD_LETTER_QUEUE",
+    "INTEGRATION_EXCHANGE",
+    "PROPERTY_BROADCAST",
     "PROPERTY_HEADERS",
     "REPLY_QUEUE",
     "AmqpMessage",

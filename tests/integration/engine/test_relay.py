@@ -1,0 +1,215 @@
+"""The outbox relay between a real store and a real RabbitMQ: every committed message is
+published exactly once, whatever the interleaving of commits, outages and relays."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from saga_orchestrator.engine.relay import OutboxRelay
+from saga_orchestrator.store import OutboxMessage, Store, open_store
+from saga_orchestrator.transports.amqp import AmqpPublisher, AmqpSettings
+from tests.integration.store.support import TENANT, create
+from tests.integration.transports.rabbitmq import (
+    QueueCollector,
+    declare_queue,
+    eventually,
+    rabbitmq_vhost,
+    wait_for,
+)
+
+QUEUE = "test.outbox"
+UNREACHABLE = "amqp://guest:guest@127.0.0.1:1/"
+
+
+@pytest_asyncio.fixture
+async def amqp_url() -> AsyncIterator[str]:
+    async with rabbitmq_vhost() as url:
+        await declare_queue(url, QUEUE)
+        yield url
+
+
+def settings(url: str) -> AmqpSettings:
+    return AmqpSettings(url, reconnect_initial=0.05, reconnect_max=0.2)
+
+
+def outbox(instance_id: str, count: int) -> list[OutboxMessage]:
+    return [
+        OutboxMessage(
+            tenant_id=TENANT,
+            instance_id=instance_id,
+            message_id=f"{instance_id}:m{n}",
+            exchange="",
+            routing_key=QUEUE,
+            body=b'{"n": %d}' % n,
+            headers={"x-saga-message-id": f"{instance_id}:m{n}", "saga-step": "reserve"},
+        )
+        for n in range(count)
+    ]
+
+
+async def write(store: Store, writer: int, instances: int, *, jitter: float = 0.0) -> set[str]:
+    """Create ``instances`` instances with two outbox messages each, one commit apiece."""
+    written: set[str] = set()
+    for n in range(instances):
+        instance_id = f"w{writer}-i{n}"
+        messages = outbox(instance_id, 2)
+        [result] = await store.append([create(instance_id, outbox=messages)])
+        assert result.status == "appended"
+        written |= {m.message_id for m in messages}
+        if jitter:
+            await asyncio.sleep(random.uniform(0, jitter))
+    return written
+
+
+def exactly_once(ids: list[str | None], expected: set[str]) -> None:
+    counts = Counter(ids)
+    assert {i for i, c in counts.items() if c > 1} == set()
+    assert set(counts) == expected
+
+
+async def test_every_committed_message_is_published_exactly_once(
+    store: Store, amqp_url: str
+) -> None:
+    async with (
+        QueueCollector(amqp_url, QUEUE) as inbox,
+        AmqpPublisher(settings(amqp_url)) as publisher,
+    ):
+        relay = OutboxRelay(store, publisher, batch=25, poll_interval=0.05)
+        relay.start()
+        try:
+            writers = [write(store, w, 30, jitter=0.01) for w in range(6)]
+            written = set().union(*await asyncio.gather(*writers))
+            await inbox.wait_for_count(len(written))
+            await eventually(lambda: backlog_is(store, 0))
+        finally:
+            await relay.stop()
+        received = await inbox.barrier()
+    assert len(written) == 360
+    exactly_once([m.message_id for m in received], written)
+    assert relay.counters.published == 360
+    assert relay.counters.unconfirmed == 0
+    assert relay.counters.failures == 0
+
+
+async def test_wake_publishes_without_waiting_for_the_poll(store: Store, amqp_url: str) -> None:
+    async with (
+        QueueCollector(amqp_url, QUEUE) as inbox,
+        AmqpPublisher(settings(amqp_url)) as publisher,
+    ):
+        relay = OutboxRelay(store, publisher, poll_interval=3600)
+        relay.start()
+        try:
+            await wait_for(lambda: relay.counters.claims == 1)  # then it idles for an hour
+            written = await write(store, 0, 3)
+            relay.wake()
+            await inbox.wait_for_count(6)
+        finally:
+            await relay.stop()
+        exactly_once([m.message_id for m in await inbox.barrier()], written)
+
+
+async def test_an_unreachable_broker_loses_nothing(store: Store, amqp_url: str) -> None:
+    written = await write(store, 0, 20)
+    async with AmqpPublisher(settings(UNREACHABLE)) as dead:
+        relay = OutboxRelay(store, dead, batch=15, poll_interval=0.05)
+        relay.start()
+        try:
+            await wait_for(lambda: relay.counters.failures >= 3)
+            written |= await write(store, 1, 5)
+            relay.wake()
+            await wait_for(lambda: relay.counters.failures >= 5)
+        finally:
+            await relay.stop()
+    assert relay.counters.published == 0
+    assert str(relay.counters.last_error).startswith("BrokerUnavailable")
+    assert await store.outbox_backlog() == 50
+    async with (
+        QueueCollector(amqp_url, QUEUE) as inbox,
+        AmqpPublisher(settings(amqp_url)) as publisher,
+    ):
+        relay = OutboxRelay(store, publisher, batch=15, poll_interval=0.05)
+        relay.start()
+        try:
+            await inbox.wait_for_count(50)
+            await eventually(lambda: backlog_is(store, 0))
+        finally:
+            await relay.stop()
+        received = await inbox.barrier()
+    exactly_once([m.message_id for m in received], written)
+
+
+async def test_unroutable_messages_stay_in_the_outbox_until_they_can_be_delivered(
+    store: Store, amqp_url: str
+) -> None:
+    lost = OutboxMessage(
+        tenant_id=TENANT,
+        instance_id="i-lost",
+        message_id="i-lost:m0",
+        exchange="",
+        routing_key="test.later",
+        body=b"{}",
+    )
+    [result] = await store.append([create("i-lost", outbox=[lost])])
+    assert result.status == "appended"
+    written = await write(store, 0, 2)
+    async with (
+        QueueCollector(amqp_url, QUEUE) as inbox,
+        AmqpPublisher(settings(amqp_url)) as publisher,
+    ):
+        relay = OutboxRelay(store, publisher, poll_interval=0.05, refused_retry=0.05)
+        relay.start()
+        try:
+            await inbox.wait_for_count(4)
+            await wait_for(lambda: relay.counters.unconfirmed >= 2)
+            assert await store.outbox_backlog() == 1
+            async with QueueCollector(amqp_url, "test.later") as later:
+                await later.wait_for_count(1)
+                await eventually(lambda: backlog_is(store, 0))
+                assert [m.message_id for m in await later.barrier()] == ["i-lost:m0"]
+        finally:
+            await relay.stop()
+        exactly_once([m.message_id for m in await inbox.barrier()], written)
+    assert relay.counters.published == 5
+
+
+@pytest.mark.postgres
+async def test_two_relays_on_one_database_never_publish_a_row_twice(
+    pg_url: str, amqp_url: str
+) -> None:
+    stores = [open_store(pg_url), open_store(pg_url)]
+    try:
+        written = set().union(*[await write(stores[0], w, 100) for w in range(3)])
+        async with (
+            QueueCollector(amqp_url, QUEUE) as inbox,
+            AmqpPublisher(settings(amqp_url)) as first,
+            AmqpPublisher(settings(amqp_url)) as second,
+        ):
+            relays = [
+                OutboxRelay(stores[0], first, batch=10, poll_interval=0.05),
+                OutboxRelay(stores[1], second, batch=10, poll_interval=0.05),
+            ]
+            for relay in relays:
+                relay.start()
+            try:
+                await inbox.wait_for_count(len(written))
+                await eventually(lambda: backlog_is(stores[0], 0))
+            finally:
+                for relay in relays:
+                    await relay.stop()
+            received = await inbox.barrier()
+    finally:
+        for store in stores:
+            await store.close()
+    assert len(written) == 600
+    exactly_once([m.message_id for m in received], written)
+    assert sum(relay.counters.published for relay in relays) == 600
+
+
+async def backlog_is(store: Store, count: int) -> bool:
+    return await store.outbox_backlog() == count
