@@ -54,7 +54,7 @@ CONFIG = SchemathesisConfig.from_dict(
                 "include-path": "/api/v1/sagas/definitions",
                 "include-method": "POST",
                 "phases": {"coverage": {"enabled": False}},
-            }
+            },
         ],
     }
 )
