@@ -165,14 +165,16 @@ def recover(
     definition: CompiledDefinition, state: SagaState, now: datetime
 ) -> tuple[list[Event], list[Effect]]:
     """After a crash: attempts in flight on a lost process have an unknown outcome; child
-    sagas live on in the store, so their start (or undo) is simply issued again."""
+    sagas live on in the store, so their start (or undo) is simply issued again. An attempt a
+    participant accepted (HTTP 202) is not on the lost process: it keeps waiting for its
+    callback (its token stays valid) until its durable deadline."""
     events: list[Event] = []
     effects: list[Effect] = []
     for name, node in state.nodes.items():
         spec = definition.nodes[name]
         for phase in (Phase.ACTION, Phase.COMPENSATION):
             progress = node.phase(phase)
-            if not progress.in_flight:
+            if not progress.in_flight or progress.accepted:
                 continue
             if spec.type is NodeType.SAGA:
                 effects.append(_reissue_child(definition, state, name, phase))

@@ -119,3 +119,20 @@ def test_accepted_state_survives_a_fold() -> None:
     run.accept("ship")
     run.roundtrip()
     assert run.state.node("ship").action.accepted
+
+
+def test_a_crash_leaves_an_accepted_attempt_waiting_for_its_callback() -> None:
+    run = Run(definition([step("reserve"), step("ship", timeout=60)]))
+    run.succeed("reserve")
+    run.accept("ship")
+    events, effects = run.crash_and_recover()
+    assert events == [] and effects == []
+    assert run.step_status("ship") is StepStatus.RUNNING
+    run.succeed("ship", output={"tracking": "T"})  # the callback after the restart
+    assert run.status is InstanceStatus.COMPLETED
+
+
+def test_a_crash_still_interrupts_an_attempt_not_yet_accepted() -> None:
+    run = Run(definition([step("ship", timeout=60)]))
+    events, _ = run.crash_and_recover()
+    assert [type(e).__name__ for e in events] == ["AttemptFailed"]
