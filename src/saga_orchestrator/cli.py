@@ -154,8 +154,14 @@ instances_app = typer.Typer(
     help="Start, inspect, cancel and retry saga instances on a server.",
     no_args_is_help=True,
 )
+participants_app = typer.Typer(
+    name="participants",
+    help="Register, list, show and remove participant services on a server.",
+    no_args_is_help=True,
+)
 app.add_typer(definitions_app)
 app.add_typer(instances_app)
+app.add_typer(participants_app)
 
 
 class OutputFormat(StrEnum):
@@ -229,6 +235,71 @@ def definitions_list(
     with _reported_errors(), _client(url) as client:
         definitions = client.list_definitions(prefix)
     _emit(output, definitions, print_definitions)
+
+
+NameArgument = Annotated[str, typer.Argument(help="The service's name.", show_default=False)]
+
+
+@participants_app.command("put")
+def participants_put(
+    name: NameArgument,
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="The service's settings (.json, .yaml or .yml): base_url, headers, ...",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            show_default=False,
+        ),
+    ],
+    url: ServerUrl = DEFAULT_URL,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """Register or replace a participant service (http steps name it)."""
+    import yaml
+
+    from saga_orchestrator.console.output import print_json
+
+    try:
+        service = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        _fail(f"error: cannot read {file}: {error}", EXIT_ERROR)
+    with _reported_errors(), _client(url) as client:
+        saved = client.put_participant(name, service)
+    if output is OutputFormat.JSON:
+        print_json(saved)
+    else:
+        Console().print(f"{name}: version {saved.get('version')}")
+
+
+@participants_app.command("list")
+def participants_list(
+    url: ServerUrl = DEFAULT_URL, output: OutputOption = OutputFormat.TABLE
+) -> None:
+    """Every participant service of the tenant, with its circuit breaker's state."""
+    from saga_orchestrator.console.output import print_participants
+
+    with _reported_errors(), _client(url) as client:
+        participants = client.list_participants()
+    _emit(output, participants, print_participants)
+
+
+@participants_app.command("show")
+def participants_show(name: NameArgument, url: ServerUrl = DEFAULT_URL) -> None:
+    """One participant service as JSON (secret headers are references, never values)."""
+    from saga_orchestrator.console.output import print_json
+
+    with _reported_errors(), _client(url) as client:
+        print_json(client.get_participant(name))
+
+
+@participants_app.command("delete")
+def participants_delete(name: NameArgument, url: ServerUrl = DEFAULT_URL) -> None:
+    """Remove a participant service; http steps naming it then fail."""
+    with _reported_errors(), _client(url) as client:
+        client.delete_participant(name)
+    Console().print(f"{name}: deleted")
 
 
 @instances_app.command("start")

@@ -300,3 +300,37 @@ def test_an_unreachable_server_is_one_line() -> None:
     assert result.stderr.strip().splitlines() == [
         f"error: cannot reach {url}: connection refused — is `saga serve` running?"
     ]
+
+
+def test_participants_put_list_show_and_delete(server: str, tmp_path: Path) -> None:
+    settings = tmp_path / "inventory.yaml"
+    settings.write_text(
+        "base_url: https://inventory.example.com/v1\n"
+        "headers:\n  Authorization: {secret: {env: INVENTORY_TOKEN}, prefix: 'Bearer '}\n"
+    )
+    put = saga("participants", "put", "inventory", str(settings), url=server)
+    assert put.returncode == 0, put.stderr
+    assert "inventory: version 1" in put.stdout
+    listed = saga("participants", "list", url=server)
+    assert listed.returncode == 0, listed.stderr
+    assert "inventory" in listed.stdout
+    assert "https://inventory.example.com/v1" in listed.stdout
+    shown = saga("participants", "show", "inventory", url=server)
+    entry = orjson.loads(shown.stdout)
+    assert entry["service"]["headers"]["Authorization"]["secret"]["env"] == "INVENTORY_TOKEN"
+    as_json = saga("participants", "list", "-o", "json", url=server)
+    assert [p["name"] for p in orjson.loads(as_json.stdout)] == ["inventory"]
+    deleted = saga("participants", "delete", "inventory", url=server)
+    assert deleted.returncode == 0, deleted.stderr
+    gone = saga("participants", "show", "inventory", url=server)
+    assert gone.returncode == 1
+    assert "inventory" in gone.stderr
+
+
+def test_participants_refuse_a_loopback_service_in_one_line(server: str, tmp_path: Path) -> None:
+    settings = tmp_path / "local.json"
+    settings.write_text('{"base_url": "http://127.0.0.1:9"}')
+    refused = saga("participants", "put", "local", str(settings), url=server)
+    assert refused.returncode == 1
+    assert "allow_private_network" in refused.stderr
+    assert "Traceback" not in refused.stderr

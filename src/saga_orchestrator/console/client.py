@@ -31,6 +31,7 @@ __all__ = ["DEFAULT_URL", "SagaClient", "Unreachable", "media_type_of"]
 
 DEFAULT_URL: Final = "http://127.0.0.1:8000"
 API: Final = "/api/v1/sagas"
+PARTICIPANTS: Final = "/api/v1/participants"
 EVENTS_PAGE: Final = 1000
 _YAML_SUFFIXES: Final = frozenset({".yaml", ".yml"})
 
@@ -85,6 +86,21 @@ class SagaClient:
             "items"
         ]
         return items
+
+    # --- participant services ---------------------------------------------------------------
+
+    def put_participant(self, name: str, service: Any) -> dict[str, Any]:
+        return self._json("PUT", f"{PARTICIPANTS}/{name}", json=service)
+
+    def get_participant(self, name: str) -> dict[str, Any]:
+        return self._json("GET", f"{PARTICIPANTS}/{name}")
+
+    def list_participants(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self._json("GET", PARTICIPANTS)["items"]
+        return items
+
+    def delete_participant(self, name: str) -> None:
+        self._json("DELETE", f"{PARTICIPANTS}/{name}", empty=True)
 
     # --- instances --------------------------------------------------------------------------
 
@@ -163,7 +179,9 @@ class SagaClient:
         content: bytes | None = None,
         params: Mapping[str, str | int] | None = None,
         headers: Mapping[str, str] | None = None,
+        empty: bool = False,
     ) -> dict[str, Any]:
+        """The answer's JSON object (``empty``: the answer has no body, e.g. 204)."""
         try:
             response = self._http.request(
                 method, path, json=json, content=content, params=params, headers=headers
@@ -178,6 +196,8 @@ class SagaClient:
             raise Unreachable(f"cannot reach {self.base_url}: {_reason(error)}") from None
         if response.is_error:
             raise error_of(response)
+        if empty:
+            return {}
         try:
             answer = orjson.loads(response.content)
         except orjson.JSONDecodeError:

@@ -82,6 +82,25 @@ def print_definitions(console: Console, definitions: Sequence[Mapping[str, Any]]
     console.print(table if definitions else Text("no definitions", style="dim"))
 
 
+# --- participant services -----------------------------------------------------------------------
+
+
+def print_participants(console: Console, participants: Sequence[Mapping[str, Any]]) -> None:
+    table = Table(box=box.SIMPLE_HEAD, title="Participant services", title_justify="left")
+    for column in ("name", "base url", "version", "circuit breaker"):
+        table.add_column(column)
+    for item in participants:
+        service = item.get("service") or {}
+        breaker = item.get("circuit_breaker") or {}
+        table.add_row(
+            str(item.get("name", "")),
+            str(service.get("base_url", "")),
+            str(item.get("version", "")),
+            str(breaker.get("state", "")),
+        )
+    console.print(table if participants else Text("no participant services", style="dim"))
+
+
 # --- instances --------------------------------------------------------------------------------
 
 

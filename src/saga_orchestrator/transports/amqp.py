@@ -494,6 +494,7 @@ class ConsumerService:
         backoff.reset()
         self.connections += 1
         self.connected.set()
+        log.info("consuming %s", ", ".join(queue.name for queue in queues))
         stopping = asyncio.ensure_future(self._stopping.wait())
         closed = asyncio.ensure_future(lost.wait())
         try:
