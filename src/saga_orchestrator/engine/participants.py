@@ -7,6 +7,7 @@ the TTL.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class ParticipantRegistry:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._cache: dict[tuple[str, str], tuple[float, ParticipantRecord | None]] = {}
+        self._reads: dict[tuple[str, str], asyncio.Future[ParticipantRecord | None]] = {}
         self.lookup_ttl = LOOKUP_TTL
 
     async def put(self, tenant_id: str, name: str, service: ParticipantService) -> Saved:
@@ -59,11 +61,21 @@ class ParticipantRegistry:
         self._cache[(tenant_id, name)] = (time.monotonic(), None)
 
     async def lookup(self, tenant_id: str, name: str) -> ParticipantRecord | None:
-        """The transport's view: cached, None if not registered."""
+        """The transport's view: cached, None if not registered. When the cache entry is
+        stale, one caller reads the store while the others wait for that read."""
         key = (tenant_id, name)
         cached = self._cache.get(key)
         if cached is not None and time.monotonic() - cached[0] < self.lookup_ttl:
             return cached[1]
+        pending = self._reads.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._read(key))
+            self._reads[key] = pending
+            pending.add_done_callback(lambda _done: self._reads.pop(key, None))
+        return await asyncio.shield(pending)
+
+    async def _read(self, key: tuple[str, str]) -> ParticipantRecord | None:
+        tenant_id, name = key
         entry = await self._store.get_participant(tenant_id, name)
         record = None
         if entry is not None:

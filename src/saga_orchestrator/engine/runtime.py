@@ -545,6 +545,15 @@ class Engine:
         self._attempt_tasks[attempt] = task
         try:
             return await self._transport_for(dispatch).call(request)
+        except Exception as error:  # a transport's bug must not leave the attempt hanging
+            log.exception("transport failed on %s of %s", dispatch.node, dispatch.instance_id)
+            failure = ErrorInfo(
+                type="TransportError",
+                message=f"{type(error).__name__}: {error}"[:500],
+                retryable=True,
+                unknown=True,  # it may have been sent before failing
+            )
+            return StepOutcome(error=failure)
         finally:
             self._attempt_tasks.pop(attempt, None)
 
