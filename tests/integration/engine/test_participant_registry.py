@@ -62,7 +62,7 @@ async def test_put_get_list_delete(store: Store) -> None:
 async def test_concurrent_lookups_read_the_store_once_per_expiry(store: Store) -> None:
     await ParticipantRegistry(store).put("t", "inventory", SERVICE)
     counting = CountingStore(store)
-    registry = ParticipantRegistry(counting)  # type: ignore[arg-type]
+    registry = ParticipantRegistry(counting)
     found = await asyncio.gather(*(registry.lookup("t", "inventory") for _ in range(50)))
     assert {r.version if r else None for r in found} == {1}
     assert counting.reads == 1
