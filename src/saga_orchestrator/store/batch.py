@@ -18,6 +18,7 @@ from saga_orchestrator.store.protocol import (
     AppendRequest,
     AppendResult,
     AppendStatus,
+    AuditEntry,
     InstanceUpdate,
     NewInstance,
     OutboxMessage,
@@ -58,6 +59,8 @@ class Plan:
     outbox: list[tuple[OutboxMessage, datetime]] = field(default_factory=list)
     timers: dict[str, tuple[str, datetime | None]] = field(default_factory=dict)
     """instance_id -> (tenant_id, fire_at): an upsert, or a delete when fire_at is None."""
+    audit: list[AuditEntry] = field(default_factory=list)
+    """Entries of the appended requests, in order."""
 
 
 def batch_instance_ids(requests: Sequence[AppendRequest]) -> list[str]:
@@ -166,4 +169,6 @@ class _Planner:
         self.instances[instance_id] = (tenant, last_seq)
         self.plan.outbox.extend((message, recorded_at) for message in request.outbox)
         self.plan.timers[instance_id] = (tenant, request.update.wake_at)
+        if request.audit is not None:
+            self.plan.audit.append(request.audit)
         return AppendResult(status=AppendStatus.APPENDED, last_seq=last_seq)

@@ -18,6 +18,7 @@ import asyncpg
 import orjson
 
 from saga_orchestrator.errors import ConfigurationError, SagaError, StoreError, StoreUnavailable
+from saga_orchestrator.store import postgres_audit as audit_log
 from saga_orchestrator.store import postgres_extras as extras
 from saga_orchestrator.store import postgres_sql as sql
 from saga_orchestrator.store.batch import validate
@@ -34,6 +35,9 @@ from saga_orchestrator.store.postgres_append import append_batch
 from saga_orchestrator.store.protocol import (
     AppendRequest,
     AppendResult,
+    AuditEntry,
+    AuditFilter,
+    AuditRecord,
     DefinitionRecord,
     DueTimer,
     InstanceFilter,
@@ -137,13 +141,24 @@ class PostgresStore:
 
     # -- definitions --
     async def put_definition(
-        self, *, tenant_id: str, name: str, version: str, body: bytes, digest: str
+        self,
+        *,
+        tenant_id: str,
+        name: str,
+        version: str,
+        body: bytes,
+        digest: str,
+        audit: AuditEntry | None = None,
     ) -> PutDefinitionOutcome:
         major, minor, patch, prerelease = semver_columns(version)
         now = datetime.now(UTC)
         row = (tenant_id, name, version, major, minor, patch, prerelease, body, digest, now)
         async with self._connection() as conn:
-            if await conn.fetchval(sql.INSERT_DEFINITION, *row):
+            async with conn.transaction():
+                created = await conn.fetchval(sql.INSERT_DEFINITION, *row)
+                if created and audit is not None:
+                    await audit_log.write_audit(conn, [audit])
+            if created:
                 return PutDefinitionOutcome.CREATED
             # DO NOTHING waited for any concurrent insert, so the row is committed by now.
             existing = await conn.fetchval(sql.DEFINITION_DIGEST, tenant_id, name, version)
@@ -169,12 +184,19 @@ class PostgresStore:
         return [row[0] for row in rows]
 
     async def set_definition_deprecated(
-        self, tenant_id: str, name: str, version: str, deprecated: bool
+        self,
+        tenant_id: str,
+        name: str,
+        version: str,
+        deprecated: bool,
+        audit: AuditEntry | None = None,
     ) -> bool:
-        async with self._connection() as conn:
+        async with self._connection() as conn, conn.transaction():
             found = await conn.fetchval(
                 sql.SET_DEFINITION_DEPRECATED, tenant_id, name, version, deprecated
             )
+            if found and audit is not None:
+                await audit_log.write_audit(conn, [audit])
         return bool(found)
 
     # -- instances and events --
@@ -264,9 +286,18 @@ class PostgresStore:
             return await extras.outbox_backlog(conn)
 
     # -- participant services --
-    async def put_participant(self, tenant_id: str, name: str, config: dict[str, Any]) -> int:
-        async with self._connection() as conn:
-            return await extras.put_participant(conn, tenant_id, name, config)
+    async def put_participant(
+        self,
+        tenant_id: str,
+        name: str,
+        config: dict[str, Any],
+        audit: AuditEntry | None = None,
+    ) -> int:
+        async with self._connection() as conn, conn.transaction():
+            version = await extras.put_participant(conn, tenant_id, name, config)
+            if audit is not None:
+                await audit_log.write_audit(conn, [audit])
+            return version
 
     async def get_participant(self, tenant_id: str, name: str) -> ParticipantEntry | None:
         async with self._connection() as conn:
@@ -276,13 +307,40 @@ class PostgresStore:
         async with self._connection() as conn:
             return await extras.list_participants(conn, tenant_id)
 
-    async def delete_participant(self, tenant_id: str, name: str) -> bool:
-        async with self._connection() as conn:
-            return await extras.delete_participant(conn, tenant_id, name)
+    async def delete_participant(
+        self, tenant_id: str, name: str, audit: AuditEntry | None = None
+    ) -> bool:
+        async with self._connection() as conn, conn.transaction():
+            deleted = await extras.delete_participant(conn, tenant_id, name)
+            if deleted and audit is not None:
+                await audit_log.write_audit(conn, [audit])
+            return deleted
 
     async def shared_secret(self, name: str, candidate: bytes) -> bytes:
         async with self._connection() as conn:
             return await extras.shared_secret(conn, name, candidate)
+
+    # -- the audit log --
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+        if not entries:
+            return []
+        async with self._connection() as conn, conn.transaction():
+            return await audit_log.write_audit(conn, entries)
+
+    async def list_audit(
+        self, tenant_id: str, filters: AuditFilter, *, limit: int = 50, after_seq: int = 0
+    ) -> list[AuditRecord]:
+        check_page_size(limit)
+        async with self._connection() as conn:
+            return await audit_log.list_audit(conn, tenant_id, filters, limit, after_seq)
+
+    async def audit_tenants(self) -> list[str]:
+        async with self._connection() as conn:
+            return await audit_log.audit_tenants(conn)
+
+    async def audit_chain(self, tenant_id: str) -> tuple[list[AuditRecord], tuple[int, str] | None]:
+        async with self._connection() as conn:
+            return await audit_log.audit_chain(conn, tenant_id)
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from saga_orchestrator.store.batch import (
     plan_batch,
 )
 from saga_orchestrator.store.codec import utc
+from saga_orchestrator.store.postgres_audit import write_audit
 from saga_orchestrator.store.protocol import AppendRequest, AppendResult
 
 if TYPE_CHECKING:
@@ -137,6 +138,7 @@ async def _write_rest(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> 
         )
     await _write_timers(conn, plan)
     await _write_outbox(conn, plan)
+    await write_audit(conn, plan.audit)
 
 
 async def _write_timers(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> None:

@@ -109,6 +109,50 @@ class OutboxMessage:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+class AuditOutcome(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    REFUSED = "refused"
+    """Not allowed (authorization, state): nothing changed."""
+    FAILED = "failed"
+    """Allowed, but it could not be done (invalid input, a conflict): nothing changed."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditEntry:
+    """What someone did: written in the same transaction as the change it records."""
+
+    tenant_id: str
+    at: datetime
+    actor: str
+    action: str
+    """e.g. ``instance.cancel``, ``definition.register``, ``participant.delete``."""
+    target_type: str
+    target_id: str
+    outcome: AuditOutcome = AuditOutcome.SUCCEEDED
+    reason: str | None = None
+    request_id: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditRecord:
+    """An entry at its place in its tenant's hash chain."""
+
+    entry: AuditEntry
+    seq: int
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditFilter:
+    actor: str | None = None
+    action: str | None = None
+    target_id: str | None = None
+    after: datetime | None = None
+    before: datetime | None = None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AppendRequest:
     """One instance's share of a group commit.
@@ -126,6 +170,8 @@ class AppendRequest:
     update: InstanceUpdate
     create: NewInstance | None = None
     outbox: Sequence[OutboxMessage] = ()
+    audit: AuditEntry | None = None
+    """Recorded in the audit log only if this request is appended."""
 
 
 class AppendStatus(enum.StrEnum):
@@ -236,8 +282,17 @@ class Store(Protocol):
 
     # -- definitions (immutable versions) --
     async def put_definition(
-        self, *, tenant_id: str, name: str, version: str, body: bytes, digest: str
-    ) -> PutDefinitionOutcome: ...
+        self,
+        *,
+        tenant_id: str,
+        name: str,
+        version: str,
+        body: bytes,
+        digest: str,
+        audit: AuditEntry | None = None,
+    ) -> PutDefinitionOutcome:
+        """``audit`` is recorded in the same transaction if the version is created."""
+        ...
 
     async def get_definition(
         self, tenant_id: str, name: str, version: str
@@ -250,9 +305,14 @@ class Store(Protocol):
     async def list_definition_names(self, tenant_id: str, prefix: str = "") -> list[str]: ...
 
     async def set_definition_deprecated(
-        self, tenant_id: str, name: str, version: str, deprecated: bool
+        self,
+        tenant_id: str,
+        name: str,
+        version: str,
+        deprecated: bool,
+        audit: AuditEntry | None = None,
     ) -> bool:
-        """Return False if no such version exists."""
+        """Return False if no such version exists (``audit`` is then not recorded)."""
         ...
 
     # -- instances and their events --
@@ -316,7 +376,13 @@ class Store(Protocol):
         ...
 
     # -- participant services (per tenant) --
-    async def put_participant(self, tenant_id: str, name: str, config: dict[str, Any]) -> int:
+    async def put_participant(
+        self,
+        tenant_id: str,
+        name: str,
+        config: dict[str, Any],
+        audit: AuditEntry | None = None,
+    ) -> int:
         """Create or replace; return the entry's new version (1 when created)."""
         ...
 
@@ -324,8 +390,27 @@ class Store(Protocol):
 
     async def list_participants(self, tenant_id: str) -> list[ParticipantEntry]: ...
 
-    async def delete_participant(self, tenant_id: str, name: str) -> bool:
-        """Return False if there was no such entry."""
+    async def delete_participant(
+        self, tenant_id: str, name: str, audit: AuditEntry | None = None
+    ) -> bool:
+        """Return False if there was no such entry (``audit`` is then not recorded)."""
+        ...
+
+    # -- the audit log (entries of appends are written by ``append``) --
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+        """Record entries that change nothing else (refused or failed actions)."""
+        ...
+
+    async def list_audit(
+        self, tenant_id: str, filters: AuditFilter, *, limit: int = 50, after_seq: int = 0
+    ) -> list[AuditRecord]:
+        """Oldest first, after ``after_seq``."""
+        ...
+
+    async def audit_tenants(self) -> list[str]: ...
+
+    async def audit_chain(self, tenant_id: str) -> tuple[list[AuditRecord], tuple[int, str] | None]:
+        """Every record of a tenant in sequence order, and its head: for verification."""
         ...
 
     # -- node-wide secrets --

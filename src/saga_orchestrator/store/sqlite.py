@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar
 import orjson
 
 from saga_orchestrator.errors import ConfigurationError, SagaError, StoreError, StoreUnavailable
+from saga_orchestrator.store import sqlite_audit as audit
 from saga_orchestrator.store import sqlite_extras as extras
 from saga_orchestrator.store import sqlite_sql as sql
 from saga_orchestrator.store.batch import validate
@@ -37,6 +38,9 @@ from saga_orchestrator.store.migrator import load_migrations, split_sqlite_scrip
 from saga_orchestrator.store.protocol import (
     AppendRequest,
     AppendResult,
+    AuditEntry,
+    AuditFilter,
+    AuditRecord,
     DefinitionRecord,
     DueTimer,
     InstanceFilter,
@@ -50,6 +54,7 @@ from saga_orchestrator.store.protocol import (
     StoredEvent,
 )
 from saga_orchestrator.store.sqlite_append import append_batch, write_transaction
+from saga_orchestrator.store.sqlite_audit import write_audit
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 Row = tuple[Any, ...]
@@ -123,11 +128,18 @@ class SqliteStore:
 
     # -- definitions --
     async def put_definition(
-        self, *, tenant_id: str, name: str, version: str, body: bytes, digest: str
+        self,
+        *,
+        tenant_id: str,
+        name: str,
+        version: str,
+        body: bytes,
+        digest: str,
+        audit: AuditEntry | None = None,
     ) -> PutDefinitionOutcome:
         major, minor, patch, prerelease = semver_columns(version)
         row = (tenant_id, name, version, major, minor, patch, prerelease, body, digest)
-        return await self._run(_put_definition, row, to_micros(datetime.now(UTC)))
+        return await self._run(_put_definition, row, to_micros(datetime.now(UTC)), audit)
 
     async def get_definition(
         self, tenant_id: str, name: str, version: str
@@ -144,10 +156,15 @@ class SqliteStore:
         return [row[0] for row in rows]
 
     async def set_definition_deprecated(
-        self, tenant_id: str, name: str, version: str, deprecated: bool
+        self,
+        tenant_id: str,
+        name: str,
+        version: str,
+        deprecated: bool,
+        audit: AuditEntry | None = None,
     ) -> bool:
         params = (int(deprecated), tenant_id, name, version)
-        return await self._run(_write, sql.SET_DEFINITION_DEPRECATED, params) > 0
+        return await self._run(_write_audited, sql.SET_DEFINITION_DEPRECATED, params, audit) > 0
 
     # -- instances and events --
     async def append(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
@@ -225,8 +242,14 @@ class SqliteStore:
         return await self._run(extras.outbox_backlog)
 
     # -- participant services --
-    async def put_participant(self, tenant_id: str, name: str, config: dict[str, Any]) -> int:
-        return await self._run(extras.put_participant, tenant_id, name, config)
+    async def put_participant(
+        self,
+        tenant_id: str,
+        name: str,
+        config: dict[str, Any],
+        audit: AuditEntry | None = None,
+    ) -> int:
+        return await self._run(extras.put_participant, tenant_id, name, config, audit)
 
     async def get_participant(self, tenant_id: str, name: str) -> ParticipantEntry | None:
         return await self._run(extras.get_participant, tenant_id, name)
@@ -234,11 +257,29 @@ class SqliteStore:
     async def list_participants(self, tenant_id: str) -> list[ParticipantEntry]:
         return await self._run(extras.list_participants, tenant_id)
 
-    async def delete_participant(self, tenant_id: str, name: str) -> bool:
-        return await self._run(extras.delete_participant, tenant_id, name)
+    async def delete_participant(
+        self, tenant_id: str, name: str, audit: AuditEntry | None = None
+    ) -> bool:
+        return await self._run(extras.delete_participant, tenant_id, name, audit)
 
     async def shared_secret(self, name: str, candidate: bytes) -> bytes:
         return await self._run(extras.shared_secret, name, candidate)
+
+    # -- the audit log --
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+        return await self._run(extras.append_audit, list(entries)) if entries else []
+
+    async def list_audit(
+        self, tenant_id: str, filters: AuditFilter, *, limit: int = 50, after_seq: int = 0
+    ) -> list[AuditRecord]:
+        check_page_size(limit)
+        return await self._run(audit.list_audit, tenant_id, filters, limit, after_seq)
+
+    async def audit_tenants(self) -> list[str]:
+        return await self._run(audit.audit_tenants)
+
+    async def audit_chain(self, tenant_id: str) -> tuple[list[AuditRecord], tuple[int, str] | None]:
+        return await self._run(audit.audit_chain, tenant_id)
 
 
 # -- everything below runs on the store's thread --
@@ -308,12 +349,24 @@ def _schema_version(conn: sqlite3.Connection) -> int:
     return int(row[0]) if row is not None else 0
 
 
+def _write_audited(
+    conn: sqlite3.Connection, query: str, params: Sequence[object], audit: AuditEntry | None
+) -> int:
+    with write_transaction(conn):
+        changed = conn.execute(query, params).rowcount
+        if changed and audit is not None:
+            write_audit(conn, [audit])
+    return changed
+
+
 def _put_definition(
-    conn: sqlite3.Connection, row: tuple[object, ...], created_at: int
+    conn: sqlite3.Connection, row: tuple[object, ...], created_at: int, audit: AuditEntry | None
 ) -> PutDefinitionOutcome:
     tenant_id, name, version, digest = row[0], row[1], row[2], row[8]
     with write_transaction(conn):
         if conn.execute(sql.INSERT_DEFINITION, (*row, created_at)).rowcount == 1:
+            if audit is not None:
+                write_audit(conn, [audit])
             return PutDefinitionOutcome.CREATED
         existing = conn.execute(sql.DEFINITION_DIGEST, (tenant_id, name, version)).fetchone()
     if existing is not None and existing[0] == digest:

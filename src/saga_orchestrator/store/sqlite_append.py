@@ -20,6 +20,7 @@ from saga_orchestrator.store.batch import (
 )
 from saga_orchestrator.store.codec import to_micros
 from saga_orchestrator.store.protocol import AppendRequest, AppendResult
+from saga_orchestrator.store.sqlite_audit import write_audit
 
 
 @contextmanager
@@ -85,6 +86,7 @@ def _write_plan(conn: sqlite3.Connection, plan: Plan) -> None:
             ],
         )
     _write_timers(conn, plan)
+    write_audit(conn, plan.audit)
     conn.executemany(
         sql.INSERT_OUTBOX,
         [

@@ -15,8 +15,9 @@ from typing import Any
 import orjson
 
 from saga_orchestrator.store.codec import from_micros, to_micros
-from saga_orchestrator.store.protocol import OutboxRow, ParticipantEntry
+from saga_orchestrator.store.protocol import AuditEntry, AuditRecord, OutboxRow, ParticipantEntry
 from saga_orchestrator.store.sqlite_append import write_transaction
+from saga_orchestrator.store.sqlite_audit import write_audit
 
 CLAIM_OUTBOX = """
 UPDATE outbox SET claimed_until = ?1, attempts = attempts + 1
@@ -113,12 +114,18 @@ def outbox_backlog(conn: sqlite3.Connection) -> int:
 
 
 def put_participant(
-    conn: sqlite3.Connection, tenant_id: str, name: str, config: dict[str, Any]
+    conn: sqlite3.Connection,
+    tenant_id: str,
+    name: str,
+    config: dict[str, Any],
+    audit: AuditEntry | None,
 ) -> int:
     with write_transaction(conn):
         row = conn.execute(
             UPSERT_PARTICIPANT, (tenant_id, name, orjson.dumps(config).decode(), _now())
         ).fetchone()
+        if audit is not None:
+            write_audit(conn, [audit])
     return int(row[0])
 
 
@@ -131,9 +138,14 @@ def list_participants(conn: sqlite3.Connection, tenant_id: str) -> list[Particip
     return [_participant(row) for row in conn.execute(LIST_PARTICIPANTS, (tenant_id,))]
 
 
-def delete_participant(conn: sqlite3.Connection, tenant_id: str, name: str) -> bool:
+def delete_participant(
+    conn: sqlite3.Connection, tenant_id: str, name: str, audit: AuditEntry | None
+) -> bool:
     with write_transaction(conn):
-        return conn.execute(DELETE_PARTICIPANT, (tenant_id, name)).rowcount > 0
+        deleted = conn.execute(DELETE_PARTICIPANT, (tenant_id, name)).rowcount > 0
+        if deleted and audit is not None:
+            write_audit(conn, [audit])
+    return deleted
 
 
 def shared_secret(conn: sqlite3.Connection, name: str, candidate: bytes) -> bytes:
@@ -151,3 +163,11 @@ def _participant(row: tuple[Any, ...]) -> ParticipantEntry:
         version=version,
         updated_at=from_micros(updated_at),
     )
+
+
+# -- the audit log (the chain itself: sqlite_audit) -----------------------------------------
+
+
+def append_audit(conn: sqlite3.Connection, entries: list[AuditEntry]) -> list[AuditRecord]:
+    with write_transaction(conn):
+        return write_audit(conn, entries)

@@ -155,6 +155,22 @@ class RawDatabase:
         assert self._pg is not None
         await self._pg.execute(_numbered(sql), *args)
 
+    async def without_audit_triggers(self, statements: Sequence[str]) -> None:
+        """Run ``statements`` as an attacker with the owner's rights would: past the
+        append-only triggers (dropped on SQLite, disabled on PostgreSQL, in one transaction)."""
+        if self._sqlite is not None:
+            with self._sqlite:
+                self._sqlite.execute("DROP TRIGGER audit_log_no_update")
+                self._sqlite.execute("DROP TRIGGER audit_log_no_delete")
+                for statement in statements:
+                    self._sqlite.execute(statement)
+            return
+        assert self._pg is not None
+        async with self._pg.transaction():
+            await self._pg.execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only")
+            for statement in statements:
+                await self._pg.execute(statement)
+
     async def tables(self) -> set[str]:
         if self.dialect == "sqlite":
             rows = await self.fetch("SELECT name FROM sqlite_master WHERE type = 'table'")

@@ -13,10 +13,13 @@ from saga_orchestrator.store.migrator import latest_version
 
 from .support import TENANT, RawDatabase, create, update
 
-TABLES = {"definitions", "instances", "events", "timers", "start_keys", "outbox", "participants"}
+TABLES = {
+    "definitions", "instances", "events", "timers", "start_keys", "outbox", "participants",
+    "audit_log", "audit_heads",
+}  # fmt: skip
 """Tenant-owned tables (``shared_secrets`` is node-wide: keys every node of a cluster shares)."""
-LATEST = 2
-MIGRATIONS = [(1, "initial"), (2, "participants_outbox_claims")]
+LATEST = 3
+MIGRATIONS = [(1, "initial"), (2, "participants_outbox_claims"), (3, "audit_log")]
 
 
 async def test_migrate_from_empty_database(empty_store_url: str) -> None:
@@ -43,7 +46,7 @@ async def test_second_migrate_is_a_no_op(empty_store_url: str) -> None:
         assert latest_version("postgres") == LATEST
         assert (await store.get_instance(TENANT, "i-1")) is not None
         async with RawDatabase(empty_store_url) as db:
-            assert await db.fetch("SELECT version FROM schema_migrations") == [(1,), (2,)]
+            assert await db.fetch("SELECT version FROM schema_migrations") == [(1,), (2,), (3,)]
     finally:
         await store.close()
 
@@ -54,7 +57,7 @@ async def test_concurrent_migrate_applies_each_version_once(empty_store_url: str
         versions = await asyncio.gather(first.migrate(), second.migrate())
         assert list(versions) == [LATEST, LATEST]
         async with RawDatabase(empty_store_url) as db:
-            assert await db.fetch("SELECT version FROM schema_migrations") == [(1,), (2,)]
+            assert await db.fetch("SELECT version FROM schema_migrations") == [(1,), (2,), (3,)]
     finally:
         await first.close()
         await second.close()

@@ -1,0 +1,138 @@
+"""PostgreSQL statements of the audit log: each tenant's hash chain (see :mod:`.audit`).
+
+Appending locks the tenants' rows of ``audit_heads`` (``FOR UPDATE``, in tenant order, so two
+writers never deadlock): writers on any node extend a tenant's chain one after another, inside
+the transaction of the change they record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import asyncpg
+import orjson
+
+from saga_orchestrator.store.audit import GENESIS, chain
+from saga_orchestrator.store.codec import utc
+from saga_orchestrator.store.protocol import AuditEntry, AuditFilter, AuditOutcome, AuditRecord
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    Connection = PoolConnectionProxy[asyncpg.Record]
+
+ENSURE_HEADS = """
+INSERT INTO audit_heads (tenant_id, seq, hash)
+SELECT t, 0, $2 FROM unnest($1::text[]) AS t
+ON CONFLICT (tenant_id) DO NOTHING
+"""
+LOCK_HEADS = """
+SELECT tenant_id, seq, hash FROM audit_heads
+WHERE tenant_id = ANY($1::text[]) ORDER BY tenant_id FOR UPDATE
+"""
+INSERT_AUDIT = """
+INSERT INTO audit_log (tenant_id, seq, at, actor, action, target_type, target_id, outcome,
+                       reason, request_id, details, prev_hash, hash)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::text[], $5::text[],
+                     $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::jsonb[],
+                     $12::text[], $13::text[])
+"""
+UPDATE_HEADS = """
+UPDATE audit_heads AS h SET seq = n.seq, hash = n.hash
+FROM unnest($1::text[], $2::bigint[], $3::text[]) AS n (tenant_id, seq, hash)
+WHERE h.tenant_id = n.tenant_id
+"""
+AUDIT_COLUMNS = (
+    "tenant_id, seq, at, actor, action, target_type, target_id, outcome, reason, request_id,"
+    " details::text, prev_hash, hash"
+)
+
+
+async def write_audit(conn: Connection, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+    """Inside the caller's transaction: extend each tenant's chain."""
+    if not entries:
+        return []
+    tenants = sorted({e.tenant_id for e in entries})
+    await conn.execute(ENSURE_HEADS, tenants, GENESIS)
+    rows = await conn.fetch(LOCK_HEADS, tenants)
+    heads = {row[0]: (int(row[1]), str(row[2])) for row in rows if row[1] > 0}
+    records, new_heads = chain(entries, heads)
+    columns: list[list[object]] = [[] for _ in range(13)]
+    for record in records:
+        e = record.entry
+        values = (
+            e.tenant_id, record.seq, utc(e.at), e.actor, e.action, e.target_type, e.target_id,
+            e.outcome.value, e.reason, e.request_id, orjson.dumps(e.details).decode(),
+            record.prev_hash, record.hash,
+        )  # fmt: skip
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    await conn.execute(INSERT_AUDIT, *columns)
+    ordered = sorted(new_heads.items())
+    await conn.execute(
+        UPDATE_HEADS,
+        [t for t, _ in ordered],
+        [s for _, (s, _) in ordered],
+        [h for _, (_, h) in ordered],
+    )
+    return records
+
+
+async def list_audit(
+    conn: Connection, tenant_id: str, filters: AuditFilter, limit: int, after_seq: int
+) -> list[AuditRecord]:
+    where = ["tenant_id = $1", "seq > $2"]
+    params: list[object] = [tenant_id, after_seq]
+    for column, value in (
+        ("actor", filters.actor),
+        ("action", filters.action),
+        ("target_id", filters.target_id),
+        ("at >=", filters.after),
+        ("at <", filters.before),
+    ):
+        if value is None:
+            continue
+        params.append(value)
+        operator = "" if " " in column else " ="
+        where.append(f"{column}{operator} ${len(params)}")
+    params.append(limit)
+    query = (
+        f"SELECT {AUDIT_COLUMNS} FROM audit_log WHERE {' AND '.join(where)}"
+        f" ORDER BY seq LIMIT ${len(params)}"
+    )
+    return [_record(row) for row in await conn.fetch(query, *params)]
+
+
+async def audit_tenants(conn: Connection) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT tenant_id FROM audit_heads UNION SELECT DISTINCT tenant_id FROM audit_log"
+        " ORDER BY 1"
+    )
+    return [row[0] for row in rows]
+
+
+async def audit_chain(
+    conn: Connection, tenant_id: str
+) -> tuple[list[AuditRecord], tuple[int, str] | None]:
+    rows = await conn.fetch(
+        f"SELECT {AUDIT_COLUMNS} FROM audit_log WHERE tenant_id = $1 ORDER BY seq", tenant_id
+    )
+    head = await conn.fetchrow("SELECT seq, hash FROM audit_heads WHERE tenant_id = $1", tenant_id)
+    return [_record(row) for row in rows], None if head is None else (int(head[0]), str(head[1]))
+
+
+def _record(row: asyncpg.Record) -> AuditRecord:
+    entry = AuditEntry(
+        tenant_id=row[0],
+        at=row[2],
+        actor=row[3],
+        action=row[4],
+        target_type=row[5],
+        target_id=row[6],
+        outcome=AuditOutcome(row[7]),
+        reason=row[8],
+        request_id=row[9],
+        details=orjson.loads(row[10]),
+    )
+    return AuditRecord(entry=entry, seq=int(row[1]), prev_hash=row[11], hash=row[12])
