@@ -17,6 +17,7 @@ from importlib.metadata import version as package_version
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
+from saga_orchestrator.api.audit import AuditFailuresMiddleware
 from saga_orchestrator.api.dependencies import Services
 from saga_orchestrator.api.limits import BodyLimitMiddleware
 from saga_orchestrator.api.metrics import ApiMetrics, MetricsMiddleware
@@ -74,6 +75,9 @@ def create_app(orchestrator: Orchestrator, options: ApiOptions | None = None) ->
     for router in routers:
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=options.max_body_bytes)
+    app.add_middleware(
+        AuditFailuresMiddleware, store=orchestrator.store, default_actor=options.actor
+    )
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
     return app
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from saga_orchestrator.api.audit import current_context
 from saga_orchestrator.api.metrics import ApiMetrics
 from saga_orchestrator.api.options import ApiOptions
 from saga_orchestrator.api.participants import CallbackApi, ParticipantsApi
@@ -36,7 +37,9 @@ async def services(request: Request) -> Services:
 async def current_tenant(request: Request) -> str:
     """The tenant of this request: the node's tenant until requests carry an identity. Every
     route takes its tenant from here, so authentication can set it in one place."""
-    return _services(request).default_tenant
+    tenant = _services(request).default_tenant
+    current_context().tenant_id = tenant
+    return tenant
 
 
 async def definition_service(request: Request) -> DefinitionService:

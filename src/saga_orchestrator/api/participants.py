@@ -8,12 +8,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from saga_orchestrator.api.audit import audit_entry, current_context
 from saga_orchestrator.core.events import ErrorInfo
 from saga_orchestrator.core.state import SagaState
 from saga_orchestrator.definition.participants import ParticipantRecord, ParticipantService
 from saga_orchestrator.engine.participants import ParticipantRegistry, Saved, parse_service
 from saga_orchestrator.engine.runtime import Engine
 from saga_orchestrator.errors import InvalidCompletionToken
+from saga_orchestrator.store import AuditEntry
 from saga_orchestrator.transports.base import StepOutcome
 from saga_orchestrator.transports.breaker import BreakerSnapshot
 
@@ -84,7 +86,8 @@ class ParticipantsApi:
         self._breakers = breakers
 
     async def put(self, tenant_id: str, name: str, body: object) -> tuple[ParticipantOut, bool]:
-        saved: Saved = await self._registry.put(tenant_id, name, parse_service(body))
+        audit = audit_entry(tenant_id, "participant.put", "participant", name)
+        saved: Saved = await self._registry.put(tenant_id, name, parse_service(body), audit=audit)
         return self._out(tenant_id, saved.record), saved.created
 
     async def get(self, tenant_id: str, name: str) -> ParticipantOut:
@@ -95,7 +98,8 @@ class ParticipantsApi:
         return ParticipantList(items=[self._out(tenant_id, r) for r in records])
 
     async def delete(self, tenant_id: str, name: str) -> None:
-        await self._registry.delete(tenant_id, name)
+        audit = audit_entry(tenant_id, "participant.delete", "participant", name)
+        await self._registry.delete(tenant_id, name, audit=audit)
 
     def _out(self, tenant_id: str, record: ParticipantRecord) -> ParticipantOut:
         status = None
@@ -121,13 +125,30 @@ class CallbackApi:
     async def complete(
         self, token: str | None, instance_id: str, step: str, body: CompleteAttempt
     ) -> CallbackAccepted:
+        audit = self._audit(token, instance_id, step, "attempt.complete")
         state = await self._engine.complete_attempt(
             _required(token),
             instance_id=instance_id,
             node=step,
             outcome=StepOutcome(output=body.output),
+            audit=audit,
         )
         return _accepted(state)
+
+    def _audit(self, token: str | None, instance_id: str, step: str, action: str) -> AuditEntry:
+        """The caller is the participant holding the attempt's token: its tenant is the
+        token's (checked here first, so a refused callback is audited in that tenant)."""
+        ref = self._engine.attempt_of(_required(token), instance_id, step)
+        context = current_context()
+        context.tenant_id = ref.tenant_id
+        context.actor = f"participant:{step}"
+        return audit_entry(
+            ref.tenant_id,
+            action,
+            "instance",
+            instance_id,
+            details={"step": step, "phase": ref.phase.value, "attempt": ref.attempt},
+        )
 
     async def fail(
         self, token: str | None, instance_id: str, step: str, body: FailAttempt
@@ -135,14 +156,20 @@ class CallbackApi:
         error = ErrorInfo(
             type=body.error.type, message=body.error.message, retryable=body.error.retryable
         )
+        audit = self._audit(token, instance_id, step, "attempt.fail")
         state = await self._engine.complete_attempt(
-            _required(token), instance_id=instance_id, node=step, outcome=StepOutcome(error=error)
+            _required(token),
+            instance_id=instance_id,
+            node=step,
+            outcome=StepOutcome(error=error),
+            audit=audit,
         )
         return _accepted(state)
 
     async def heartbeat(self, token: str | None, instance_id: str, step: str) -> CallbackAccepted:
+        audit = self._audit(token, instance_id, step, "attempt.heartbeat")
         state = await self._engine.heartbeat_attempt(
-            _required(token), instance_id=instance_id, node=step
+            _required(token), instance_id=instance_id, node=step, audit=audit
         )
         node = state.nodes.get(step)
         deadlines = (

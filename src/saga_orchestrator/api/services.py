@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import orjson
 
+from saga_orchestrator.api.audit import audit_entry, current_context
 from saga_orchestrator.api.feed import EventFeed
 from saga_orchestrator.core.events import Event
 from saga_orchestrator.core.operations import (
@@ -28,6 +29,7 @@ from saga_orchestrator.engine.definitions import DefinitionRegistry, Registratio
 from saga_orchestrator.engine.runtime import Engine, StartResult
 from saga_orchestrator.errors import InvalidInput, NotFound, SagaError, StoreError
 from saga_orchestrator.store import (
+    AuditEntry,
     DefinitionRecord,
     InstanceFilter,
     InstancePage,
@@ -68,12 +70,17 @@ class DefinitionService:
 
     async def register(self, tenant_id: str, body: bytes, format: Format | None) -> Registered:  # noqa: A002
         definition = parse_definition(body, format=format)
-        outcome = await self._registry.register(tenant_id, definition)
+        digest = definition_digest(definition)
+        audit = audit_entry(
+            tenant_id,
+            "definition.register",
+            "definition",
+            f"{definition.name}@{definition.version}",
+            details={"digest": digest},
+        )
+        outcome = await self._registry.register(tenant_id, definition, audit=audit)
         return Registered(
-            outcome=outcome,
-            name=definition.name,
-            version=definition.version,
-            digest=definition_digest(definition),
+            outcome=outcome, name=definition.name, version=definition.version, digest=digest
         )
 
     async def latest(self, tenant_id: str, prefix: str = "") -> list[DefinitionRecord]:
@@ -99,7 +106,8 @@ class DefinitionService:
         return record
 
     async def deprecate(self, tenant_id: str, name: str, version: str) -> DefinitionRecord:
-        await self._registry.deprecate(tenant_id, name, version)
+        audit = audit_entry(tenant_id, "definition.deprecate", "definition", f"{name}@{version}")
+        await self._registry.deprecate(tenant_id, name, version, audit=audit)
         return await self.get(tenant_id, name, version)
 
     def language_schema(self) -> dict[str, Any]:
@@ -172,6 +180,13 @@ class InstanceService:
                 version=version,
                 idempotency_key=idempotency_key,
                 request_digest=digest,
+                audit=audit_entry(
+                    tenant_id,
+                    "instance.start",
+                    "instance",
+                    "",
+                    details={"saga_name": saga_name, "version": version},
+                ),
             )
         finally:
             if slot is not None:
@@ -236,14 +251,18 @@ class InstanceService:
     # -- operator actions: events in the history, naming the reason and the actor --
     async def cancel(self, tenant_id: str, instance_id: str, reason: str) -> InstanceView:
         return await self._act(
-            tenant_id, instance_id, lambda s: request_cancel(s, reason, self._clock.now())
+            tenant_id,
+            instance_id,
+            lambda s: request_cancel(s, reason, self._clock.now()),
+            audit_entry(tenant_id, "instance.cancel", "instance", instance_id, reason=reason),
         )
 
     async def retry(self, tenant_id: str, instance_id: str, reason: str) -> InstanceView:
         return await self._act(
             tenant_id,
             instance_id,
-            lambda s: operator_retry(s, reason, self._actor, self._clock.now()),
+            lambda s: operator_retry(s, reason, self._actor_now(), self._clock.now()),
+            audit_entry(tenant_id, "instance.retry", "instance", instance_id, reason=reason),
         )
 
     async def skip(self, tenant_id: str, instance_id: str, node: str, reason: str) -> InstanceView:
@@ -255,7 +274,20 @@ class InstanceService:
             tenant_id,
             instance_id,
             lambda s: operator_skip(
-                definition, s, node=node, reason=reason, actor=self._actor, now=self._clock.now()
+                definition,
+                s,
+                node=node,
+                reason=reason,
+                actor=self._actor_now(),
+                now=self._clock.now(),
+            ),
+            audit_entry(
+                tenant_id,
+                "instance.skip",
+                "instance",
+                instance_id,
+                reason=reason,
+                details={"step": node},
             ),
         )
 
@@ -263,12 +295,20 @@ class InstanceService:
         return await self._act(
             tenant_id,
             instance_id,
-            lambda s: operator_resolve(s, reason, self._actor, self._clock.now()),
+            lambda s: operator_resolve(s, reason, self._actor_now(), self._clock.now()),
+            audit_entry(tenant_id, "instance.resolve", "instance", instance_id, reason=reason),
         )
 
-    async def _act(self, tenant_id: str, instance_id: str, make: MakeEvents) -> InstanceView:
+    def _actor_now(self) -> str:
+        """The caller, as the history names operators (the node's actor before auth)."""
+        return current_context().actor if self._actor == "api" else self._actor
+
+    async def _act(
+        self, tenant_id: str, instance_id: str, make: MakeEvents, audit: AuditEntry
+    ) -> InstanceView:
         await self._state(tenant_id, instance_id)
-        return describe(await self._engine.advance(tenant_id, instance_id, make))
+        state = await self._engine.advance(tenant_id, instance_id, make, audit=audit)
+        return describe(state)
 
 
 def start_digest(saga_name: str, version: str | None, context: Any) -> str:

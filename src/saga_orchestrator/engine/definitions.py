@@ -18,7 +18,7 @@ from saga_orchestrator.definition.loader import canonical_json, definition_diges
 from saga_orchestrator.definition.models import SagaDefinition
 from saga_orchestrator.definition.versions import VersionConstraint, resolve
 from saga_orchestrator.errors import DefinitionConflict, DefinitionError, NotFound, Violation
-from saga_orchestrator.store import DefinitionRecord, PutDefinitionOutcome, Store
+from saga_orchestrator.store import AuditEntry, DefinitionRecord, PutDefinitionOutcome, Store
 
 KnownNames = Callable[[], Collection[str] | None]
 KnownServices = Callable[[str], Awaitable[Collection[str]]]
@@ -58,8 +58,11 @@ class DefinitionRegistry:
         self._resolved: dict[tuple[str, str, str | None], tuple[float, CompiledDefinition]] = {}
         self.resolve_ttl = RESOLVE_TTL
 
-    async def register(self, tenant_id: str, definition: SagaDefinition) -> Registration:
-        """Validate and store a version; raise DefinitionError or DefinitionConflict."""
+    async def register(
+        self, tenant_id: str, definition: SagaDefinition, *, audit: AuditEntry | None = None
+    ) -> Registration:
+        """Validate and store a version; raise DefinitionError or DefinitionConflict.
+        ``audit`` is recorded with the version if it is created."""
         handlers = self._known_handlers()
         compiled = compile_definition(definition, known_handlers=handlers)
         if self._known_services is not None and compiled.services():
@@ -77,6 +80,7 @@ class DefinitionRegistry:
             version=definition.version,
             body=canonical_json(definition),
             digest=definition_digest(definition),
+            audit=audit,
         )
         if outcome is PutDefinitionOutcome.CONFLICT:
             raise DefinitionConflict(
@@ -130,8 +134,12 @@ class DefinitionRegistry:
             raise NotFound(f"no usable version of {name!r} matches {constraint or 'latest'!r}")
         return await self.get(tenant_id, name, chosen)
 
-    async def deprecate(self, tenant_id: str, name: str, version: str) -> None:
-        if not await self._store.set_definition_deprecated(tenant_id, name, version, True):
+    async def deprecate(
+        self, tenant_id: str, name: str, version: str, *, audit: AuditEntry | None = None
+    ) -> None:
+        if not await self._store.set_definition_deprecated(
+            tenant_id, name, version, True, audit=audit
+        ):
             raise NotFound(f"no definition {name} {version}")
         self._forget(tenant_id, name)
 

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from saga_orchestrator.definition.participants import ParticipantRecord, ParticipantService
 from saga_orchestrator.errors import ConfigurationError, InvalidInput, NotFound
-from saga_orchestrator.store import ParticipantEntry, Store
+from saga_orchestrator.store import AuditEntry, ParticipantEntry, Store
 
 log = logging.getLogger("saga_orchestrator.participants")
 
@@ -36,9 +36,16 @@ class ParticipantRegistry:
         self._reads: dict[tuple[str, str], asyncio.Future[ParticipantRecord | None]] = {}
         self.lookup_ttl = LOOKUP_TTL
 
-    async def put(self, tenant_id: str, name: str, service: ParticipantService) -> Saved:
+    async def put(
+        self,
+        tenant_id: str,
+        name: str,
+        service: ParticipantService,
+        *,
+        audit: AuditEntry | None = None,
+    ) -> Saved:
         config = service.model_dump(mode="json", exclude_defaults=True)
-        version = await self._store.put_participant(tenant_id, name, config)
+        version = await self._store.put_participant(tenant_id, name, config, audit)
         record = ParticipantRecord(name=name, service=service, version=version)
         self._cache[(tenant_id, name)] = (time.monotonic(), record)
         return Saved(record=record, created=version == 1)
@@ -55,8 +62,8 @@ class ParticipantRegistry:
     async def names(self, tenant_id: str) -> frozenset[str]:
         return frozenset(e.name for e in await self._store.list_participants(tenant_id))
 
-    async def delete(self, tenant_id: str, name: str) -> None:
-        if not await self._store.delete_participant(tenant_id, name):
+    async def delete(self, tenant_id: str, name: str, *, audit: AuditEntry | None = None) -> None:
+        if not await self._store.delete_participant(tenant_id, name, audit):
             raise NotFound(f"no participant service {name!r}")
         self._cache[(tenant_id, name)] = (time.monotonic(), None)
 

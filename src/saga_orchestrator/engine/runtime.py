@@ -14,7 +14,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -68,6 +68,7 @@ from saga_orchestrator.errors import (
 from saga_orchestrator.store import (
     AppendRequest,
     AppendStatus,
+    AuditEntry,
     InstanceRef,
     InstanceUpdate,
     NewInstance,
@@ -211,8 +212,10 @@ class Engine:
         version: str | None = None,
         idempotency_key: str | None = None,
         request_digest: str | None = None,
+        audit: AuditEntry | None = None,
     ) -> StartResult:
-        """Start an instance; returns once its start (and first dispatches) are durable."""
+        """Start an instance; returns once its start (and first dispatches) are durable.
+        ``audit`` (its target filled in with the new instance's id) is recorded with it."""
         if idempotency_key is not None:
             existing = await self._existing_start(tenant_id, idempotency_key, request_digest)
             if existing is not None:
@@ -229,6 +232,7 @@ class Engine:
                 context=context,
                 idempotency_key=idempotency_key,
                 request_digest=request_digest,
+                audit=audit,
             )
         except DuplicateStart as duplicate:
             self._slots.release()
@@ -266,6 +270,7 @@ class Engine:
         request_digest: str | None = None,
         parent: tuple[str, str] | None = None,
         timeout: float | None = None,
+        audit: AuditEntry | None = None,
     ) -> StartResult:
         now = self.clock.now()
         started = start_event(
@@ -291,6 +296,7 @@ class Engine:
             events=[codec.encode(e) for e in events],
             update=_update(decision.state, now, decision.wake_at),
             outbox=outbox,
+            audit=None if audit is None else replace(audit, target_id=instance_id),
             create=NewInstance(
                 tenant_id=tenant_id,
                 instance_id=instance_id,
@@ -323,12 +329,20 @@ class Engine:
         )
 
     # -- the one path by which instances change --
-    async def advance(self, tenant_id: str, instance_id: str, make_events: MakeEvents) -> SagaState:
-        """Apply an outside input (outcome, cancel, operator action) and what follows from it."""
+    async def advance(
+        self,
+        tenant_id: str,
+        instance_id: str,
+        make_events: MakeEvents,
+        *,
+        audit: AuditEntry | None = None,
+    ) -> SagaState:
+        """Apply an outside input (outcome, cancel, operator action) and what follows from it;
+        ``audit`` is recorded in the same transaction as its events."""
         for _ in range(3):
             live = await self.load(tenant_id, instance_id)
             try:
-                state = await self._advance(live, make_events)
+                state = await self._advance(live, make_events, audit=audit)
             except SequenceConflict:
                 # Another writer moved the instance: forget our copy and try again on its state.
                 self._live.pop(instance_id, None)
@@ -339,7 +353,12 @@ class Engine:
         raise SequenceConflict(f"instance {instance_id} keeps changing under us")
 
     async def _advance(
-        self, live: Live, make_events: MakeEvents, *, redecide: bool = False
+        self,
+        live: Live,
+        make_events: MakeEvents,
+        *,
+        redecide: bool = False,
+        audit: AuditEntry | None = None,
     ) -> SagaState:
         async with live.lock:
             before = live.state
@@ -363,6 +382,7 @@ class Engine:
                     events=[codec.encode(e) for e in events],
                     update=_update(decision.state, now, decision.wake_at),
                     outbox=outbox,
+                    audit=audit,
                 )
                 result = await self.writer.submit(request)
                 if result.status is not AppendStatus.APPENDED:
@@ -618,7 +638,9 @@ class Engine:
         )
 
     # -- asynchronous completion (callbacks authorized by completion tokens) --
-    def _attempt_of(self, token: str, instance_id: str, node: str) -> AttemptRef:
+    def attempt_of(self, token: str, instance_id: str, node: str) -> AttemptRef:
+        """The attempt a completion token names; InvalidCompletionToken if it is forged or
+        names another instance or step."""
         if self.completion_tokens is None:
             raise InvalidCompletionToken("the engine is not started")
         ref = self.completion_tokens.verify(token)
@@ -627,11 +649,17 @@ class Engine:
         return ref
 
     async def complete_attempt(
-        self, token: str, *, instance_id: str, node: str, outcome: StepOutcome
+        self,
+        token: str,
+        *,
+        instance_id: str,
+        node: str,
+        outcome: StepOutcome,
+        audit: AuditEntry | None = None,
     ) -> SagaState:
         """A participant finishes an accepted attempt. Refused (AttemptNotInFlight) once the
         attempt is over: timed out, superseded by a retry, or already completed."""
-        ref = self._attempt_of(token, instance_id, node)
+        ref = self.attempt_of(token, instance_id, node)
 
         def make(state: SagaState) -> list[Event]:
             if not is_current_attempt(state, ref.node, ref.phase, ref.attempt):
@@ -646,12 +674,14 @@ class Engine:
                 error=outcome.error,
             )
 
-        return await self.advance(ref.tenant_id, instance_id, make)
+        return await self.advance(ref.tenant_id, instance_id, make, audit=audit)
 
-    async def heartbeat_attempt(self, token: str, *, instance_id: str, node: str) -> SagaState:
+    async def heartbeat_attempt(
+        self, token: str, *, instance_id: str, node: str, audit: AuditEntry | None = None
+    ) -> SagaState:
         """A participant still working on an attempt extends its deadline by the step's
         timeout (the compensation timeout for a compensation)."""
-        ref = self._attempt_of(token, instance_id, node)
+        ref = self.attempt_of(token, instance_id, node)
         live = await self.load(ref.tenant_id, instance_id)
         spec = live.definition.nodes[ref.node]
         extend_by = spec.timeout if ref.phase is Phase.ACTION else spec.compensation_timeout
@@ -669,7 +699,7 @@ class Engine:
             except InvalidTransition as error:
                 raise AttemptNotInFlight(str(error)) from None
 
-        return await self.advance(ref.tenant_id, instance_id, make)
+        return await self.advance(ref.tenant_id, instance_id, make, audit=audit)
 
     # -- timers and recovery --
     async def _on_timer(self, tenant_id: str, instance_id: str) -> None:

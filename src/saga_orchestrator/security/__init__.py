@@ -1,0 +1,1 @@
+"""Security: JWT verification, roles, tenant context, rate limits and quotas, audit log."""

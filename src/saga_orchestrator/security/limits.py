@@ -1,0 +1,579 @@
+"""Rate limits and quotas: token buckets per tenant (and per principal or participant), kept in
+Redis so every node shares them, with an in-memory fallback.
+
+A bucket holds at most ``burst`` tokens and refills at ``rate`` tokens per second; a request
+spends ``cost`` tokens or is refused with the time after which it would fit. In Redis one Lua
+script refills and spends atomically, on the server's clock (``TIME``), so neither races between
+nodes nor skew between their clocks matter. Keys are ``saga:rl:<tenant>:<scope>[:<partition>]``
+and expire once the bucket would be full again: a missing key *is* a full bucket.
+
+Fallback policy when Redis is absent or down (:class:`FallbackPolicy`, default ``memory``):
+
+- ``memory``: each node keeps its own buckets with the same limits. A tenant is still limited
+  on every node, but a cluster of N nodes may admit up to N times the limit while Redis is
+  down, and the Redis buckets do not see what the nodes admitted meanwhile.
+- ``allow`` (fail open) admits everything; ``deny`` (fail closed) refuses everything.
+
+A Redis error or timeout opens a circuit: the node uses the fallback for ``cooldown`` seconds
+(5 s by default), then one request probes Redis again while the others stay on the fallback, so
+a dead Redis costs at most one short timeout per cool-down, not one per request. Redis trouble
+never raises out of :meth:`RateLimiter.check`.
+
+A refusal from Redis also tells when the bucket can hold the refused cost again; until then the
+node refuses that key itself, without a round trip, which keeps a flooding tenant's load off
+Redis (and off the other tenants' requests that share it).
+
+:class:`ConcurrencyQuota` caps the sagas a tenant runs at once; it counts on one node only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Final, Literal
+from urllib.parse import quote
+
+import redis.asyncio as aioredis
+from pydantic import BaseModel, ConfigDict, Field
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError
+
+from saga_orchestrator.errors import InvalidInput
+
+__all__ = [
+    "ConcurrencyQuota",
+    "Decision",
+    "FallbackPolicy",
+    "Limit",
+    "LimitBody",
+    "LimiterCounters",
+    "MemoryBuckets",
+    "RateLimiter",
+    "RedisBuckets",
+    "TenantLimits",
+    "TenantLimitsBody",
+    "bucket_key",
+    "combined_headers",
+]
+
+Clock = Callable[[], float]
+"""Seconds from an arbitrary origin that never goes back (``time.monotonic``)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limit:
+    """A token bucket's shape."""
+
+    rate: float
+    """Tokens added per second: the sustained rate."""
+    burst: int
+    """Bucket size: how many requests may pass at once after a quiet spell."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.rate) and self.rate > 0):
+            raise InvalidInput(f"rate must be a positive number (got {self.rate})")
+        if self.burst < 1:
+            raise InvalidInput(f"burst must be at least 1 (got {self.burst})")
+
+    @property
+    def window(self) -> int:
+        """Seconds an empty bucket takes to fill (at least 1): the policy's ``w``."""
+        return max(1, _ceil_seconds(self.burst / self.rate))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TenantLimits:
+    """Everything one tenant may do; the admin API sets it per tenant."""
+
+    requests: Limit = Limit(rate=100.0, burst=200)
+    """API requests of the tenant (also applied per principal, under its own partition)."""
+    starts: Limit = Limit(rate=50.0, burst=100)
+    """Saga starts of the tenant."""
+    running_sagas: int | None = None
+    """Sagas of the tenant running at once on one node; ``None``: no cap."""
+    participant_calls: Limit | None = None
+    """Outbound calls to each participant, one bucket per participant; ``None``: no limit."""
+
+
+class LimitBody(BaseModel):
+    """A :class:`Limit` in the admin API."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rate: float = Field(gt=0, le=1_000_000, allow_inf_nan=False, description="tokens per second")
+    burst: int = Field(ge=1, le=1_000_000, description="bucket size")
+
+    @classmethod
+    def of(cls, limit: Limit) -> LimitBody:
+        return cls(rate=limit.rate, burst=limit.burst)
+
+    def to_limit(self) -> Limit:
+        return Limit(rate=self.rate, burst=self.burst)
+
+
+_DEFAULTS: Final = TenantLimits()
+
+
+class TenantLimitsBody(BaseModel):
+    """The admin API's body for a tenant's limits; a field left out takes its default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    requests: LimitBody = LimitBody.of(_DEFAULTS.requests)
+    starts: LimitBody = LimitBody.of(_DEFAULTS.starts)
+    running_sagas: int | None = Field(default=_DEFAULTS.running_sagas, ge=1)
+    participant_calls: LimitBody | None = None
+
+    @classmethod
+    def of(cls, limits: TenantLimits) -> TenantLimitsBody:
+        calls = limits.participant_calls
+        return cls(
+            requests=LimitBody.of(limits.requests),
+            starts=LimitBody.of(limits.starts),
+            running_sagas=limits.running_sagas,
+            participant_calls=None if calls is None else LimitBody.of(calls),
+        )
+
+    def to_limits(self) -> TenantLimits:
+        calls = self.participant_calls
+        return TenantLimits(
+            requests=self.requests.to_limit(),
+            starts=self.starts.to_limit(),
+            running_sagas=self.running_sagas,
+            participant_calls=None if calls is None else calls.to_limit(),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    """The outcome of one check, and what to tell the client about it."""
+
+    allowed: bool
+    limit: int
+    """The bucket size: the policy's quota ``q``."""
+    remaining: int
+    """Whole tokens left after this request."""
+    reset_after: float
+    """Seconds until the bucket is full again."""
+    retry_after: float
+    """Seconds until the refused cost fits in the bucket; 0 when allowed."""
+    policy: str
+    """The policy's name (the scope checked), e.g. ``requests``."""
+    window: int = 1
+    """Seconds an empty bucket takes to fill: the policy's window ``w``."""
+
+    def policy_item(self) -> str:
+        return f"{_sf_string(self.policy)};q={self.limit};w={self.window}"
+
+    def limit_item(self) -> str:
+        # "t" is the time within which no more than "r" is available; on a refusal it equals
+        # Retry-After, which the draft says must not point before the end of that window.
+        seconds = self.retry_seconds() if not self.allowed else _ceil_seconds(self.reset_after)
+        return f"{_sf_string(self.policy)};r={self.remaining};t={seconds}"
+
+    def retry_seconds(self) -> int:
+        """``Retry-After`` as whole seconds: rounded up, at least 1."""
+        return max(1, _ceil_seconds(self.retry_after))
+
+    def headers(self) -> dict[str, str]:
+        """``RateLimit-Policy`` and ``RateLimit`` as in draft-ietf-httpapi-ratelimit-headers-11
+        (May 2026; datatracker.ietf.org/doc/draft-ietf-httpapi-ratelimit-headers/11/, sections
+        3 and 4), e.g. ``"requests";q=200;w=2`` and ``"requests";r=0;t=1``, and
+        ``Retry-After`` (integer seconds) when the request is refused."""
+        return combined_headers([self])
+
+
+def combined_headers(decisions: Iterable[Decision]) -> dict[str, str]:
+    """The headers of several policies that applied to one request (tenant and principal, say):
+    one list item per policy, and the longest ``Retry-After`` of the refusals."""
+    items = list(decisions)
+    headers = {
+        "RateLimit-Policy": ", ".join(d.policy_item() for d in items),
+        "RateLimit": ", ".join(d.limit_item() for d in items),
+    }
+    refused = [d.retry_seconds() for d in items if not d.allowed]
+    if refused:
+        headers["Retry-After"] = str(max(refused))
+    return headers
+
+
+def _ceil_seconds(seconds: float) -> int:
+    # The epsilon keeps float noise (2.0000000001 after a refill) from adding a whole second.
+    return max(0, math.ceil(seconds - 1e-6))
+
+
+def _sf_string(text: str) -> str:
+    """A Structured Field String (RFC 9651 section 3.3.3): printable ASCII, quoted, escaped."""
+    printable = "".join(c if " " <= c <= "~" else "_" for c in text)
+    return '"' + printable.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def bucket_key(tenant_id: str, scope: str, partition: str | None = None) -> str:
+    """``saga:rl:<tenant>:<scope>[:<partition>]``, each part percent-encoded so no two
+    (tenant, scope, partition) triples share a key."""
+    parts = [tenant_id, scope] if partition is None else [tenant_id, scope, partition]
+    return "saga:rl:" + ":".join(quote(part, safe="") for part in parts)
+
+
+def _check_cost(limit: Limit, cost: int) -> None:
+    if not 0 <= cost <= limit.burst:
+        raise InvalidInput(f"cost must be between 0 and the burst {limit.burst} (got {cost})")
+
+
+def _decide(allowed: bool, tokens: float, limit: Limit, cost: int, policy: str) -> Decision:
+    return Decision(
+        allowed=allowed,
+        limit=limit.burst,
+        remaining=max(0, math.floor(tokens)),
+        reset_after=max(0.0, (limit.burst - tokens) / limit.rate),
+        retry_after=0.0 if allowed else max(0.0, (cost - tokens) / limit.rate),
+        policy=policy,
+        window=limit.window,
+    )
+
+
+class MemoryBuckets:
+    """Token buckets in this process: the same interface as :class:`RedisBuckets`.
+
+    At most ``max_keys`` buckets are kept; the least recently used goes first, which only
+    forgets spending (an evicted bucket comes back full).
+    """
+
+    def __init__(self, *, max_keys: int = 100_000, clock: Clock = time.monotonic) -> None:
+        self._max_keys = max_keys
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    async def take(
+        self, key: str, limit: Limit, cost: int = 1, *, policy: str = "default"
+    ) -> Decision:
+        return self.take_now(key, limit, cost, policy=policy)
+
+    def take_now(
+        self, key: str, limit: Limit, cost: int = 1, *, policy: str = "default"
+    ) -> Decision:
+        """:meth:`take` without awaiting: spend ``cost`` tokens of ``key`` if they are there."""
+        _check_cost(limit, cost)
+        now = self._clock()
+        tokens, stamp = self._buckets.pop(key, (float(limit.burst), now))
+        tokens = min(float(limit.burst), tokens + max(0.0, now - stamp) * limit.rate)
+        allowed = tokens >= cost
+        if allowed:
+            tokens -= cost
+        self._buckets[key] = (tokens, now)
+        if len(self._buckets) > self._max_keys:
+            self._buckets.popitem(last=False)
+        return _decide(allowed, tokens, limit, cost, policy)
+
+
+# KEYS[1]: the bucket; ARGV: rate (tokens/s), burst, cost. Returns {allowed, tokens left}.
+# Floats travel as strings: Redis turns a Lua number reply into an integer.
+_TAKE_SCRIPT: Final = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
+local tokens = tonumber(state[1]) or burst
+local stamp = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
+local allowed = 0
+if tokens >= cost then
+  tokens = tokens - cost
+  allowed = 1
+end
+local left = string.format('%.17g', tokens)
+redis.call('HSET', KEYS[1], 'tokens', left, 'stamp', string.format('%.17g', now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
+return {allowed, left}
+"""
+_TAKE_SHA: Final = hashlib.sha1(_TAKE_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+
+
+class RedisBuckets:
+    """Token buckets in Redis (5 or later), shared by every node, refilled on Redis's clock."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, timeout: float = 0.25, max_connections: int = 64
+    ) -> RedisBuckets:
+        """A client that fails fast: short socket timeouts and no retries, since the caller
+        has a fallback that is better than waiting. Past ``max_connections`` concurrent takes,
+        the others wait for a connection rather than fail."""
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=None,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        return cls(aioredis.Redis.from_pool(pool))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def take(
+        self, key: str, limit: Limit, cost: int = 1, *, policy: str = "default"
+    ) -> Decision:
+        """Spend ``cost`` tokens of ``key`` atomically; raises :class:`RedisError` or
+        :class:`OSError` when Redis fails."""
+        _check_cost(limit, cost)
+        args = (repr(float(limit.rate)), limit.burst, cost)
+        try:
+            reply = await self._client.evalsha(_TAKE_SHA, 1, key, *args)
+        except NoScriptError:
+            await self._client.script_load(_TAKE_SCRIPT)
+            reply = await self._client.evalsha(_TAKE_SHA, 1, key, *args)
+        allowed, tokens = reply
+        return _decide(bool(allowed), float(tokens), limit, cost, policy)
+
+
+class FallbackPolicy(StrEnum):
+    """What :class:`RateLimiter` does while Redis is absent or down."""
+
+    MEMORY = "memory"
+    """Per-node buckets with the same limits: N nodes may admit up to N times the limit."""
+    ALLOW = "allow"
+    """Fail open: admit everything."""
+    DENY = "deny"
+    """Fail closed: refuse everything until Redis is back."""
+
+
+@dataclass(slots=True)
+class LimiterCounters:
+    """Counts since the limiter was built, for metrics."""
+
+    redis_checks: int = 0
+    """Decisions Redis made."""
+    fallback_checks: int = 0
+    """Decisions the fallback made (Redis absent, down, or in its cool-down)."""
+    cached_refusals: int = 0
+    """Refusals this node repeated without asking Redis."""
+    redis_skipped: int = 0
+    """Checks sent to the fallback because every Redis connection stayed busy too long."""
+    refused: int = 0
+    """Refused checks, whoever decided."""
+    redis_errors: int = 0
+    """Redis errors and timeouts, each of which opened the circuit."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    limit: Limit
+    cost: int
+    until: float
+    decision: Decision
+
+
+class RateLimiter:
+    """Checks requests against token buckets in Redis, or in memory when Redis is absent
+    or down (see the module's docstring for the fallback policy)."""
+
+    def __init__(
+        self,
+        redis_url: str | None,
+        *,
+        fallback_policy: FallbackPolicy = FallbackPolicy.MEMORY,
+        cooldown: float = 5.0,
+        timeout: float = 0.25,
+        max_connections: int = 64,
+        max_keys: int = 100_000,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._redis = (
+            None
+            if redis_url is None
+            else RedisBuckets.from_url(redis_url, timeout=timeout, max_connections=max_connections)
+        )
+        # Waiting for a connection is bounded here, so that a burst of checks neither waits
+        # long nor reaches Redis after the circuit opened while it waited.
+        self._slots = asyncio.Semaphore(max_connections)
+        self._memory = MemoryBuckets(max_keys=max_keys, clock=clock)
+        self._policy = fallback_policy
+        self._cooldown = cooldown
+        self._timeout = timeout
+        self._clock = clock
+        self._down_until: float | None = None
+        self._probing = False
+        self._refusals: OrderedDict[str, _Refusal] = OrderedDict()
+        self._max_keys = max_keys
+        self._counters = LimiterCounters()
+
+    @property
+    def mode(self) -> Literal["redis", "memory"]:
+        """``redis`` while Redis decides, ``memory`` while the fallback does."""
+        return "redis" if self._redis is not None and self._down_until is None else "memory"
+
+    @property
+    def counters(self) -> LimiterCounters:
+        """A copy of the counters."""
+        return replace(self._counters)
+
+    async def aclose(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    async def check(
+        self,
+        tenant_id: str,
+        scope: str,
+        limit: Limit,
+        cost: int = 1,
+        *,
+        partition: str | None = None,
+    ) -> Decision:
+        """Spend ``cost`` tokens of the tenant's ``scope`` bucket (one per ``partition``, such
+        as a principal or a participant, when given). ``scope`` names the policy in headers."""
+        _check_cost(limit, cost)
+        key = bucket_key(tenant_id, scope, partition)
+        decision = await self._check(key, limit, cost, scope)
+        if not decision.allowed:
+            self._counters.refused += 1
+        return decision
+
+    async def _check(self, key: str, limit: Limit, cost: int, policy: str) -> Decision:
+        if not self._redis_usable():
+            return self._fallback(key, limit, cost, policy)
+        cached = self._cached_refusal(key, limit, cost)
+        if cached is not None:
+            return cached
+        return await self._ask_redis(key, limit, cost, policy)
+
+    def _redis_usable(self) -> bool:
+        if self._redis is None:
+            return False
+        if self._down_until is None:
+            return True
+        if self._probing or self._clock() < self._down_until:
+            return False
+        self._probing = True  # this caller probes; the others stay on the fallback meanwhile
+        return True
+
+    async def _ask_redis(self, key: str, limit: Limit, cost: int, policy: str) -> Decision:
+        probe = self._down_until is not None
+        try:
+            decision = await self._take_in_slot(key, limit, cost, policy, probe=probe)
+        except (RedisError, OSError, TimeoutError):
+            self._counters.redis_errors += 1
+            self._down_until = self._clock() + self._cooldown
+            return self._fallback(key, limit, cost, policy)
+        finally:
+            if probe:
+                self._probing = False
+        if decision is None:
+            return self._fallback(key, limit, cost, policy)
+        self._down_until = None
+        self._counters.redis_checks += 1
+        if not decision.allowed:
+            self._remember_refusal(key, limit, cost, decision)
+        return decision
+
+    async def _take_in_slot(
+        self, key: str, limit: Limit, cost: int, policy: str, *, probe: bool
+    ) -> Decision | None:
+        """Redis's decision, or ``None`` when no connection came free in time or the circuit
+        opened while this check waited for one."""
+        assert self._redis is not None
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            self._counters.redis_skipped += 1
+            return None
+        try:
+            if self._down_until is not None and not probe:
+                return None
+            async with asyncio.timeout(self._timeout * 2):
+                return await self._redis.take(key, limit, cost, policy=policy)
+        finally:
+            self._slots.release()
+
+    def _fallback(self, key: str, limit: Limit, cost: int, policy: str) -> Decision:
+        self._counters.fallback_checks += 1
+        if self._policy is FallbackPolicy.MEMORY:
+            return self._memory.take_now(key, limit, cost, policy=policy)
+        allowed = self._policy is FallbackPolicy.ALLOW
+        tokens = float(limit.burst) if allowed else 0.0
+        decision = _decide(allowed, tokens, limit, cost, policy)
+        if allowed:
+            return decision
+        down_until = self._down_until
+        wait = self._cooldown if down_until is None else max(0.0, down_until - self._clock())
+        return replace(decision, retry_after=wait)
+
+    def _remember_refusal(self, key: str, limit: Limit, cost: int, decision: Decision) -> None:
+        # Tokens only come back at the refill rate, so until retry_after no cost as large fits.
+        until = self._clock() + decision.retry_after
+        self._refusals[key] = _Refusal(limit=limit, cost=cost, until=until, decision=decision)
+        self._refusals.move_to_end(key)
+        if len(self._refusals) > self._max_keys:
+            self._refusals.popitem(last=False)
+
+    def _cached_refusal(self, key: str, limit: Limit, cost: int) -> Decision | None:
+        refusal = self._refusals.get(key)
+        if refusal is None:
+            return None
+        now = self._clock()
+        if now >= refusal.until or refusal.limit != limit or cost < refusal.cost:
+            del self._refusals[key]
+            return None
+        self._counters.cached_refusals += 1
+        elapsed = now - (refusal.until - refusal.decision.retry_after)
+        return replace(
+            refusal.decision,
+            remaining=0,
+            retry_after=refusal.until - now,
+            reset_after=max(0.0, refusal.decision.reset_after - elapsed),
+        )
+
+
+class ConcurrencyQuota:
+    """Caps the sagas each tenant runs at once, counted on this node only (N nodes may run up
+    to N times the cap). Use it from the event loop's thread: it takes no lock.
+
+    ``limit_of(tenant_id)`` gives the tenant's cap, or ``None`` for no cap; it is asked on
+    every acquire, so a limit changed through the admin API applies to the next start.
+    """
+
+    def __init__(self, limit_of: Callable[[str], int | None]) -> None:
+        self._limit_of = limit_of
+        self._running: dict[str, int] = {}
+
+    def try_acquire(self, tenant_id: str) -> bool:
+        """Count one more running saga, unless the tenant is at its cap."""
+        cap = self._limit_of(tenant_id)
+        if cap is not None and self.running(tenant_id) >= cap:
+            return False
+        self.acquire(tenant_id)
+        return True
+
+    def acquire(self, tenant_id: str) -> None:
+        """Count one more running saga even past the cap (an instance recovered after a crash
+        is running already, whatever the cap says)."""
+        self._running[tenant_id] = self.running(tenant_id) + 1
+
+    def release(self, tenant_id: str) -> None:
+        """One saga of the tenant stopped running; never goes below zero."""
+        left = self.running(tenant_id) - 1
+        if left > 0:
+            self._running[tenant_id] = left
+        else:
+            self._running.pop(tenant_id, None)
+
+    def running(self, tenant_id: str) -> int:
+        return self._running.get(tenant_id, 0)

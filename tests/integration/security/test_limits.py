@@ -1,0 +1,393 @@
+"""Rate limits against a real Redis: bucket arithmetic, atomicity, headers, key expiry, and the
+fallback when Redis is absent, hangs or dies mid-run.
+
+Tests that break Redis start their own ``redis-server`` on a free port; the others use the
+shared server (``SAGA_TEST_REDIS_URL``, default ``redis://127.0.0.1:6379/0``) under keys of a
+tenant made up for the test, deleted afterwards. The shared server missing skips those tests,
+except on CI (``CI=true``), where it fails them.
+
+Rates are tiny (a token per thousands of seconds) so that the few milliseconds a test takes
+refill nothing measurable: counts are exact without any clock control. The passage of time is
+simulated by moving a bucket's stamp back in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+import redis
+import redis.asyncio as aioredis
+
+from saga_orchestrator.security.limits import (
+    FallbackPolicy,
+    Limit,
+    RateLimiter,
+    RedisBuckets,
+    bucket_key,
+)
+
+REDIS_URL_ENV = "SAGA_TEST_REDIS_URL"
+SLOW = Limit(rate=0.0001, burst=5)  # refills one token in 10,000 s
+
+
+class FakeClock:
+    """The limiter's clock (cool-down, memory buckets); Redis keeps its own."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisProcess:
+    """A private ``redis-server`` that a test may stop, kill and restart on the same port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        try:
+            for _ in range(200):
+                try:
+                    client.ping()
+                    return
+                except redis.ConnectionError:
+                    if self.process.poll() is not None:
+                        break
+                    time.sleep(0.05)
+            raise RuntimeError(f"redis-server on port {self.port} did not start")
+        finally:
+            client.close()
+
+    def signal(self, signum: signal.Signals) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.kill()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisProcess]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisProcess()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_redis_url() -> str:
+    url = os.environ.get(REDIS_URL_ENV, "redis://127.0.0.1:6379/0")
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        reason = f"Redis at {url} is unreachable: {exc}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}; CI=true requires it", pytrace=False)
+        pytest.skip(reason)
+    finally:
+        client.close()
+    return url
+
+
+@pytest.fixture
+def tenant(shared_redis_url: str) -> Iterator[str]:
+    name = f"test-{uuid.uuid4().hex}"
+    yield name
+    client = redis.Redis.from_url(shared_redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"saga:rl:{name}*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest_asyncio.fixture
+async def client(shared_redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    connection = aioredis.Redis.from_url(shared_redis_url, decode_responses=True)
+    yield connection
+    await connection.aclose()
+
+
+@pytest_asyncio.fixture
+async def buckets(shared_redis_url: str) -> AsyncIterator[RedisBuckets]:
+    result = RedisBuckets.from_url(shared_redis_url)
+    yield result
+    await result.aclose()
+
+
+async def age(client: aioredis.Redis, key: str, seconds: float) -> None:
+    """Pretend ``seconds`` more went by since the bucket was last touched."""
+    stamp = await client.hget(key, "stamp")
+    assert stamp is not None
+    await client.hset(key, "stamp", repr(float(stamp) - seconds))
+
+
+async def allowed_of(buckets: RedisBuckets, key: str, limit: Limit, attempts: int) -> int:
+    return sum([(await buckets.take(key, limit)).allowed for _ in range(attempts)])
+
+
+# Bucket arithmetic
+
+
+async def test_a_full_bucket_admits_exactly_its_burst(buckets: RedisBuckets, tenant: str) -> None:
+    key = bucket_key(tenant, "starts")
+    decisions = [await buckets.take(key, SLOW, policy="starts") for _ in range(8)]
+    assert [d.allowed for d in decisions] == [True] * 5 + [False] * 3
+    assert [d.remaining for d in decisions] == [4, 3, 2, 1, 0, 0, 0, 0]
+    assert 9_990 < decisions[-1].retry_after <= 10_000
+    assert 49_990 < decisions[-1].reset_after <= 50_000
+
+
+async def test_a_bucket_refills_at_its_rate_up_to_its_burst(
+    buckets: RedisBuckets, client: aioredis.Redis, tenant: str
+) -> None:
+    key = bucket_key(tenant, "requests")
+    assert await allowed_of(buckets, key, SLOW, 10) == 5
+    await age(client, key, 20_000)  # two tokens' worth
+    assert await allowed_of(buckets, key, SLOW, 10) == 2
+    await age(client, key, 10_000_000)
+    assert await allowed_of(buckets, key, SLOW, 10) == 5
+
+
+async def test_a_cost_spends_that_many_tokens_or_none(buckets: RedisBuckets, tenant: str) -> None:
+    key = bucket_key(tenant, "requests")
+    assert (await buckets.take(key, SLOW, 4)).remaining == 1
+    refused = await buckets.take(key, SLOW, 2)
+    assert (refused.allowed, refused.remaining) == (False, 1)
+    assert (await buckets.take(key, SLOW, 1)).allowed
+
+
+async def test_concurrent_takes_on_one_key_admit_exactly_the_burst(
+    buckets: RedisBuckets, tenant: str
+) -> None:
+    limit = Limit(rate=0.0001, burst=50)
+    key = bucket_key(tenant, "starts")
+    decisions = await asyncio.gather(*(buckets.take(key, limit) for _ in range(200)))
+    assert sum(d.allowed for d in decisions) == 50
+    assert sorted(d.remaining for d in decisions if d.allowed) == list(range(50))
+
+
+async def test_concurrent_checks_through_the_limiter_admit_exactly_the_burst(
+    shared_redis_url: str, tenant: str
+) -> None:
+    # A generous timeout: on a loaded machine no check may fall back for want of a connection.
+    limiter = RateLimiter(shared_redis_url, timeout=5.0, max_connections=16)
+    limit = Limit(rate=0.0001, burst=50)
+    try:
+        decisions = await asyncio.gather(
+            *(limiter.check(tenant, "starts", limit) for _ in range(200))
+        )
+        assert sum(d.allowed for d in decisions) == 50
+        assert limiter.mode == "redis"
+        counters = limiter.counters
+        assert (counters.refused, counters.redis_skipped, counters.fallback_checks) == (150, 0, 0)
+    finally:
+        await limiter.aclose()
+
+
+async def test_two_tenants_are_independent(shared_redis_url: str, tenant: str) -> None:
+    limiter = RateLimiter(shared_redis_url)
+    other = f"{tenant}-calm"
+    try:
+        flood = [(await limiter.check(tenant, "starts", SLOW)).allowed for _ in range(50)]
+        calm = [(await limiter.check(other, "starts", SLOW)).allowed for _ in range(5)]
+        assert sum(flood) == 5
+        assert all(calm)
+    finally:
+        await limiter.aclose()
+
+
+async def test_partitions_of_a_tenant_are_independent(shared_redis_url: str, tenant: str) -> None:
+    limiter = RateLimiter(shared_redis_url)
+    try:
+        alice = [await limiter.check(tenant, "requests", SLOW, partition="alice") for _ in range(6)]
+        bob = await limiter.check(tenant, "requests", SLOW, partition="bob")
+        assert [d.allowed for d in alice] == [True] * 5 + [False]
+        assert (bob.allowed, bob.remaining) == (True, 4)
+    finally:
+        await limiter.aclose()
+
+
+# Headers and keys
+
+
+async def test_headers_of_redis_decisions_are_exact(buckets: RedisBuckets, tenant: str) -> None:
+    key = bucket_key(tenant, "starts")
+    first = await buckets.take(key, SLOW, policy="starts")
+    assert first.headers() == {
+        "RateLimit-Policy": '"starts";q=5;w=50000',
+        "RateLimit": '"starts";r=4;t=10000',
+    }
+    for _ in range(4):
+        await buckets.take(key, SLOW, policy="starts")
+    refused = await buckets.take(key, SLOW, policy="starts")
+    assert refused.headers() == {
+        "RateLimit-Policy": '"starts";q=5;w=50000',
+        "RateLimit": '"starts";r=0;t=10000',
+        "Retry-After": "10000",
+    }
+
+
+async def test_a_bucket_key_expires_once_the_bucket_would_be_full(
+    buckets: RedisBuckets, client: aioredis.Redis, tenant: str
+) -> None:
+    slow_key = bucket_key(tenant, "requests")
+    await buckets.take(slow_key, SLOW)
+    assert 0 < await client.pttl(slow_key) <= 10_000 * 1000 + 1000
+    fast_key = bucket_key(tenant, "participant", "payments")
+    await buckets.take(fast_key, Limit(rate=100.0, burst=5))
+    assert 0 < await client.pttl(fast_key) <= 10 + 1000
+    assert await client.hgetall(fast_key) != {}
+
+
+async def test_a_refusal_is_repeated_without_asking_redis_until_it_may_pass(
+    shared_redis_url: str, tenant: str
+) -> None:
+    limiter = RateLimiter(shared_redis_url)
+    try:
+        results = [(await limiter.check(tenant, "starts", SLOW)).allowed for _ in range(8)]
+        assert results == [True] * 5 + [False] * 3
+        counters = limiter.counters
+        assert (counters.redis_checks, counters.cached_refusals) == (6, 2)
+        raised = Limit(rate=0.0001, burst=10)  # a new limit is asked of Redis at once
+        assert not (await limiter.check(tenant, "starts", raised)).allowed  # still empty
+        assert (limiter.counters.redis_checks, limiter.counters.cached_refusals) == (7, 2)
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_flushed_script_cache_is_reloaded(own_redis: RedisProcess) -> None:
+    buckets = RedisBuckets.from_url(own_redis.url)
+    admin = aioredis.Redis.from_url(own_redis.url)
+    try:
+        assert (await buckets.take("saga:rl:t:s", SLOW)).allowed
+        await admin.script_flush()
+        assert (await buckets.take("saga:rl:t:s", SLOW)).remaining == 3
+    finally:
+        await buckets.aclose()
+        await admin.aclose()
+
+
+# Redis absent, hung or dead
+
+
+async def test_redis_down_at_start_falls_back_to_memory() -> None:
+    limiter = RateLimiter(f"redis://127.0.0.1:{free_port()}/0", clock=FakeClock())
+    limit = Limit(rate=1.0, burst=3)
+    try:
+        results = [(await limiter.check("t", "starts", limit)).allowed for _ in range(5)]
+        assert results == [True, True, True, False, False]
+        assert limiter.mode == "memory"
+        counters = limiter.counters
+        assert (counters.redis_errors, counters.fallback_checks, counters.redis_checks) == (1, 5, 0)
+    finally:
+        await limiter.aclose()
+
+
+@pytest.mark.parametrize(
+    ("policy", "allowed"), [(FallbackPolicy.ALLOW, True), (FallbackPolicy.DENY, False)]
+)
+async def test_redis_down_with_a_fail_open_or_closed_policy(
+    policy: FallbackPolicy, allowed: bool
+) -> None:
+    limiter = RateLimiter(f"redis://127.0.0.1:{free_port()}/0", fallback_policy=policy)
+    try:
+        decisions = [await limiter.check("t", "starts", Limit(rate=1.0, burst=1)) for _ in range(3)]
+        assert [d.allowed for d in decisions] == [allowed] * 3
+    finally:
+        await limiter.aclose()
+
+
+async def test_redis_killed_mid_run_falls_back_then_comes_back(own_redis: RedisProcess) -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(own_redis.url, cooldown=5.0, clock=clock)
+    limit = Limit(rate=0.0001, burst=1000)
+    try:
+        assert (await limiter.check("t", "starts", limit)).remaining == 999
+        assert limiter.mode == "redis"
+
+        own_redis.kill()
+        decisions = await asyncio.gather(*(limiter.check("t", "starts", limit) for _ in range(50)))
+        assert all(d.allowed for d in decisions)
+        assert limiter.mode == "memory"
+        errors = limiter.counters.redis_errors
+        assert errors >= 1
+
+        own_redis.start()
+        clock.advance(4.9)  # still cooling down: Redis is not asked
+        assert (await limiter.check("t", "starts", limit)).allowed
+        assert (limiter.mode, limiter.counters.redis_errors) == ("memory", errors)
+
+        clock.advance(0.2)
+        back = await limiter.check("t", "starts", limit)
+        assert limiter.mode == "redis"
+        assert back.remaining == 999  # the restarted Redis kept nothing (no persistence)
+        assert limiter.counters.redis_checks == 2
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_hung_redis_times_out_into_memory_and_is_probed_once(
+    own_redis: RedisProcess,
+) -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(own_redis.url, cooldown=5.0, timeout=0.1, clock=clock)
+    limit = Limit(rate=0.0001, burst=1000)
+    try:
+        assert (await limiter.check("t", "starts", limit)).allowed
+        own_redis.signal(signal.SIGSTOP)
+        assert (await limiter.check("t", "starts", limit)).allowed
+        assert (limiter.mode, limiter.counters.redis_errors) == ("memory", 1)
+
+        clock.advance(5.0)  # one probe times out again; the concurrent checks do not wait
+        decisions = await asyncio.gather(*(limiter.check("t", "starts", limit) for _ in range(20)))
+        assert all(d.allowed for d in decisions)
+        assert (limiter.mode, limiter.counters.redis_errors) == ("memory", 2)
+
+        own_redis.signal(signal.SIGCONT)
+        clock.advance(5.0)
+        assert (await limiter.check("t", "starts", limit)).allowed
+        assert limiter.mode == "redis"
+    finally:
+        await limiter.aclose()
