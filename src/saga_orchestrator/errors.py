@@ -11,6 +11,9 @@ This module is a leaf: it imports nothing from the project, so every layer may u
     ├── InvalidTransition          an operation is not allowed in the current state
     │   └── AttemptNotInFlight     a callback names an attempt that is over (expired token)
     ├── InvalidCompletionToken     a completion callback's token is forged or malformed
+    ├── Unauthenticated            no valid credentials (401)
+    ├── Forbidden                  authenticated, but the role does not allow it (403)
+    ├── RateLimited                over a tenant's limit (429)
     ├── StoreError                 the database failed or refused a write
     │   ├── SequenceConflict       another writer moved the instance first
     │   └── StoreUnavailable       the database cannot be reached
@@ -22,8 +25,9 @@ This module is a leaf: it imports nothing from the project, so every layer may u
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 
 class SagaError(Exception):
@@ -77,6 +81,37 @@ class AttemptNotInFlight(InvalidTransition):
 
 class InvalidCompletionToken(SagaError):
     """A completion token is malformed, forged, or names another instance or step."""
+
+
+class Unauthenticated(SagaError):
+    """No valid bearer token: the API answers 401 with ``WWW-Authenticate: Bearer ...``.
+
+    ``error`` is the RFC 6750 code (``invalid_request`` when the header is missing or not a
+    bearer token, ``invalid_token`` otherwise); ``description`` is a fixed phrase, safe to send
+    back: it never contains the token or anything taken from it.
+    """
+
+    def __init__(
+        self,
+        description: str,
+        *,
+        error: Literal["invalid_request", "invalid_token"] = "invalid_token",
+    ) -> None:
+        super().__init__(description)
+        self.description = description
+        self.error = error
+
+
+class Forbidden(SagaError):
+    """The caller is authenticated but its roles do not allow the operation."""
+
+
+class RateLimited(SagaError):
+    """The tenant (or principal) is over its rate limit; ``headers`` say when to come back."""
+
+    def __init__(self, message: str, headers: Mapping[str, str]) -> None:
+        super().__init__(message)
+        self.headers = dict(headers)
 
 
 class StoreError(SagaError):

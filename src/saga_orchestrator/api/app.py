@@ -14,9 +14,10 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib.metadata import version as package_version
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.routing import APIRoute
 
+from saga_orchestrator.api.access import Access
 from saga_orchestrator.api.audit import AuditFailuresMiddleware
 from saga_orchestrator.api.dependencies import Services
 from saga_orchestrator.api.limits import BodyLimitMiddleware
@@ -67,6 +68,9 @@ def create_app(orchestrator: Orchestrator, options: ApiOptions | None = None) ->
         version=package_version("saga-orchestrator"),
         description=DESCRIPTION,
         lifespan=lifespan,
+        dependencies=[
+            Depends(Access(options.authenticator, orchestrator.tenant_id, options.actor))
+        ],
     )
     app.state.services = services
     modules = (definitions, instances, stream, operations, callbacks, participants, health)

@@ -35,9 +35,10 @@ async def services(request: Request) -> Services:
 
 
 async def current_tenant(request: Request) -> str:
-    """The tenant of this request: the node's tenant until requests carry an identity. Every
-    route takes its tenant from here, so authentication can set it in one place."""
-    tenant = _services(request).default_tenant
+    """The tenant of this request: its bearer token's (see :mod:`.access`). Every route takes
+    its tenant from here; no request body or parameter can name another."""
+    principal = getattr(request.state, "principal", None)
+    tenant: str = _services(request).default_tenant if principal is None else principal.tenant_id
     current_context().tenant_id = tenant
     return tenant
 

@@ -9,8 +9,10 @@ from typing import Any, Final
 
 from fastapi import FastAPI
 
+from saga_orchestrator.api.access import rule_for
 from saga_orchestrator.api.problems import PROBLEM_MEDIA_TYPE
 from saga_orchestrator.definition.schema import language_json_schema
+from saga_orchestrator.security.tokens import Role
 
 DEFINITION_SCHEMA_NAME: Final = "SagaDefinition"
 _PROBLEM_REF: Final = "#/components/schemas/Problem"
@@ -29,10 +31,53 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
         if name in schemas:
             raise RuntimeError(f"the saga language's schema {name!r} clashes with the API's")
         schemas[name] = schema
+    _secure(document)
     for operation in _operations(document):
         for status, response in operation.get("responses", {}).items():
             _problem_media_type(status, response)
     return document
+
+
+BEARER: Final = "bearerAuth"
+
+
+def _secure(document: dict[str, Any]) -> None:
+    """Routes that need a role say so: the bearer scheme, the role, and 401/403/429."""
+    components = document.setdefault("components", {})
+    components.setdefault("securitySchemes", {})[BEARER] = {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "A JWT naming the tenant and the roles (viewer, operator, admin).",
+    }
+    errors = {
+        "401": _problem("No valid bearer token.", "WWW-Authenticate", "Bearer realm=..."),
+        "403": _problem("The token's roles do not allow this."),
+        "429": _problem("Over the tenant's rate limit.", "Retry-After", "Seconds to wait."),
+    }
+    for path, item in document.get("paths", {}).items():
+        for method, operation in item.items():
+            rule = rule_for(method.upper(), path) if isinstance(operation, dict) else None
+            if not isinstance(rule, Role):
+                continue
+            operation["security"] = [{BEARER: []}]
+            operation["description"] = (
+                f"{operation.get('description', '')}\n\nNeeds the `{rule.value}` role "
+                "(or a role that includes it)."
+            ).strip()
+            responses = operation.setdefault("responses", {})
+            for status, response in errors.items():
+                responses.setdefault(status, copy.deepcopy(response))
+
+
+def _problem(description: str, header: str | None = None, about: str = "") -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": _PROBLEM_REF}}},
+    }
+    if header is not None:
+        response["headers"] = {header: {"description": about, "schema": {"type": "string"}}}
+    return response
 
 
 def language_components() -> dict[str, Any]:

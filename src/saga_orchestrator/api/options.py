@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from saga_orchestrator.security.limits import RateLimiter, TenantLimits
+    from saga_orchestrator.security.tokens import Authenticator
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -19,3 +24,10 @@ class ApiOptions:
     """Seconds announced in ``Retry-After`` when the database is unavailable (503)."""
     actor: str = "api"
     """Recorded as the actor of operator actions until requests carry an identity."""
+    authenticator: Authenticator | None = None
+    """Verifies bearer tokens. None: no authentication, every caller acts as an admin of the
+    node's tenant (embedding, tests); ``saga serve`` always sets one."""
+    rate_limiter: RateLimiter | None = None
+    """Per-tenant request and start limits (None: unlimited)."""
+    limits: TenantLimits | None = None
+    """The limits of every tenant (per-tenant overrides come from the admin API)."""

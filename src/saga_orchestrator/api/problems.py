@@ -4,6 +4,9 @@ This is the one place where the project's error hierarchy meets HTTP status code
 
     DefinitionConflict   409   definition-conflict
     DefinitionError      422   invalid-definition (with ``violations``)
+    Unauthenticated      401   unauthenticated (with ``WWW-Authenticate: Bearer ...``)
+    Forbidden            403   forbidden
+    RateLimited          429   rate-limited (with ``Retry-After`` and ``RateLimit`` headers)
     NotFound             404   not-found
     InvalidInput         422   invalid-input
     ExpressionError      422   invalid-expression
@@ -41,13 +44,16 @@ from saga_orchestrator.errors import (
     DefinitionConflict,
     DefinitionError,
     ExpressionError,
+    Forbidden,
     InvalidCompletionToken,
     InvalidInput,
     InvalidTransition,
     NotFound,
+    RateLimited,
     SagaError,
     SequenceConflict,
     StoreUnavailable,
+    Unauthenticated,
     Violation,
 )
 
@@ -69,6 +75,9 @@ class Kind:
 
 
 _SAGA_ERRORS: Final[tuple[tuple[type[SagaError], Kind], ...]] = (
+    (Unauthenticated, Kind(status=401, slug="unauthenticated", title="Unauthenticated")),
+    (Forbidden, Kind(status=403, slug="forbidden", title="Forbidden")),
+    (RateLimited, Kind(status=429, slug="rate-limited", title="Too many requests")),
     (DefinitionConflict, Kind(status=409, slug="definition-conflict", title="Definition conflict")),
     (DefinitionError, Kind(status=422, slug="invalid-definition", title="Invalid definition")),
     (NotFound, Kind(status=404, slug="not-found", title="Not found")),
@@ -167,6 +176,10 @@ class ProblemHandlers:
         if kind is INTERNAL:
             log.error("request %s failed", request.url.path, exc_info=error)
         headers = {"Retry-After": self._retry_after} if kind.status == 503 else None
+        if isinstance(error, Unauthenticated):
+            headers = {"WWW-Authenticate": _challenge(error)}
+        elif isinstance(error, RateLimited):
+            headers = error.headers
         violations = error.violations if isinstance(error, DefinitionError) else ()
         return problem(
             kind,
@@ -204,6 +217,12 @@ class ProblemHandlers:
         return problem(INTERNAL, instance=request.url.path)
 
 
+def _challenge(error: Unauthenticated) -> str:
+    """RFC 6750 §3: the scheme, the realm, and what was wrong (a fixed, safe phrase)."""
+    description = error.description.replace("\\", "").replace('"', "'")
+    return f'Bearer realm="saga", error="{error.error}", error_description="{description}"'
+
+
 def _title(status: int) -> str:
     from http import HTTPStatus  # noqa: PLC0415 - only for rare HTTP errors
 
@@ -217,11 +236,13 @@ def _title(status: int) -> str:
 
 _DESCRIPTIONS: Final = {
     400: "The body cannot be decoded (JSON text must be UTF-8).",
+    401: "No valid bearer token (`WWW-Authenticate` says why).",
     403: "Not allowed (problem+json says why).",
     404: "No such resource (for this tenant).",
     409: "The resource's state does not allow this (problem+json says why).",
     410: "The resource is gone (problem+json says why).",
     413: "The request body exceeds the size limit.",
+    429: "Over the tenant's rate limit: retry after `Retry-After` seconds.",
     415: "The body's Content-Type is not supported.",
     422: "The request is invalid; `violations` lists each broken rule.",
     503: "The database cannot be reached or is not migrated; retry after `Retry-After` seconds.",

@@ -37,7 +37,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import httpx
 import jwt
@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.algorithms import get_default_algorithms
 from jwt.types import Options
 
-from saga_orchestrator.errors import ConfigurationError, SagaError
+from saga_orchestrator.errors import ConfigurationError, Unauthenticated
 
 __all__ = [
     "MIN_HMAC_SECRET_BYTES",
@@ -107,25 +107,6 @@ class Principal:
 
     def has(self, role: Role) -> bool:
         return any(held.includes(role) for held in self.roles)
-
-
-class Unauthenticated(SagaError):
-    """No valid bearer token: the API answers 401 with ``WWW-Authenticate: Bearer ...``.
-
-    ``error`` is the RFC 6750 code (``invalid_request`` when the header is missing or not a
-    bearer token, ``invalid_token`` otherwise); ``description`` is one of this module's fixed
-    phrases, safe to send back: it never contains the token or anything taken from it.
-    """
-
-    def __init__(
-        self,
-        description: str,
-        *,
-        error: Literal["invalid_request", "invalid_token"] = "invalid_token",
-    ) -> None:
-        super().__init__(description)
-        self.description = description
-        self.error = error
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

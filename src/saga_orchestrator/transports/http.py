@@ -9,7 +9,8 @@ One attempt, in order; each refusal happens before anything is sent:
    concurrency slot frees up;
 4. the host is resolved and *every* address must be public unless the entry allows private
    networks (``DestinationRefused``); the connection then goes to the checked address, with
-   the original ``Host`` and TLS server name, so DNS cannot rebind between check and connect;
+   the original ``Host`` and TLS server name, so DNS cannot rebind between check and connect
+   (over ``http_wire.WireTransport``: kept-alive HTTP/1.1 connections, one pool per channel);
 5. the answer is classified, never followed if it redirects (``RedirectRefused``):
 
     ==========================================  =========  =======  ========================
@@ -34,13 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import ipaddress
 import logging
 import math
 import os
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
@@ -62,6 +64,7 @@ from saga_orchestrator.definition.participants import (
 from saga_orchestrator.errors import SagaError
 from saga_orchestrator.transports.base import HttpCallSpec, StepOutcome, StepRequest
 from saga_orchestrator.transports.breaker import BreakerBook
+from saga_orchestrator.transports.http_wire import WireTransport
 from saga_orchestrator.transports.secrets import SecretUnavailable, resolve_secret
 
 logger = logging.getLogger(__name__)
@@ -84,6 +87,9 @@ OWN_HEADERS = (
     "Host",
 )
 """Set by the transport alone: registry and step headers of these names are dropped."""
+_OWN = frozenset(name.lower() for name in OWN_HEADERS)
+_DEFAULT_HEADERS = (("Accept", "*/*"), ("Accept-Encoding", "gzip, deflate"))
+"""What an ``httpx.AsyncClient`` would add (the body is decoded accordingly)."""
 _FRAMING_HEADERS = frozenset(
     {"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te",
      "trailer", "proxy-authorization", "proxy-connection"}
@@ -112,20 +118,55 @@ class CallRefused(SagaError):
 
 @dataclass(slots=True, eq=False)
 class _Channel:
-    """The pooled client of one (tenant, service, registry version)."""
+    """The pooled connections of one (tenant, service, registry version)."""
 
     version: int
-    client: httpx.AsyncClient
+    wire: WireTransport
     slots: asyncio.Semaphore
     users: int = 0
     retired: bool = False
 
 
+@dataclass(slots=True, eq=False)
+class _Profile:
+    """The headers every call to one service sends, built once per registry entry:
+    ``lower name -> (name, value)`` encoded, in the order a call sets them."""
+
+    service: ParticipantService
+    headers: dict[str, tuple[bytes, bytes]]
+    """httpx's defaults, the ``User-Agent``, then the service's plain headers."""
+    secrets: dict[str, tuple[str, SecretHeader]]
+    """The service's secret headers, resolved at every call (secrets rotate)."""
+
+
+@dataclass(slots=True, eq=False)
+class _Target:
+    """A step's URL under its service's base URL, with what connecting to it needs."""
+
+    url: httpx.URL
+    host: bytes
+    """The ``Host`` header: the URL's host and port."""
+    server_name: str | None
+    """The TLS server name: the URL's host, unless it is an IP address."""
+    literal: IPAddress | None
+    """The URL's host as an IP address, when it is one (no resolving)."""
+    connect_urls: dict[IPAddress, httpx.URL]
+    """The URL with its host replaced by a checked address, per address."""
+
+    def connect_url(self, address: IPAddress) -> httpx.URL:
+        url = self.connect_urls.get(address)
+        if url is None:
+            if len(self.connect_urls) >= 16:  # a name that resolves differently every time
+                self.connect_urls.clear()
+            url = self.connect_urls[address] = self.url.copy_with(host=str(address))
+        return url
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Prepared:
     method: str
-    url: httpx.URL
-    headers: httpx.Headers
+    target: _Target
+    headers: list[tuple[bytes, bytes]]
     content: bytes | None
     secrets: tuple[str, ...]
 
@@ -147,6 +188,7 @@ class HttpTransport:
         self._callback_base_url = callback_base_url.rstrip("/") if callback_base_url else None
         self._channels: dict[tuple[str, str], _Channel] = {}
         self._retired: set[_Channel] = set()
+        self._profiles: dict[tuple[str, str], _Profile] = {}
 
     def accepts(self, target: Target) -> bool:
         return isinstance(target, HttpCall)
@@ -161,7 +203,7 @@ class HttpTransport:
                 "ParticipantNotRegistered", f"no participant service {spec.service!r} is registered"
             )
         try:
-            prepared = self._prepare(record.service, spec, request)
+            prepared = self._prepare(self._profile(request.tenant_id, record), spec, request)
             channel = await self._channel(request.tenant_id, record)
         except CallRefused as refusal:
             logger.warning("call to %s refused: %s", spec.service, refusal)
@@ -174,13 +216,20 @@ class HttpTransport:
         self._channels.clear()
         self._retired.clear()
         for channel in channels:
-            await channel.client.aclose()
+            await channel.wire.aclose()
 
-    def _prepare(
-        self, service: ParticipantService, spec: HttpCallSpec, request: StepRequest
-    ) -> _Prepared:
-        url = target_url(service.base_url, spec.path)
-        headers, secrets = self._headers(service, spec, request)
+    def _profile(self, tenant_id: str, record: ParticipantRecord) -> _Profile:
+        key = (tenant_id, record.name)
+        profile = self._profiles.get(key)
+        service = record.service
+        if profile is None or (profile.service is not service and profile.service != service):
+            profile = self._profiles[key] = _profile_of(service)
+        profile.service = service  # an equal entry read again: compare by identity next time
+        return profile
+
+    def _prepare(self, profile: _Profile, spec: HttpCallSpec, request: StepRequest) -> _Prepared:
+        target = _target(profile.service.base_url, spec.path)
+        headers, secrets = self._headers(profile, spec, request)
         method = spec.method.upper()
         content = None
         if spec.body is not None and method not in _BODYLESS_METHODS:
@@ -188,31 +237,35 @@ class HttpTransport:
                 content = orjson.dumps(spec.body)
             except TypeError as error:
                 raise CallRefused("InvalidRequest", f"the body is not JSON: {error}") from None
-            headers.setdefault("Content-Type", "application/json")
-        return _Prepared(method=method, url=url, headers=headers, content=content, secrets=secrets)
+            headers.setdefault("content-type", (b"Content-Type", b"application/json"))
+        headers["host"] = (b"Host", target.host)
+        return _Prepared(
+            method=method,
+            target=target,
+            headers=list(headers.values()),
+            content=content,
+            secrets=secrets,
+        )
 
     def _headers(
-        self, service: ParticipantService, spec: HttpCallSpec, request: StepRequest
-    ) -> tuple[httpx.Headers, tuple[str, ...]]:
-        headers = httpx.Headers({"User-Agent": USER_AGENT})
+        self, profile: _Profile, spec: HttpCallSpec, request: StepRequest
+    ) -> tuple[dict[str, tuple[bytes, bytes]], tuple[str, ...]]:
+        headers = profile.headers.copy()
         secrets: list[str] = []
-        for name, value in service.headers.items():
-            if isinstance(value, SecretHeader):
-                try:
-                    secret = resolve_secret(value.secret, self._environ)
-                except SecretUnavailable as error:
-                    raise CallRefused("SecretUnavailable", str(error), retryable=True) from None
-                secrets.append(secret)
-                value = value.prefix + secret  # noqa: PLW2901
-            _set_header(headers, name, value)
-        for name, value in spec.headers.items():
-            if name.lower() not in _FRAMING_HEADERS:
-                _set_header(headers, name, value)
-        for name in OWN_HEADERS:
-            if name in headers:
-                del headers[name]
-        for name, value in self._own_headers(request).items():
-            headers[name] = value
+        for lower, (name, value) in profile.secrets.items():
+            try:
+                secret = resolve_secret(value.secret, self._environ)
+            except SecretUnavailable as error:
+                raise CallRefused("SecretUnavailable", str(error), retryable=True) from None
+            secrets.append(secret)
+            if lower not in _OWN:
+                headers[lower] = _header(name, value.prefix + secret)
+        for name, text in spec.headers.items():
+            lower = name.lower()
+            if lower not in _FRAMING_HEADERS and lower not in _OWN:
+                headers[lower] = _header(name, text)
+        for name, text in self._own_headers(request).items():
+            headers[name.lower()] = _header(name, text)
         return headers, tuple(secrets)
 
     def _own_headers(self, request: StepRequest) -> dict[str, str]:
@@ -240,7 +293,7 @@ class HttpTransport:
         if current is not None and current.version == record.version:
             return current
         try:
-            client = _client(record.service)
+            wire = _wire(record.service)
         except OSError as error:  # ssl.SSLError is an OSError
             raise CallRefused(
                 "TlsUnavailable",
@@ -249,7 +302,7 @@ class HttpTransport:
             ) from None
         self._channels[key] = _Channel(
             version=record.version,
-            client=client,
+            wire=wire,
             slots=asyncio.Semaphore(record.service.max_concurrency),
         )
         if current is not None:
@@ -261,7 +314,7 @@ class HttpTransport:
     async def _close_if_idle(self, channel: _Channel) -> None:
         if channel.retired and channel.users == 0 and channel in self._retired:
             self._retired.discard(channel)
-            await channel.client.aclose()
+            await channel.wire.aclose()
 
     async def _guarded(
         self,
@@ -305,14 +358,11 @@ class HttpTransport:
         deadline = asyncio.get_running_loop().time() + timeout
         channel.users += 1
         try:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await channel.slots.acquire()
-            except TimeoutError:
+            if not await _slot(channel.slots, deadline):
                 message = f"no free connection slot to {record.name!r} within {timeout}s"
                 return _failure("QueueTimeout", message, retryable=True)
             try:
-                return await self._exchange(record, channel.client, prepared, deadline)
+                return await self._exchange(record, channel.wire, prepared, deadline)
             finally:
                 channel.slots.release()
         finally:
@@ -322,33 +372,33 @@ class HttpTransport:
     async def _exchange(
         self,
         record: ParticipantRecord,
-        client: httpx.AsyncClient,
+        wire: WireTransport,
         prepared: _Prepared,
         deadline: float,
     ) -> StepOutcome:
         try:
-            async with asyncio.timeout_at(deadline):
-                address = await self._checked_address(prepared.url, record)
-        except TimeoutError:
-            return _failure(
-                "DnsError", f"resolving {prepared.url.host!r} timed out", retryable=True
-            )
+            address = await self._checked_address(prepared.target, record, deadline)
         except CallRefused as refusal:
             logger.warning("call to %s refused: %s", record.name, refusal)
             return refusal.outcome
         try:
             async with asyncio.timeout_at(deadline):
-                return await _send(client, prepared, address, record, deadline)
+                return await _send(wire, prepared, address, record, deadline)
         except TimeoutError:
             return _failure("Timeout", "the attempt timed out", retryable=True, unknown=True)
         except httpx.HTTPError as error:
             return StepOutcome(error=classify_transport_error(error))
 
-    async def _checked_address(self, url: httpx.URL, record: ParticipantRecord) -> IPAddress:
+    async def _checked_address(
+        self, target: _Target, record: ParticipantRecord, deadline: float
+    ) -> IPAddress:
         """The address to connect to, once every address of the host has passed the wall."""
-        host = url.host
-        literal = parse_ip_literal(host)
-        addresses = [literal] if literal is not None else await self._resolve(host, url)
+        host = target.url.host
+        literal = target.literal
+        if literal is not None:
+            addresses = [literal]
+        else:
+            addresses = await self._resolve(host, target.url, deadline)
         if not record.service.allow_private_network:
             for address in addresses:
                 if not is_public(address):
@@ -359,11 +409,14 @@ class HttpTransport:
                     )
         return addresses[0]
 
-    async def _resolve(self, host: str, url: httpx.URL) -> list[IPAddress]:
+    async def _resolve(self, host: str, url: httpx.URL, deadline: float) -> list[IPAddress]:
         port = url.port or (443 if url.scheme == "https" else 80)
         try:
-            found = await self._resolver(host, port)
+            async with asyncio.timeout_at(deadline):
+                found = await self._resolver(host, port)
             addresses = [ipaddress.ip_address(text.split("%", 1)[0]) for text in found]
+        except TimeoutError:  # before OSError, of which it is a subclass
+            raise CallRefused("DnsError", f"resolving {host!r} timed out", retryable=True) from None
         except (OSError, ValueError) as error:
             reason = f"cannot resolve {host!r}: {error}"
             raise CallRefused("DnsError", reason, retryable=True) from None
@@ -406,40 +459,80 @@ def target_url(base_url: str, path: str) -> httpx.URL:
     return url
 
 
+@functools.lru_cache(maxsize=4096)
+def _target(base_url: str, path: str) -> _Target:
+    """``target_url`` and what connecting needs, remembered: parsing URLs was a third of the
+    transport's own work per call."""
+    url = target_url(base_url, path)
+    literal = parse_ip_literal(url.host)
+    return _Target(
+        url=url,
+        host=url.netloc,
+        server_name=url.raw_host.decode("ascii") if literal is None else None,
+        literal=literal,
+        connect_urls={},
+    )
+
+
 async def _send(
-    client: httpx.AsyncClient,
+    wire: WireTransport,
     prepared: _Prepared,
     address: IPAddress,
     record: ParticipantRecord,
     deadline: float,
 ) -> StepOutcome:
-    url = prepared.url
-    headers = prepared.headers.copy()
-    headers["Host"] = url.netloc.decode("ascii")
-    extensions = {}
-    if url.scheme == "https" and parse_ip_literal(url.host) is None:
-        extensions["sni_hostname"] = url.raw_host.decode("ascii")
+    target = prepared.target
     remaining = max(deadline - asyncio.get_running_loop().time(), 0.001)
-    async with client.stream(
+    timeout = {"connect": remaining, "read": remaining, "write": remaining, "pool": remaining}
+    extensions: dict[str, object] = {"timeout": timeout}
+    if target.server_name is not None and target.url.scheme == "https":
+        extensions["sni_hostname"] = target.server_name
+    request = httpx.Request(
         prepared.method,
-        url.copy_with(host=str(address)),
-        headers=headers,
-        content=prepared.content,
-        timeout=httpx.Timeout(remaining),
+        target.connect_url(address),
+        headers=prepared.headers,
+        stream=httpx.ByteStream(prepared.content or b""),  # framed by the wire transport
         extensions=extensions,
-    ) as response:
+    )
+    # Not through an httpx.AsyncClient: it adds nothing used here (no redirects, no auth)
+    # but a cookie jar, whose bookkeeping cost ~100 us per call. Nor should cookies pass
+    # between the calls of different sagas.
+    response = await wire.handle_async_request(request)
+    try:
         if 300 <= response.status_code < 400:
             message = f"{record.name!r} answered {response.status_code}: redirects are not followed"
             return _failure("RedirectRefused", message)
         body, oversize = await _read_capped(response, record.service.max_response_bytes)
+    finally:
+        await response.aclose()
     return classify_response(response.status_code, response.headers, body, oversize=oversize)
+
+
+async def _slot(slots: asyncio.Semaphore, deadline: float) -> bool:
+    """Take a concurrency slot, waiting no later than ``deadline``; False if none came."""
+    if not slots.locked():
+        await slots.acquire()  # free: taken at once, no timer needed
+        return True
+    try:
+        async with asyncio.timeout_at(deadline):
+            await slots.acquire()
+    except TimeoutError:
+        return False
+    return True
 
 
 async def _read_capped(response: httpx.Response, cap: int) -> tuple[bytes, bool]:
     """The (decoded) body, read no further than ``cap`` bytes; True if there was more."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    # Without a content-coding the raw stream is the body: skip httpx's decoder chain.
+    raw = response.stream
+    source: AsyncIterable[bytes] = (
+        raw
+        if isinstance(raw, httpx.AsyncByteStream) and "Content-Encoding" not in response.headers
+        else response.aiter_bytes()
+    )
+    async for chunk in source:
         if size + len(chunk) > cap:
             chunks.append(chunk[: cap - size])
             return b"".join(chunks), True
@@ -542,17 +635,27 @@ def _breaker_verdict(outcome: StepOutcome) -> bool | None:
     return error.retryable
 
 
-def _client(service: ParticipantService) -> httpx.AsyncClient:
-    limits = httpx.Limits(
-        max_connections=service.max_concurrency,
-        max_keepalive_connections=service.max_concurrency,
+def _wire(service: ParticipantService) -> WireTransport:
+    """The service's connections: never through a proxy, which would route around the
+    address check."""
+    return WireTransport(
+        ssl_context=_ssl_context(service.tls), max_idle_per_origin=service.max_concurrency
     )
-    return httpx.AsyncClient(
-        verify=_ssl_context(service.tls),
-        trust_env=False,  # environment proxies would route around the address check
-        follow_redirects=False,
-        limits=limits,
-    )
+
+
+def _profile_of(service: ParticipantService) -> _Profile:
+    headers = {name.lower(): _header(name, value) for name, value in _DEFAULT_HEADERS}
+    headers["user-agent"] = _header("User-Agent", USER_AGENT)
+    secrets: dict[str, tuple[str, SecretHeader]] = {}
+    for name, value in service.headers.items():
+        lower = name.lower()
+        headers.pop(lower, None)  # a later entry of the same name wins
+        secrets.pop(lower, None)
+        if isinstance(value, SecretHeader):
+            secrets[lower] = (name, value)
+        elif lower not in _OWN:
+            headers[lower] = _header(name, value)
+    return _Profile(service=service, headers=headers, secrets=secrets)
 
 
 def _ssl_context(tls: TlsSettings) -> ssl.SSLContext:
@@ -565,9 +668,9 @@ def _ssl_context(tls: TlsSettings) -> ssl.SSLContext:
     return context
 
 
-def _set_header(headers: httpx.Headers, name: str, value: str) -> None:
+def _header(name: str, value: str) -> tuple[bytes, bytes]:
     try:
-        headers[name] = value
+        return name.encode("ascii"), value.encode("ascii")
     except UnicodeEncodeError:
         raise CallRefused("InvalidRequest", f"header {name!r} is not ASCII") from None
 

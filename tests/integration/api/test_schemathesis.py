@@ -12,9 +12,11 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
@@ -23,6 +25,13 @@ from starlette.types import Receive, Scope, Send
 
 from saga_orchestrator.api import create_app
 from saga_orchestrator.orchestrator import Orchestrator
+from saga_orchestrator.security.tokens import (
+    Authenticator,
+    AuthSettings,
+    Role,
+    generate_secret,
+    mint_token,
+)
 from tests.integration.api.support import FAST_OPTIONS, NAMES
 from tests.integration.engine.support import Participants
 
@@ -38,7 +47,7 @@ CONFIG = SchemathesisConfig.from_dict(
     {
         "checks": {
             "positive_data_acceptance": {
-                "expected-statuses": ["2xx", "3xx", "404", "409", "422"],
+                "expected-statuses": ["2xx", "3xx", "403", "404", "409", "422"],
             }
         },
         "operations": [
@@ -63,10 +72,18 @@ CONFIG = SchemathesisConfig.from_dict(
 ORDER = {"name": "order", "version": "1.0.0", "steps": [{"name": "a", "action": "reserve"}]}
 
 
+SECRET = generate_secret()
+TOKENS = {
+    role: mint_token(SECRET, subject=f"a-{role.value}", tenant_id="default", roles=[role], ttl=3600)
+    for role in Role
+}
+
+
 def served_app(database_url: str) -> FastAPI:
-    """The API with a node that its lifespan opens and closes."""
+    """The API with a node that its lifespan opens and closes, behind bearer tokens."""
     node = Orchestrator(database_url, handlers=Participants(NAMES).registry())
-    app = create_app(node, FAST_OPTIONS)
+    authenticator = Authenticator(AuthSettings(hmac_secret=SECRET))
+    app = create_app(node, replace(FAST_OPTIONS, authenticator=authenticator))
     own_lifespan = app.router.lifespan_context
 
     @asynccontextmanager
@@ -102,11 +119,31 @@ schema = schemathesis.openapi.from_asgi(
 )
 
 
+class _Caller:
+    role: Role = Role.ADMIN
+
+
+@schema.auth()
+class RoleToken:
+    """The bearer token of the role under test; schemathesis' ``ignored_auth`` check replays
+    each request without it and with a forged one."""
+
+    def get(self, case: schemathesis.Case[Any], context: Any) -> str:
+        return TOKENS[_Caller.role]
+
+    def set(self, case: schemathesis.Case[Any], data: str, context: Any) -> None:
+        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
+
+
 @schema.parametrize()
 @settings(
-    max_examples=25,
+    max_examples=12,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-def test_the_api_keeps_its_openapi_promises(case: schemathesis.Case[Any]) -> None:
+@pytest.mark.parametrize("role", list(Role), ids=lambda role: role.value)
+def test_the_api_keeps_its_openapi_promises(case: schemathesis.Case[Any], role: Role) -> None:
+    """With each role's token; every check, ``ignored_auth`` included (a forged or missing
+    token must get 401 wherever a role is needed)."""
+    _Caller.role = role
     case.call_and_validate()
