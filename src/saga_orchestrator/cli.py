@@ -60,6 +60,36 @@ def migrate(database_url: DatabaseUrl = None) -> None:
     Console().print(f"schema version {schema} ({mask_password(settings.database_url)})")
 
 
+audit_app = typer.Typer(
+    name="audit", help="Check the audit log's hash chains.", no_args_is_help=True
+)
+app.add_typer(audit_app)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    database_url: DatabaseUrl = None,
+    tenant: Annotated[
+        str | None, typer.Option(help="Only this tenant (default: every tenant).")
+    ] = None,
+) -> None:
+    """Recompute every tenant's hash chain from the database; exit 1 at the first broken
+    link, naming the tenant, the record and what is wrong."""
+    with _reported_errors():
+        settings = _settings(database_url=database_url)
+        checked, broken = asyncio.run(_verify_audit(settings, tenant))
+    out = Console()
+    if broken is not None:
+        _fail(
+            f"broken: tenant {broken.tenant_id!r}, record {broken.seq}: {broken.reason}",
+            EXIT_ERROR,
+        )
+    for name, count in checked:
+        out.print(f"{name}: {count} records, chain intact")
+    if not checked:
+        out.print("no audit records")
+
+
 @app.command()
 def demo(database_url: DatabaseUrl = None) -> None:
     """Run the order saga twice in-process (once it succeeds, once shipping fails) and show
@@ -454,6 +484,27 @@ async def _migrate(settings: Settings) -> int:
         return await store.migrate()
     finally:
         await store.close()
+
+
+async def _verify_audit(
+    settings: Settings, tenant: str | None
+) -> tuple[list[tuple[str, int]], Any]:
+    from saga_orchestrator.store import open_store
+    from saga_orchestrator.store.audit import verify
+
+    store = open_store(settings.database_url)
+    checked: list[tuple[str, int]] = []
+    try:
+        tenants = [tenant] if tenant is not None else await store.audit_tenants()
+        for name in tenants:
+            records, head = await store.audit_chain(name)
+            broken = verify(name, records, head)
+            if broken is not None:
+                return checked, broken
+            checked.append((name, len(records)))
+    finally:
+        await store.close()
+    return checked, None
 
 
 async def _demo(settings: Settings) -> list[DemoRun]:

@@ -27,6 +27,7 @@ from saga_orchestrator.api.options import ApiOptions
 from saga_orchestrator.api.participants import CallbackApi, ParticipantsApi
 from saga_orchestrator.api.problems import AllowedMethods, ProblemHandlers
 from saga_orchestrator.api.routes import (
+    audit,
     callbacks,
     definitions,
     health,
@@ -73,7 +74,16 @@ def create_app(orchestrator: Orchestrator, options: ApiOptions | None = None) ->
         ],
     )
     app.state.services = services
-    modules = (definitions, instances, stream, operations, callbacks, participants, health)
+    modules = (
+        definitions,
+        instances,
+        stream,
+        operations,
+        callbacks,
+        participants,
+        audit,
+        health,
+    )
     routers = [module.router for module in modules]
     ProblemHandlers(options.retry_after, allowed_methods(routers)).install(app)
     for router in routers:

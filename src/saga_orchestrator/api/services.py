@@ -207,6 +207,10 @@ class InstanceService:
                 "a start with this Idempotency-Key is still in progress; retry shortly"
             )
 
+    @property
+    def store(self) -> Store:
+        return self._store
+
     async def list_instances(
         self, tenant_id: str, filters: InstanceFilter, *, limit: int, cursor: str | None
     ) -> InstancePage:

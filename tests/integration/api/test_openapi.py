@@ -47,6 +47,7 @@ EXPECTED = {
     ("get", "/api/v1/participants/{name}"): {"200", "400", "404", "413", "422", "503"},
     ("put", "/api/v1/participants/{name}"): {"200", "201", "400", "404", "413", "422", "503"},
     ("delete", "/api/v1/participants/{name}"): {"204", "400", "404", "413", "422", "503"},
+    ("get", "/api/v1/audit"): {"200", "422", "503"},
     ("get", "/health"): {"200"},
     ("get", "/ready"): {"200", "503"},
     ("get", "/metrics"): {"200"},
@@ -88,6 +89,7 @@ async def test_every_route_and_status_is_documented(client: httpx.AsyncClient) -
     declared = {
         (method.lower(), route.path)
         for module in (
+            routes.audit,
             routes.callbacks,
             routes.definitions,
             routes.health,

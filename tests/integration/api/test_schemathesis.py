@@ -132,7 +132,7 @@ class RoleToken:
         return TOKENS[_Caller.role]
 
     def set(self, case: schemathesis.Case[Any], data: str, context: Any) -> None:
-        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
+        case.headers["Authorization"] = f"Bearer {data}"
 
 
 @schema.parametrize()
