@@ -183,11 +183,19 @@ async def start_services(args: argparse.Namespace, logs: Path, children: list[Ch
 
     # No --handlers: with AMQP_URL set, the steps of handlers this process lacks (shipping.*)
     # go through its transactional outbox to RabbitMQ, where the worker takes them.
+    # With no JWT key configured, `saga serve` makes one for the run and writes an admin
+    # token to TOKEN_FILE, where the `saga` client commands find it too.
     database = os.environ.get("DATABASE_URL", f"sqlite:///{logs / 'saga.db'}")
     serve = [*SAGA, "serve", "--port", str(api), "--grace", "2"]
-    children.append(await spawn("serve", serve, logs, {**amqp, "DATABASE_URL": database}))
+    env = {**amqp, "DATABASE_URL": database, "TOKEN_FILE": str(logs / "saga-token")}
+    children.append(await spawn("serve", serve, logs, env))
     await wait_ready(children[-1], answers(f"{urls.api}/ready"))
+    os.environ["TOKEN_FILE"] = env["TOKEN_FILE"]  # for the `saga instances show` commands
     return urls
+
+
+def admin_token() -> str:
+    return Path(os.environ["TOKEN_FILE"]).read_text(encoding="ascii").strip()
 
 
 async def stop(children: list[Child]) -> None:
@@ -269,7 +277,8 @@ async def participants_say(urls: Urls) -> None:
 async def demo(args: argparse.Namespace, logs: Path, children: list[Child]) -> bool:
     await check_broker(args.amqp_url)
     urls = await start_services(args, logs, children)
-    async with httpx.AsyncClient(base_url=urls.api, timeout=10) as api:
+    auth = {"Authorization": f"Bearer {admin_token()}"}
+    async with httpx.AsyncClient(base_url=urls.api, timeout=10, headers=auth) as api:
         await register(api, urls)
         details = await asyncio.gather(*(place(api, item) for item in ORDERS))
     results = [
@@ -288,7 +297,9 @@ async def keep_running(urls: Urls, logs: Path) -> None:
     out.print(f"inventory         {urls.inventory}/reservations")
     out.print(f"payment           {urls.payment}/charges")
     out.print(f"logs              {logs}")
-    out.print(f"try               saga instances list --url {urls.api}")
+    token_file = os.environ["TOKEN_FILE"]
+    out.print(f"admin token       {token_file}")
+    out.print(f"try               TOKEN_FILE={token_file} saga instances list --url {urls.api}")
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.Event().wait()
 

@@ -522,9 +522,9 @@ async def _demo(settings: Settings) -> list[DemoRun]:
 
 @contextmanager
 def _client(url: str) -> Iterator[SagaClient]:
-    from saga_orchestrator.console.client import SagaClient
+    from saga_orchestrator.console.client import SagaClient, find_token
 
-    with SagaClient(url) as client:
+    with SagaClient(url, token=find_token()) as client:
         yield client
 
 

@@ -30,7 +30,7 @@ __all__ = ["DEFAULT_DATABASE_URL", "LogLevel", "Settings", "load_settings", "mas
 DEFAULT_DATABASE_URL: Final = "sqlite:///saga.db"
 """The embedded default: a SQLite file ``saga.db`` in the working directory."""
 
-_SECRET_FIELDS: Final = frozenset({"database_url", "amqp_url"})
+_SECRET_FIELDS: Final = frozenset({"database_url", "amqp_url", "jwt_secret", "redis_url"})
 """Fields whose value is never echoed in an error: a URL may carry a password."""
 
 
@@ -61,6 +61,33 @@ class Settings(BaseSettings):
     public_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
     """How participants reach this service (``https://saga.example.com``): sent to them as
     ``Saga-Callback-Url`` so an attempt answered with 202 can be completed by callback."""
+    jwt_secret: str | None = Field(default=None, repr=False)
+    """HS256 key of bearer tokens (≥ 32 random bytes). With no key at all, ``saga serve``
+    makes one for the run, serves on loopback only and prints an admin token."""
+    jwt_public_key_file: str | None = None
+    """A PEM public key verifying RS256/ES256 tokens (see ``JWT_ALGORITHM``)."""
+    jwt_algorithm: str = "RS256"
+    """The algorithm pinned to ``JWT_PUBLIC_KEY_FILE`` (never taken from a token)."""
+    jwt_jwks_file: str | None = None
+    """A JWKS file of verification keys (``kid`` resolved only against it)."""
+    jwt_jwks_url: str | None = Field(default=None, pattern=r"^https://[^\s]+$")
+    """An https JWKS URL (cached; refreshed at most every 5 minutes on an unknown ``kid``)."""
+    jwt_issuer: str | None = None
+    """Required ``iss`` when set."""
+    jwt_audience: str | None = None
+    """Required ``aud`` when set."""
+    jwt_tenant_claim: str = "tenant"
+    jwt_roles_claim: str = "roles"
+    token_file: str = ".saga-token"
+    """Where ``saga serve`` writes the admin token it makes when no key is configured, and
+    where the client commands look for a token when neither ``--token`` nor ``SAGA_TOKEN``
+    gives one."""
+    redis_url: str | None = Field(default=None, repr=False)
+    """Redis for rate limits shared by every node (unset or down: per-node limits)."""
+    rate_limit_requests: float = Field(default=100.0, gt=0)
+    """API requests per second per tenant (bursts of twice as many)."""
+    rate_limit_starts: float = Field(default=50.0, gt=0)
+    """Saga starts per second per tenant (bursts of twice as many)."""
     integration_events: str = ""
     """Tenants whose sagas publish lifecycle events to the ``saga.events`` topic exchange:
     comma-separated tenant ids, or ``*`` for all (needs AMQP_URL). Empty: none."""
@@ -72,6 +99,11 @@ class Settings(BaseSettings):
     """Off: definitions with switch nodes are refused."""
     saga_composition_enabled: bool = True
     """Off: definitions with sub-saga nodes are refused."""
+
+    def auth_configured(self) -> bool:
+        return any(
+            (self.jwt_secret, self.jwt_public_key_file, self.jwt_jwks_file, self.jwt_jwks_url)
+        )
 
     def integration_event_tenants(self) -> list[str]:
         return [t.strip() for t in self.integration_events.split(",") if t.strip()]

@@ -16,6 +16,8 @@ import httpx
 import orjson
 import pytest
 
+from tests.e2e.credentials import AUTH, CLIENT_ENV, SERVER_ENV
+
 ROOT = Path(__file__).parents[2]
 ORDER = ROOT / "examples" / "tour" / "order.json"
 SAGA = [sys.executable, "-m", "saga_orchestrator.cli"]
@@ -44,7 +46,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_path = directory / "serve.log"
     log = log_path.open("w")
     command = [*SAGA, "serve", "--handlers", "examples.tour.shop", "--port", str(port)]
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{directory / 'client.db'}"}
+    env = {**os.environ, **SERVER_ENV, "DATABASE_URL": f"sqlite:///{directory / 'client.db'}"}
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -67,7 +69,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def saga(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "SAGA_URL"}
+    env = {k: v for k, v in os.environ.items() if k != "SAGA_URL"} | CLIENT_ENV
     env["COLUMNS"] = "200"
     if url is not None:
         env["SAGA_URL"] = url
@@ -94,7 +96,9 @@ def as_json(result: subprocess.CompletedProcess[str]) -> Any:
 def wait_for_end(url: str, instance_id: str) -> dict[str, Any]:
     deadline = time.monotonic() + 30
     while True:
-        detail: dict[str, Any] = httpx.get(f"{url}/api/v1/sagas/instances/{instance_id}").json()
+        detail: dict[str, Any] = httpx.get(
+            f"{url}/api/v1/sagas/instances/{instance_id}", headers=AUTH
+        ).json()
         if detail["status"] in TERMINAL:
             return detail
         assert time.monotonic() < deadline, f"{instance_id} still {detail['status']}"
@@ -262,7 +266,9 @@ def test_retry_of_an_instance_that_is_not_parked_fails_with_the_servers_detail(
     instance_id = start(server, "order", {"sku": "R1", "address": "nowhere"})
     assert wait_for_end(server, instance_id)["status"] == "compensated"
     problem = httpx.post(
-        f"{server}/api/v1/sagas/instances/{instance_id}/retry", json={"reason": "probe"}
+        f"{server}/api/v1/sagas/instances/{instance_id}/retry",
+        json={"reason": "probe"},
+        headers=AUTH,
     )
     assert problem.status_code == 409
 

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e.credentials import AUTH, SERVER_ENV
 from tests.support.stub_participant import RecordedCall, Reply, StubParticipant
 
 pytestmark = pytest.mark.timeout(60)
@@ -59,7 +60,12 @@ class Serve:
 
     async def start(self) -> None:
         port = self.url.rpartition(":")[2]
-        env = {**os.environ, "DATABASE_URL": self.database_url, "PYTHONPATH": str(ROOT)}
+        env = {
+            **os.environ,
+            **SERVER_ENV,
+            "DATABASE_URL": self.database_url,
+            "PYTHONPATH": str(ROOT),
+        }
         with self.log.open("wb") as log:
             self.process = await asyncio.create_subprocess_exec(
                 *(sys.executable, "-m", "saga_orchestrator.cli", "serve", "--port", port),
@@ -101,7 +107,9 @@ async def serving(database_url: str, log: Path) -> AsyncIterator[tuple[Serve, ht
     try:
         await server.start()
         limits = httpx.Limits(max_connections=SAGAS + 10)
-        async with httpx.AsyncClient(base_url=server.url, timeout=10, limits=limits) as client:
+        async with httpx.AsyncClient(
+            base_url=server.url, timeout=10, limits=limits, headers=AUTH
+        ) as client:
             yield server, client
         # Whatever the test did, the server handled it without a task dying on the way.
         assert "Traceback" not in server.output() and " ERROR " not in server.output()

@@ -29,6 +29,7 @@ import orjson
 import pytest
 
 from tests.conftest import STORE_BACKENDS
+from tests.e2e.credentials import AUTH, SERVER_ENV
 
 ROOT = Path(__file__).parents[2]
 HANDLERS = "tests.e2e.service_handlers"
@@ -98,7 +99,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
     log_path = tmp_path / "serve.log"
     command = [sys.executable, "-m", "saga_orchestrator.cli", "serve"]
     args = ["--handlers", HANDLERS, "--port", str(port), "--grace", str(GRACE)]
-    env = {**os.environ, "DATABASE_URL": database_url, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, **SERVER_ENV, "DATABASE_URL": database_url, "PYTHONPATH": str(ROOT)}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [*command, *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -176,7 +177,9 @@ async def follow(client: httpx.AsyncClient, instance_id: str) -> list[dict[str, 
 
 async def test_the_service_over_http(server: Server, tmp_path: Path) -> None:
     limits = httpx.Limits(max_connections=64)
-    async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=server.url, limits=limits, timeout=30, headers=AUTH
+    ) as client:
         for definition in (ORDER, SLOW, PARKING, IDEMPOTENT):
             response = await client.post("/api/v1/sagas/definitions", json=definition)
             assert response.status_code == 201, response.text

@@ -40,7 +40,11 @@ def server(tmp_path: Path) -> Iterator[int]:
     log = (tmp_path / "serve.log").open("w")
     command = [sys.executable, "-m", "saga_orchestrator.cli", "serve"]
     args = ["--handlers", "examples.tour.shop", "--port", str(port)]
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'tour.db'}"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'tour.db'}",
+        "TOKEN_FILE": str(tmp_path / ".saga-token"),  # not in the repository's directory
+    }
     process = subprocess.Popen([*command, *args], cwd=ROOT, env=env, stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 30
@@ -61,11 +65,13 @@ def server(tmp_path: Path) -> Iterator[int]:
     assert code == 0, (tmp_path / "serve.log").read_text()  # SIGTERM is a graceful stop
 
 
-def test_the_readme_tour_shows_a_compensation_live(server: int) -> None:
+def test_the_readme_tour_shows_a_compensation_live(server: int, tmp_path: Path) -> None:
     commands = tour_commands()
     assert commands[0] == SERVE_LINE
-    script = "\n".join(["set -euo pipefail", *commands[1:]]).replace(
-        "127.0.0.1:8000", f"127.0.0.1:{server}"
+    script = (
+        "\n".join(["set -euo pipefail", *commands[1:]])
+        .replace("127.0.0.1:8000", f"127.0.0.1:{server}")
+        .replace("cat .saga-token", f"cat {tmp_path / '.saga-token'}")
     )
     result = subprocess.run(
         ["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False

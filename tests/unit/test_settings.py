@@ -110,8 +110,17 @@ def test_several_invalid_values_still_make_one_line() -> None:
 
 
 def test_an_unknown_override_is_refused() -> None:
-    with pytest.raises(ConfigurationError, match=r"^REDIS_URL: unknown setting$"):
-        load_settings(redis_url="redis://localhost")
+    with pytest.raises(ConfigurationError, match=r"^FLUX_CAPACITOR: unknown setting$"):
+        load_settings(flux_capacitor="1.21 GW")
+
+
+def test_secrets_never_appear_in_errors_or_repr() -> None:
+    settings = load_settings(jwt_secret="k" * 40, redis_url="redis://:hunter2@cache:6379/0")
+    assert "k" * 40 not in repr(settings)
+    assert "hunter2" not in repr(settings)
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings(jwt_secret=["not", "text"])
+    assert "not" not in str(raised.value).split(":", 1)[1]
 
 
 def test_the_database_url_never_appears_in_its_repr() -> None:

@@ -16,7 +16,8 @@ from typing import Final
 from fastapi import Request
 
 from saga_orchestrator.api.audit import current_context
-from saga_orchestrator.errors import Forbidden, Unauthenticated
+from saga_orchestrator.errors import Forbidden, RateLimited, Unauthenticated
+from saga_orchestrator.security.limits import RateLimiter, TenantLimits, combined_headers
 from saga_orchestrator.security.tokens import Authenticator, Principal, Role
 
 
@@ -80,6 +81,8 @@ class Access:
     authenticator: Authenticator | None
     default_tenant: str
     default_actor: str = "api"
+    limiter: RateLimiter | None = None
+    limits: TenantLimits | None = None
 
     async def __call__(self, request: Request) -> Principal | None:
         route = getattr(request.scope.get("route"), "path", None)
@@ -103,7 +106,27 @@ class Access:
         request.state.principal = principal
         if not principal.has(rule):
             raise Forbidden(f"this needs the {rule.value} role")
+        await self._limit(principal, request.method, route)
         return principal
+
+    async def _limit(self, principal: Principal, method: str, route: str | None) -> None:
+        """Each tenant's requests, and its starts, come out of token buckets of their own:
+        one tenant flooding the API is refused without slowing another's."""
+        if self.limiter is None or self.limits is None:
+            return
+        decisions = [
+            await self.limiter.check(principal.tenant_id, "requests", self.limits.requests)
+        ]
+        if method == "POST" and route == "/api/v1/sagas/instances":
+            decisions.append(
+                await self.limiter.check(principal.tenant_id, "starts", self.limits.starts)
+            )
+        refused = [d for d in decisions if not d.allowed]
+        if refused:
+            raise RateLimited(
+                f"tenant {principal.tenant_id!r} is over its {refused[0].policy} limit",
+                combined_headers(decisions),
+            )
 
 
 def principal_of(request: Request) -> Principal:

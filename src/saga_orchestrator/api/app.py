@@ -70,7 +70,15 @@ def create_app(orchestrator: Orchestrator, options: ApiOptions | None = None) ->
         description=DESCRIPTION,
         lifespan=lifespan,
         dependencies=[
-            Depends(Access(options.authenticator, orchestrator.tenant_id, options.actor))
+            Depends(
+                Access(
+                    options.authenticator,
+                    orchestrator.tenant_id,
+                    options.actor,
+                    options.rate_limiter,
+                    options.limits,
+                )
+            )
         ],
     )
     app.state.services = services

@@ -8,6 +8,7 @@ one line that says what to check.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -45,6 +46,19 @@ def media_type_of(path: Path) -> str:
     return "application/yaml" if path.suffix.lower() in _YAML_SUFFIXES else "application/json"
 
 
+def find_token(token_file: str = ".saga-token") -> str | None:
+    """The bearer token of the client commands: ``SAGA_TOKEN``, else the file a local
+    ``saga serve`` wrote (``TOKEN_FILE``, default ``.saga-token``), else none."""
+    token = os.environ.get("SAGA_TOKEN", "").strip()
+    if token:
+        return token
+    path = Path(os.environ.get("TOKEN_FILE", token_file))
+    try:
+        return path.read_text(encoding="ascii").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 class SagaClient:
     """The REST API of one ``saga serve`` node, at ``base_url``."""
 
@@ -54,9 +68,13 @@ class SagaClient:
         *,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=timeout, transport=transport, headers=headers
+        )
 
     def __enter__(self) -> Self:
         return self

@@ -11,12 +11,22 @@ import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import uvicorn
 
-from saga_orchestrator.api import create_app
+from saga_orchestrator.api import ApiOptions, create_app
 from saga_orchestrator.errors import ConfigurationError
 from saga_orchestrator.orchestrator import Orchestrator
+from saga_orchestrator.security.limits import Limit, RateLimiter, TenantLimits
+from saga_orchestrator.security.tokens import (
+    Authenticator,
+    AuthSettings,
+    Role,
+    check_hmac_secret,
+    generate_secret,
+    mint_token,
+)
 from saga_orchestrator.settings import Settings
 from saga_orchestrator.transports.handlers import HandlerRegistry
 
@@ -49,6 +59,7 @@ async def serve(
     """Serve until SIGINT/SIGTERM; then stop accepting requests, give in-flight attempts
     ``grace`` seconds, and leave anything unfinished to be resumed from its history."""
     handlers = load_handlers(handler_modules)
+    authenticator, newcomer_token = authentication(settings, host)
     orchestrator = Orchestrator(
         settings.database_url,
         handlers=handlers,
@@ -62,9 +73,22 @@ async def serve(
         integration_event_tenants=settings.integration_event_tenants(),
     )
     await orchestrator.open()
+    limiter = RateLimiter(settings.redis_url)
+    token_file = None
     try:
+        options = ApiOptions(
+            authenticator=authenticator,
+            rate_limiter=limiter,
+            limits=TenantLimits(
+                requests=_limit(settings.rate_limit_requests),
+                starts=_limit(settings.rate_limit_starts),
+            ),
+        )
+        if newcomer_token is not None:
+            token_file = write_token_file(settings.token_file, newcomer_token)
+            print(newcomer_banner(host, port, newcomer_token, token_file), flush=True)  # noqa: T201
         config = uvicorn.Config(
-            create_app(orchestrator),
+            create_app(orchestrator, options),
             host=host,
             port=port,
             log_level=settings.log_level.value,
@@ -76,6 +100,82 @@ async def serve(
         await _Server(config).serve()
     finally:
         await orchestrator.close(grace=grace)
+        await limiter.aclose()
+        if token_file is not None:
+            token_file.unlink(missing_ok=True)  # the token dies with the run's secret
+
+
+def _limit(per_second: float) -> Limit:
+    return Limit(rate=per_second, burst=max(1, int(2 * per_second)))
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def authentication(settings: Settings, host: str) -> tuple[Authenticator, str | None]:
+    """The node's token verifier, and the admin token of a run without configured keys.
+
+    Authentication is never off: with no key configured, a secret is made for this run only,
+    the node must listen on loopback, and an admin token for the node's tenant is returned
+    for the newcomer to use (like Jupyter's)."""
+    if settings.jwt_secret is not None:
+        check_hmac_secret(settings.jwt_secret)
+    if settings.auth_configured():
+        public_key = None
+        if settings.jwt_public_key_file is not None:
+            try:
+                public_key = Path(settings.jwt_public_key_file).read_text(encoding="ascii")
+            except (OSError, UnicodeDecodeError) as error:
+                raise ConfigurationError(f"JWT_PUBLIC_KEY_FILE: cannot read it ({error})") from None
+        auth = AuthSettings(
+            hmac_secret=settings.jwt_secret,
+            public_key_pem=public_key,
+            public_key_algorithm=settings.jwt_algorithm,
+            jwks_file=settings.jwt_jwks_file,
+            jwks_url=settings.jwt_jwks_url,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            tenant_claim=settings.jwt_tenant_claim,
+            roles_claim=settings.jwt_roles_claim,
+        )
+        return Authenticator(auth), None
+    if host not in LOOPBACK_HOSTS:
+        raise ConfigurationError(
+            f"no JWT key is configured (JWT_SECRET, JWT_PUBLIC_KEY_FILE, JWT_JWKS_FILE or "
+            f"JWT_JWKS_URL): refusing to serve on {host} without authentication; without a key "
+            "the service only listens on 127.0.0.1"
+        )
+    secret = generate_secret()
+    token = mint_token(
+        secret,
+        subject="admin",
+        tenant_id=settings.tenant_id,
+        roles=[Role.ADMIN],
+        ttl=7 * 24 * 3600,
+    )
+    return Authenticator(AuthSettings(hmac_secret=secret)), token
+
+
+def write_token_file(path: str, token: str) -> Path:
+    """Readable by this user only: the token is an admin credential."""
+    target = Path(path)
+    descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="ascii") as file:
+        file.write(token + "\n")
+    target.chmod(0o600)
+    return target.resolve()
+
+
+def newcomer_banner(host: str, port: int, token: str, token_file: Path) -> str:
+    url = f"http://{host}:{port}"
+    return (
+        f"\nNo JWT key is configured: this run made its own and listens on {host} only.\n"
+        f"Admin token (also in {token_file}; the saga client commands read it):\n\n"
+        f"    {token}\n\n"
+        f'    curl -H "Authorization: Bearer $(cat {token_file.name})" \\\n'
+        f"         {url}/api/v1/sagas/instances\n"
+        f"    open {url}/docs and use Authorize with the token\n"
+    )
 
 
 def _local_url(host: str, port: int) -> str:

@@ -15,9 +15,10 @@ What it does: one request at a time per connection, per-origin LIFO stacks of id
 keep-alive connections (checkout is O(1), expiry is checked on the popped connection only,
 and a connection the server closed or wrote to while idle is discarded); request bodies are
 read whole and sent with ``Content-Length``; response bodies are framed by
-``Content-Length``, chunked transfer-coding or the end of the connection, and streamed; the
-``timeout`` extension's ``connect``, ``read`` (per read) and ``write`` budgets, and TLS with
-the ``sni_hostname`` extension.
+``Content-Length``, chunked transfer-coding or the end of the connection, and streamed (or
+handed over at once when already received whole; content-codings are left to
+``httpx.Response``); the ``timeout`` extension's ``connect``, ``read`` (per read) and
+``write`` budgets, and TLS with the ``sni_hostname`` extension.
 
 What it does not do: HTTP/2, proxies, pipelining, ``Upgrade``/``101`` (an error), waiting
 for ``100 Continue`` before sending a body (interim 1xx answers are skipped), response lines
@@ -116,16 +117,24 @@ class _Connection:
     ) -> bytes:
         return await self._read(self.reader.readuntil(separator), timeout, request)
 
+    def buffered(self) -> int:
+        """Bytes received and not yet read: reading that many returns at once."""
+        return self.reader.received - self.consumed if self.reader.exception() is None else 0
+
     async def read_some(self, size: int, timeout: float | None, request: httpx.Request) -> bytes:
-        buffered = self.reader.received - self.consumed
-        if buffered and self.reader.exception() is None:  # returns at once: no timer needed
-            data = await self.reader.read(min(size, buffered))
-            self.consumed += len(data)
-            return data
+        if buffered := self.buffered():  # no wait, so no timer
+            return await self._take(self.reader.read(min(size, buffered)))
         return await self._read(self.reader.read(size), timeout, request)
 
     async def read_exactly(self, size: int, timeout: float | None, request: httpx.Request) -> bytes:
+        if self.buffered() >= size:
+            return await self._take(self.reader.readexactly(size))
         return await self._read(self.reader.readexactly(size), timeout, request)
+
+    async def _take(self, pending: Coroutine[Any, Any, bytes]) -> bytes:
+        data = await pending
+        self.consumed += len(data)
+        return data
 
     async def _read(
         self, pending: Coroutine[Any, Any, bytes], timeout: float | None, request: httpx.Request
@@ -287,9 +296,14 @@ class WireTransport(httpx.AsyncBaseTransport):
             self._drop(connection)
             raise
         reusable = head.reusable and not close
-        if head.length == 0:
+        length = head.length
+        stream: httpx.AsyncByteStream
+        if length is not None and length <= connection.buffered():
+            # The whole body is here already (a small answer usually is): hand it over as is
+            # and the connection back at once.
+            body = await connection.read_exactly(length, read_timeout, request) if length else b""
             self._finish(connection, reusable)
-            stream: httpx.AsyncByteStream = _EMPTY
+            stream = httpx.ByteStream(body)
         else:
             stream = _Body(
                 connection,
@@ -303,15 +317,6 @@ class WireTransport(httpx.AsyncBaseTransport):
         return httpx.Response(
             head.status, headers=head.headers, stream=stream, extensions=extensions
         )
-
-
-class _Empty(httpx.AsyncByteStream):
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        return
-        yield b""  # pragma: no cover - makes this an async generator
-
-
-_EMPTY = _Empty()
 
 
 class _Body(httpx.AsyncByteStream):
@@ -437,13 +442,9 @@ async def _encode(request: httpx.Request) -> tuple[bytes, bool]:
 
 
 async def _body(request: httpx.Request) -> bytes:
-    try:
-        return request.content
-    except httpx.RequestNotRead:
-        pass
     if isinstance(request.stream, httpx.ByteStream):  # bytes in memory: no need to await
         return b"".join(request.stream)
-    return await request.aread()
+    return await request.aread()  # the content, once read
 
 
 async def _read_head(

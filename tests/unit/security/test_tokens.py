@@ -228,7 +228,10 @@ def _embedded_jwk(w: World) -> str:
     return jwt.encode(claims(), attacker, algorithm="RS256", headers=header)
 
 
-NOW = int(time.time())
+def now() -> int:
+    """Read when a forgery is made: the suite may run minutes after this module is imported."""
+    return int(time.time())
+
 ALG, SIG, KEY = (
     "algorithm not allowed for this key",
     "signature does not verify",
@@ -240,9 +243,9 @@ OWN_KEY = "token names its own key (jku, x5u, jwk or x5c): not accepted"
 FORGERIES: list[Any] = [
     pytest.param(_alg_none, ALG, id="alg-none"),
     pytest.param(_hs256_with_rsa_public_key, (SIG, ALG), id="hs256-signed-with-rsa-public-key"),
-    pytest.param(lambda w: w.sign(claims(exp=NOW - 120, iat=NOW - 600)), EXPIRED, id="expired"),
-    pytest.param(lambda w: w.sign(claims(nbf=NOW + 120)), EARLY, id="future-nbf"),
-    pytest.param(lambda w: w.sign(claims(iat=NOW + 120)), EARLY, id="future-iat"),
+    pytest.param(lambda w: w.sign(claims(exp=now() - 120, iat=now() - 600)), EXPIRED, id="expired"),
+    pytest.param(lambda w: w.sign(claims(nbf=now() + 120)), EARLY, id="future-nbf"),
+    pytest.param(lambda w: w.sign(claims(iat=now() + 120)), EARLY, id="future-iat"),
     pytest.param(lambda w: w.sign(claims(exp=None)), "token lacks the exp claim", id="missing-exp"),
     pytest.param(
         lambda w: w.sign(claims(aud="another-api")), "token is for another audience", id="wrong-aud"
