@@ -232,6 +232,7 @@ def now() -> int:
     """Read when a forgery is made: the suite may run minutes after this module is imported."""
     return int(time.time())
 
+
 ALG, SIG, KEY = (
     "algorithm not allowed for this key",
     "signature does not verify",
