@@ -110,7 +110,8 @@ def demo(database_url: DatabaseUrl = None) -> None:
 
 
 @app.command()
-def serve(
+def serve(  # Typer reads the options by name
+    *,
     database_url: DatabaseUrl = None,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
@@ -124,12 +125,21 @@ def serve(
     grace: Annotated[
         float, typer.Option(help="Seconds in-flight attempts get to finish on shutdown.", min=0)
     ] = 10.0,
+    tls_cert: Annotated[
+        str | None,
+        typer.Option(help="PEM certificate (chain) to serve HTTPS; env TLS_CERT_FILE."),
+    ] = None,
+    tls_key: Annotated[
+        str | None, typer.Option(help="Its PEM private key; env TLS_KEY_FILE.")
+    ] = None,
 ) -> None:
     """Run a node: the engine and the REST API (docs at /docs) on the configured database."""
     from saga_orchestrator.console.serve import serve as run_node
 
     with _reported_errors():
-        settings = _settings(database_url=database_url)
+        settings = _settings(
+            database_url=database_url, tls_cert_file=tls_cert, tls_key_file=tls_key
+        )
         asyncio.run(
             run_node(settings, host=host, port=port, handler_modules=handlers or [], grace=grace)
         )

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     """Where ``saga serve`` writes the admin token it makes when no key is configured, and
     where the client commands look for a token when neither ``--token`` nor ``SAGA_TOKEN``
     gives one."""
+    tls_cert_file: str | None = None
+    """Serve the API over HTTPS with this PEM certificate chain (with ``TLS_KEY_FILE``)."""
+    tls_key_file: str | None = None
     redis_url: str | None = Field(default=None, repr=False)
     """Redis for rate limits shared by every node (unset or down: per-node limits)."""
     rate_limit_requests: float = Field(default=100.0, gt=0)

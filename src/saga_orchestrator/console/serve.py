@@ -59,6 +59,9 @@ async def serve(
     """Serve until SIGINT/SIGTERM; then stop accepting requests, give in-flight attempts
     ``grace`` seconds, and leave anything unfinished to be resumed from its history."""
     handlers = load_handlers(handler_modules)
+    if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
+        raise ConfigurationError("HTTPS needs both TLS_CERT_FILE and TLS_KEY_FILE")
+    scheme = "https" if settings.tls_cert_file else "http"
     authenticator, newcomer_token = authentication(settings, host)
     orchestrator = Orchestrator(
         settings.database_url,
@@ -68,7 +71,7 @@ async def serve(
         # Handlers may also be served by workers in other processes.
         require_known_handlers=False,
         features=settings.feature_flags(),
-        callback_base_url=settings.public_url or _local_url(host, port),
+        callback_base_url=settings.public_url or _local_url(host, port, scheme),
         amqp_url=settings.amqp_url,
         integration_event_tenants=settings.integration_event_tenants(),
     )
@@ -86,7 +89,8 @@ async def serve(
         )
         if newcomer_token is not None:
             token_file = write_token_file(settings.token_file, newcomer_token)
-            print(newcomer_banner(host, port, newcomer_token, token_file), flush=True)  # noqa: T201
+            banner = newcomer_banner(f"{scheme}://{host}:{port}", newcomer_token, token_file)
+            print(banner, flush=True)  # noqa: T201
         config = uvicorn.Config(
             create_app(orchestrator, options),
             host=host,
@@ -94,6 +98,8 @@ async def serve(
             log_level=settings.log_level.value,
             lifespan="on",
             timeout_graceful_shutdown=int(grace) or 1,
+            ssl_certfile=settings.tls_cert_file,
+            ssl_keyfile=settings.tls_key_file,
             access_log=False,
         )
         log.info("serving on http://%s:%d with %d handlers", host, port, len(handlers))
@@ -166,10 +172,9 @@ def write_token_file(path: str, token: str) -> Path:
     return target.resolve()
 
 
-def newcomer_banner(host: str, port: int, token: str, token_file: Path) -> str:
-    url = f"http://{host}:{port}"
+def newcomer_banner(url: str, token: str, token_file: Path) -> str:
     return (
-        f"\nNo JWT key is configured: this run made its own and listens on {host} only.\n"
+        f"\nNo JWT key is configured: this run made its own and listens on {url} only.\n"
         f"Admin token (also in {token_file}; the saga client commands read it):\n\n"
         f"    {token}\n\n"
         f'    curl -H "Authorization: Bearer $(cat {token_file.name})" \\\n'
@@ -178,10 +183,10 @@ def newcomer_banner(host: str, port: int, token: str, token_file: Path) -> str:
     )
 
 
-def _local_url(host: str, port: int) -> str:
+def _local_url(host: str, port: int, scheme: str = "http") -> str:
     """Where participants on this machine reach the service when PUBLIC_URL is not set."""
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+    return f"{scheme}://[{shown}]:{port}" if ":" in shown else f"{scheme}://{shown}:{port}"
 
 
 class _Server(uvicorn.Server):
