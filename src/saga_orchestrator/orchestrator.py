@@ -68,6 +68,7 @@ class Orchestrator:
         resolver: Resolver | None = None,
         amqp_url: str | None = None,
         integration_event_tenants: Iterable[str] = (),
+        max_running_sagas_per_tenant: int | None = None,
     ) -> None:
         self.handlers = (
             handlers if isinstance(handlers, HandlerRegistry) else HandlerRegistry(handlers)
@@ -113,7 +114,12 @@ class Orchestrator:
                 *transports,
             ],
             clock=self.clock,
-            options=EngineOptions(max_concurrent_sagas=max_concurrent_sagas),
+            options=EngineOptions(
+                max_concurrent_sagas=max_concurrent_sagas,
+                running_quota=None
+                if max_running_sagas_per_tenant is None
+                else lambda _tenant: max_running_sagas_per_tenant,
+            ),
         )
         self._open = False
 

@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     tls_key_file: str | None = None
     redis_url: str | None = Field(default=None, repr=False)
     """Redis for rate limits shared by every node (unset or down: per-node limits)."""
+    max_running_sagas_per_tenant: int | None = Field(default=None, gt=0)
+    """A tenant's cap on its sagas running on a node at once; a start over it gets 429."""
     rate_limit_requests: float = Field(default=100.0, gt=0)
     """API requests per second per tenant (bursts of twice as many)."""
     rate_limit_starts: float = Field(default=50.0, gt=0)

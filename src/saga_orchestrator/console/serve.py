@@ -74,6 +74,7 @@ async def serve(
         callback_base_url=settings.public_url or _local_url(host, port, scheme),
         amqp_url=settings.amqp_url,
         integration_event_tenants=settings.integration_event_tenants(),
+        max_running_sagas_per_tenant=settings.max_running_sagas_per_tenant,
     )
     await orchestrator.open()
     limiter = RateLimiter(settings.redis_url)

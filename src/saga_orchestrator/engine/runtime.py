@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import uuid
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -62,6 +63,7 @@ from saga_orchestrator.errors import (
     InvalidInput,
     InvalidTransition,
     NotFound,
+    RateLimited,
     SagaError,
     SequenceConflict,
 )
@@ -122,6 +124,9 @@ class EngineOptions:
     """Instances driven at once; further starts wait for a slot (back-pressure)."""
     max_batch: int = 500
     """Instances' appends per group-commit transaction."""
+    running_quota: Callable[[str], int | None] | None = None
+    """A tenant's cap on its sagas running on this node at once (None: no cap): a start over
+    it is refused (429) instead of waiting, so one tenant cannot take every slot."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -172,6 +177,8 @@ class Engine:
         """Called with each instance's state when it settles (terminal or parked), whichever
         way it got there: the seam for metrics and integrations."""
         self._slots = asyncio.Semaphore(self.options.max_concurrent_sagas)
+        self._per_tenant: Counter[str] = Counter()
+        """Top-level instances holding a slot, per tenant."""
         self._live: dict[str, Live] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._attempt_tasks: dict[tuple[str, str, Phase, int], asyncio.Task[Any]] = {}
@@ -223,7 +230,9 @@ class Engine:
         _check_size(context)
         definition = await self.definitions.resolve(tenant_id, name, version)
         validate_input(definition.definition, context)
+        self._check_quota(tenant_id)
         await self._slots.acquire()
+        self._per_tenant[tenant_id] += 1
         try:
             return await self.create_instance(
                 definition,
@@ -235,11 +244,31 @@ class Engine:
                 audit=audit,
             )
         except DuplicateStart as duplicate:
-            self._slots.release()
+            self._release_slot(tenant_id)
             return duplicate.existing
         except BaseException:
-            self._slots.release()
+            self._release_slot(tenant_id)
             raise
+
+    def _check_quota(self, tenant_id: str) -> None:
+        quota = (
+            None if self.options.running_quota is None else self.options.running_quota(tenant_id)
+        )
+        if quota is not None and self._per_tenant[tenant_id] >= quota:
+            raise RateLimited(
+                f"tenant {tenant_id!r} has {self._per_tenant[tenant_id]} sagas running, its quota",
+                {"Retry-After": "1"},
+            )
+
+    def _release_slot(self, tenant_id: str) -> None:
+        self._slots.release()
+        self._per_tenant[tenant_id] -= 1
+        if self._per_tenant[tenant_id] <= 0:
+            del self._per_tenant[tenant_id]
+
+    def running(self, tenant_id: str) -> int:
+        """Top-level sagas of the tenant this node drives now."""
+        return self._per_tenant[tenant_id]
 
     async def _existing_start(
         self, tenant_id: str, key: str, digest: str | None
@@ -520,7 +549,7 @@ class Engine:
                 log.exception("settled listener failed")
         if live.holds_slot:
             live.holds_slot = False
-            self._slots.release()
+            self._release_slot(live.state.tenant_id)
         self._live.pop(live.state.instance_id, None)
 
     # -- effects --
@@ -728,6 +757,7 @@ class Engine:
         live = await self.load(tenant_id, instance_id)
         if live.state.parent_instance_id is None and not live.holds_slot:
             await self._slots.acquire()
+            self._per_tenant[tenant_id] += 1
             live.holds_slot = True
         events, effects = recover(live.definition, live.state, self.clock.now())
         await self._advance(live, lambda _state: events, redecide=True)

@@ -8,7 +8,7 @@ import pytest
 
 from saga_orchestrator.core.events import AttemptScheduled, Phase, SagaStarted
 from saga_orchestrator.core.status import InstanceStatus, StepStatus
-from saga_orchestrator.errors import InvalidInput, InvalidTransition
+from saga_orchestrator.errors import InvalidInput, InvalidTransition, RateLimited
 from saga_orchestrator.orchestrator import Orchestrator
 from saga_orchestrator.store import InstanceFilter
 from tests.integration.engine.support import FAST_RETRY, Participants, saga, steps
@@ -365,3 +365,34 @@ async def test_a_live_instance_is_invisible_to_another_tenant(
         await engine.wait("other-tenant", started.instance_id, timeout=1)
     gate.set()
     assert (await orchestrator.wait(started.instance_id, 10)).status is InstanceStatus.COMPLETED
+
+
+async def test_a_tenant_over_its_running_quota_is_refused_while_another_starts(
+    store_url: str, participants: Participants
+) -> None:
+    participants.gates["reserve"] = asyncio.Event()  # every saga waits at its first step
+    async with Orchestrator(
+        store_url, handlers=participants.registry(), max_running_sagas_per_tenant=3
+    ) as node:
+        node.tenant_id = "busy"
+        await node.register(saga("order", steps("reserve")))
+        busy = [await node.start("order", {}) for _ in range(3)]
+        with pytest.raises(RateLimited) as refused:
+            await node.start("order", {})
+        assert refused.value.headers == {"Retry-After": "1"}
+        assert node.engine.running("busy") == 3
+        node.tenant_id = "calm"
+        await node.register(saga("order", steps("reserve")))
+        calm = await node.start("order", {})  # another tenant is not held back
+        assert node.engine.running("calm") == 1
+        participants.gates["reserve"].set()
+        for started in busy:
+            node.tenant_id = "busy"
+            assert (
+                await node.wait(started.instance_id, timeout=10)
+            ).status is InstanceStatus.COMPLETED
+        node.tenant_id = "calm"
+        await node.wait(calm.instance_id, timeout=10)
+        assert node.engine.running("busy") == node.engine.running("calm") == 0
+        node.tenant_id = "busy"
+        await node.start("order", {})  # room again once they finished
