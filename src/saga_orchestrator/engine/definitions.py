@@ -3,6 +3,7 @@ semantic version, checked for sub-saga cycles on registration."""
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -56,6 +57,9 @@ class DefinitionRegistry:
         self._known_services = known_services
         self._compiled: dict[tuple[str, str, str], CompiledDefinition] = {}
         self._resolved: dict[tuple[str, str, str | None], tuple[float, CompiledDefinition]] = {}
+        self._resolving: dict[tuple[str, str, str | None], asyncio.Future[CompiledDefinition]] = {}
+        self._generation: dict[tuple[str, str], int] = {}
+        """Bumped by this node's registrations, so a read begun before one is not cached."""
         self.resolve_ttl = RESOLVE_TTL
 
     async def register(
@@ -115,8 +119,25 @@ class DefinitionRegistry:
         cached = self._resolved.get(key)
         if cached is not None and time.monotonic() - cached[0] < self.resolve_ttl:
             return cached[1]
-        compiled = await self._resolve(tenant_id, name, constraint)
-        self._resolved[key] = (time.monotonic(), compiled)
+        # One store read per expiry, however many starts arrive meanwhile.
+        pending = self._resolving.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._resolve_and_cache(key))
+            self._resolving[key] = pending
+            pending.add_done_callback(lambda done: self._settled(key, done))
+        return await asyncio.shield(pending)
+
+    def _settled(
+        self, key: tuple[str, str, str | None], done: asyncio.Future[CompiledDefinition]
+    ) -> None:
+        if self._resolving.get(key) is done:
+            del self._resolving[key]
+
+    async def _resolve_and_cache(self, key: tuple[str, str, str | None]) -> CompiledDefinition:
+        generation = self._generation.get(key[:2], 0)
+        compiled = await self._resolve(*key)
+        if self._generation.get(key[:2], 0) == generation:  # no registration meanwhile
+            self._resolved[key] = (time.monotonic(), compiled)
         return compiled
 
     async def _resolve(
@@ -144,8 +165,11 @@ class DefinitionRegistry:
         self._forget(tenant_id, name)
 
     def _forget(self, tenant_id: str, name: str) -> None:
+        self._generation[(tenant_id, name)] = self._generation.get((tenant_id, name), 0) + 1
         for key in [k for k in self._resolved if k[0] == tenant_id and k[1] == name]:
             del self._resolved[key]
+        for key in [k for k in self._resolving if k[0] == tenant_id and k[1] == name]:
+            del self._resolving[key]
 
     async def _check_features(self, tenant_id: str, compiled: CompiledDefinition) -> None:
         violations = disabled_features(compiled, self.features)

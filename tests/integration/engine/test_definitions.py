@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from saga_orchestrator.core.status import InstanceStatus
 from saga_orchestrator.engine.definitions import Registration
 from saga_orchestrator.errors import DefinitionConflict, DefinitionError, NotFound
 from saga_orchestrator.orchestrator import Orchestrator
+from saga_orchestrator.store import DefinitionRecord
 from tests.integration.engine.support import Participants, saga, steps
 
 
@@ -136,3 +139,26 @@ async def test_an_instance_completes_after_a_graceful_restart_mid_flight(
     assert view.status is InstanceStatus.COMPLETED
     assert view.steps["charge"].attempts == 2
     assert participants.called() == ["reserve", "charge", "charge", "ship"]
+
+
+async def test_concurrent_starts_resolve_a_name_with_one_store_read(
+    orchestrator: Orchestrator,
+) -> None:
+    await orchestrator.register(saga("order", steps("reserve")))
+    registry = orchestrator.definitions
+    reads = 0
+    real = orchestrator.store.list_definition_versions
+
+    async def counting(tenant_id: str, name: str) -> list[DefinitionRecord]:
+        nonlocal reads
+        reads += 1
+        await asyncio.sleep(0.01)  # a read that takes a while, so the starts overlap
+        return await real(tenant_id, name)
+
+    orchestrator.store.list_definition_versions = counting  # type: ignore[method-assign]
+    registry.resolve_ttl = 0.0  # always expired: only the single flight saves reads
+    found = await asyncio.gather(*(registry.resolve("default", "order") for _ in range(50)))
+    assert {f.version for f in found} == {"1.0.0"}
+    assert reads == 1
+    await orchestrator.register(saga("order", steps("reserve"), version="1.1.0"))
+    assert (await registry.resolve("default", "order")).version == "1.1.0"
