@@ -4,13 +4,15 @@ it commits, until a terminal event.
 The subscription to the node's event bus is taken *before* the store is read, so an event
 committed in between is seen twice at worst (once from each), never missed; duplicates are
 dropped by sequence number. The store stays the source of truth: after a gap in the sequence,
-an overflowed subscription, or a quiet ``poll_interval`` (events written by another node never
-reach this node's bus), the feed catches up from the store again.
+an overflowed subscription, a nudge (another node wrote events of this instance: PostgreSQL's
+LISTEN/NOTIFY), or a quiet ``poll_interval`` (a nudge can be lost), the feed catches up from
+the store again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Final
 
@@ -24,6 +26,13 @@ TERMINAL_EVENTS: Final = frozenset(
 operator's resolve ends it)."""
 
 _PAGE: Final = 500
+
+
+class _Nudged(enum.Enum):
+    NUDGED = "nudged"
+
+
+_NUDGED: Final = _Nudged.NUDGED
 
 
 class EventFeed:
@@ -61,7 +70,9 @@ class EventFeed:
             yield event
         while not self.finished:
             live = await self._next(subscription)
-            if live is None:
+            if live is _NUDGED:
+                pass  # another node wrote: catch up below, no heartbeat needed
+            elif live is None:
                 if subscription.overflowed:
                     return  # subscribe afresh, then catch up from the store
                 yield None
@@ -90,14 +101,16 @@ class EventFeed:
                 break
         self.finished = self.finished or was_terminal
 
-    async def _next(self, subscription: Subscription) -> CommittedEvent | None:
+    async def _next(self, subscription: Subscription) -> CommittedEvent | _Nudged | None:
+        """The next event, :data:`_NUDGED` (another node wrote), or None (quiet)."""
         if subscription.overflowed and subscription.queue.empty():
             return None
         try:
             async with asyncio.timeout(self._poll_interval):
-                return await subscription.get()
+                item = await subscription.get()
         except TimeoutError:
             return None
+        return _NUDGED if item is None else item
 
     def _accept(self, event: StoredEvent) -> StoredEvent:
         self.last = event.seq

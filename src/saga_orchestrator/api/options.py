@@ -18,8 +18,9 @@ class ApiOptions:
     """Seconds of silence after which an event stream sends a comment line, so that proxies
     and clients know the connection is alive."""
     stream_poll_interval: float = 2.0
-    """How often a quiet event stream re-reads the store: events written by another node do
-    not reach this node's event bus."""
+    """How often a quiet event stream re-reads the store. Events written by another node reach
+    a stream here through PostgreSQL notifications at once; this bounds the delay when a
+    notification is lost."""
     retry_after: int = 5
     """Seconds announced in ``Retry-After`` when the database is unavailable (503)."""
     actor: str = "api"

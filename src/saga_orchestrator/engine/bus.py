@@ -21,9 +21,13 @@ class CommittedEvent:
     recorded_at: datetime
 
 
+NUDGE: None = None
+"""Queued instead of an event: the instance changed elsewhere (another node); read the store."""
+
+
 class Subscription:
     def __init__(self, maxsize: int) -> None:
-        self.queue: asyncio.Queue[CommittedEvent] = asyncio.Queue(maxsize)
+        self.queue: asyncio.Queue[CommittedEvent | None] = asyncio.Queue(maxsize)
         self.overflowed = False
         """True once an event could not be queued: replay from the store to catch up."""
 
@@ -35,7 +39,12 @@ class Subscription:
         except asyncio.QueueFull:
             self.overflowed = True
 
-    async def get(self) -> CommittedEvent:
+    def nudge(self) -> None:
+        with contextlib.suppress(asyncio.QueueFull):  # a full queue is read soon anyway
+            self.queue.put_nowait(NUDGE)
+
+    async def get(self) -> CommittedEvent | None:
+        """The next event, or :data:`NUDGE`."""
         return await self.queue.get()
 
 
@@ -59,6 +68,12 @@ class EventBus:
 
     def has_subscribers(self, instance_id: str) -> bool:
         return instance_id in self._subscribers
+
+    def nudge(self, instance_ids: list[str]) -> None:
+        """Other nodes wrote events of these instances: their followers re-read the store."""
+        for instance_id in instance_ids:
+            for subscription in self._subscribers.get(instance_id, ()):
+                subscription.nudge()
 
     def publish(self, events: list[CommittedEvent]) -> None:
         for event in events:

@@ -77,6 +77,7 @@ from saga_orchestrator.store import (
     OutboxMessage,
     Store,
 )
+from saga_orchestrator.store.protocol import Watch
 from saga_orchestrator.transports.amqp_messages import (
     COMMAND_EXCHANGE,
     command_for,
@@ -186,11 +187,15 @@ class Engine:
         passed, the saga moved on) is cancelled instead of running on unobserved."""
         self._running = False
         self.completion_tokens: CompletionTokens | None = None
+        self._watch: Watch | None = None
 
     # -- lifecycle --
     async def start(self) -> None:
         key = await self.store.shared_secret(KEY_NAME, os.urandom(32))
         self.completion_tokens = CompletionTokens(key)
+        self._watch = self.store.watch(self._changed_elsewhere)
+        if self._watch is not None:
+            self._watch.start()
         self.writer.start()
         self.timers.start()
         self._running = True
@@ -200,6 +205,9 @@ class Engine:
         """Stop taking work, let in-flight attempts finish within ``grace`` seconds; anything
         still running then is resumed from its history at the next start."""
         self._running = False
+        if self._watch is not None:
+            await self._watch.close()
+            self._watch = None
         await self.timers.stop()
         pending = [task for task in self._tasks if not task.done()]
         if pending:
@@ -498,6 +506,11 @@ class Engine:
             if call is not None
             else "",
         )
+
+    def _changed_elsewhere(self, instance_ids: list[str]) -> None:
+        """A commit (maybe another node's) wrote events of these instances: wake their live
+        streams here, which re-read the store. This node's own commits already reached them."""
+        self.bus.nudge([i for i in instance_ids if i not in self._live])
 
     def _cancel_settled_attempts(self, instance_id: str, events: Sequence[Event]) -> None:
         current = asyncio.current_task()

@@ -8,7 +8,7 @@ Driver errors are translated once, here: a lost or refused connection becomes
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +32,7 @@ from saga_orchestrator.store.codec import (
 from saga_orchestrator.store.listing import listing_where, make_page, numbered_placeholders
 from saga_orchestrator.store.migrator import load_migrations
 from saga_orchestrator.store.postgres_append import append_batch
+from saga_orchestrator.store.postgres_listen import EventListener
 from saga_orchestrator.store.protocol import (
     AppendRequest,
     AppendResult,
@@ -119,6 +120,10 @@ class PostgresStore:
         if pool is not None:
             with _translate_errors():
                 await pool.close()
+
+    # -- other nodes --
+    def watch(self, on_instances: Callable[[list[str]], None]) -> EventListener:
+        return EventListener(self._dsn, on_instances)
 
     # -- schema --
     async def migrate(self) -> int:

@@ -139,6 +139,33 @@ async def _write_rest(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> 
     await _write_timers(conn, plan)
     await _write_outbox(conn, plan)
     await write_audit(conn, plan.audit)
+    await _notify(conn, plan)
+
+
+EVENTS_CHANNEL = "saga_events"
+"""Carries the ids of instances whose events a commit wrote: a wake-up for the live streams
+of other nodes (delivered at commit, lost while a listener is away: streams also poll)."""
+_NOTIFY_BYTES = 7000
+"""PostgreSQL caps a payload just under 8,000 bytes."""
+
+
+async def _notify(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> None:
+    ids = sorted({event[1] for event in plan.events})
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    for instance_id in ids:
+        if size + len(instance_id) + 1 > _NOTIFY_BYTES and current:
+            chunks.append(",".join(current))
+            current, size = [], 0
+        current.append(instance_id)
+        size += len(instance_id) + 1
+    if current:
+        chunks.append(",".join(current))
+    if chunks:
+        await conn.execute(
+            "SELECT pg_notify($1, chunk) FROM unnest($2::text[]) AS chunk", EVENTS_CHANNEL, chunks
+        )
 
 
 async def _write_timers(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> None:

@@ -11,7 +11,7 @@ know the core's event classes, it only keeps an append-only, gap-free log per in
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -267,6 +267,12 @@ class ParticipantEntry:
     updated_at: datetime
 
 
+class Watch(Protocol):
+    def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class Store(Protocol):
     """The persistence port. All methods are coroutines; none holds a lock across calls."""
 
@@ -411,6 +417,12 @@ class Store(Protocol):
 
     async def audit_chain(self, tenant_id: str) -> tuple[list[AuditRecord], tuple[int, str] | None]:
         """Every record of a tenant in sequence order, and its head: for verification."""
+        ...
+
+    # -- other nodes --
+    def watch(self, on_instances: Callable[[list[str]], None]) -> Watch | None:
+        """Call ``on_instances`` with the ids of instances another node (or this one) appended
+        events to, as a hint; None if this store has no such channel (SQLite: one node)."""
         ...
 
     # -- node-wide secrets --

@@ -119,6 +119,10 @@ class SqliteStore:
         if conn is not None:
             conn.close()
 
+    def watch(self, on_instances: Callable[[list[str]], None]) -> None:
+        """One node per SQLite file: the engine's own bus sees every append."""
+        return
+
     # -- schema --
     async def migrate(self) -> int:
         return await self._run(_migrate)
