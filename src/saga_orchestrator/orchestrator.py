@@ -39,6 +39,7 @@ from saga_orchestrator.engine.relay import OutboxRelay
 from saga_orchestrator.engine.runtime import Engine, EngineOptions, OutboxRouting, StartResult
 from saga_orchestrator.errors import ConfigurationError
 from saga_orchestrator.store import Store, open_store
+from saga_orchestrator.store.encryption import EventCipher
 from saga_orchestrator.transports.amqp import AmqpPublisher, AmqpSettings, ReplyConsumer
 from saga_orchestrator.transports.amqp_messages import StepReply
 from saga_orchestrator.transports.base import Transport
@@ -69,13 +70,15 @@ class Orchestrator:
         amqp_url: str | None = None,
         integration_event_tenants: Iterable[str] = (),
         max_running_sagas_per_tenant: int | None = None,
+        encryption_keys: str | None = None,
     ) -> None:
         self.handlers = (
             handlers if isinstance(handlers, HandlerRegistry) else HandlerRegistry(handlers)
         )
         self.tenant_id = tenant_id
         self.clock = clock or SystemClock()
-        self.store = store or open_store(database_url)
+        cipher = None if not encryption_keys else EventCipher.parse(encryption_keys)
+        self.store = store or open_store(database_url, cipher=cipher)
         self.participants = ParticipantRegistry(self.store)
         self.definitions = DefinitionRegistry(
             self.store,

@@ -30,7 +30,9 @@ __all__ = ["DEFAULT_DATABASE_URL", "LogLevel", "Settings", "load_settings", "mas
 DEFAULT_DATABASE_URL: Final = "sqlite:///saga.db"
 """The embedded default: a SQLite file ``saga.db`` in the working directory."""
 
-_SECRET_FIELDS: Final = frozenset({"database_url", "amqp_url", "jwt_secret", "redis_url"})
+_SECRET_FIELDS: Final = frozenset(
+    {"database_url", "amqp_url", "jwt_secret", "redis_url", "encryption_keys"}
+)
 """Fields whose value is never echoed in an error: a URL may carry a password."""
 
 
@@ -82,6 +84,9 @@ class Settings(BaseSettings):
     """Where ``saga serve`` writes the admin token it makes when no key is configured, and
     where the client commands look for a token when neither ``--token`` nor ``SAGA_TOKEN``
     gives one."""
+    encryption_keys: str | None = Field(default=None, repr=False)
+    """Seal saga histories at rest with AES-256-GCM: ``id=base64key,...`` (the first key
+    seals; the others still open what they sealed, for rotation). Unset: stored in clear."""
     tls_cert_file: str | None = None
     """Serve the API over HTTPS with this PEM certificate chain (with ``TLS_KEY_FILE``)."""
     tls_key_file: str | None = None

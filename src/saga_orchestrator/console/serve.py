@@ -75,6 +75,7 @@ async def serve(
         amqp_url=settings.amqp_url,
         integration_event_tenants=settings.integration_event_tenants(),
         max_running_sagas_per_tenant=settings.max_running_sagas_per_tenant,
+        encryption_keys=settings.encryption_keys,
     )
     await orchestrator.open()
     limiter = RateLimiter(settings.redis_url)

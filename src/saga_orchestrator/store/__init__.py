@@ -10,6 +10,7 @@ from dataclasses import replace
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from saga_orchestrator.errors import ConfigurationError
+from saga_orchestrator.store.encryption import EventCipher
 from saga_orchestrator.store.postgres import PostgresOptions, PostgresStore
 from saga_orchestrator.store.protocol import (
     AppendRequest,
@@ -75,19 +76,22 @@ def open_store(
     *,
     sqlite: SqliteOptions | None = None,
     postgres: PostgresOptions | None = None,
+    cipher: EventCipher | None = None,
 ) -> Store:
     """A store for ``database_url``; nothing is opened until the first call.
 
     - ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, ``sqlite:///:memory:``;
       ``?synchronous=NORMAL`` (or ``OFF``/``FULL``/``EXTRA``) overrides ``sqlite.synchronous``.
     - ``postgresql://user@host:port/dbname`` (or ``postgres://``), passed to asyncpg as is.
+
+    With a ``cipher``, events are sealed at rest (see :mod:`.encryption`).
     """
     scheme = database_url.partition("://")[0].lower() if "://" in database_url else ""
     if scheme == "sqlite":
         path, options = _sqlite_target(database_url, sqlite or SqliteOptions())
-        return SqliteStore(path, options)
+        return SqliteStore(path, options, cipher)
     if scheme in ("postgresql", "postgres"):
-        return PostgresStore(database_url, postgres)
+        return PostgresStore(database_url, postgres, cipher)
     # Name only the scheme: the rest of a URL may hold a password.
     raise ConfigurationError(
         f"unsupported database URL scheme {scheme or '(none)'!r}: expected "

@@ -14,6 +14,7 @@ from datetime import datetime
 
 from saga_orchestrator.errors import InvalidInput
 from saga_orchestrator.store.codec import utc
+from saga_orchestrator.store.encryption import EventCipher
 from saga_orchestrator.store.protocol import (
     AppendRequest,
     AppendResult,
@@ -96,16 +97,20 @@ def validate(requests: Sequence[AppendRequest]) -> None:
             raise InvalidInput(f"create of {request.instance_id} names another instance")
 
 
-def plan_batch(requests: Sequence[AppendRequest], facts: Facts) -> Plan:
-    """Decide each request in order, as if they ran one after another."""
-    planner = _Planner(facts)
+def plan_batch(
+    requests: Sequence[AppendRequest], facts: Facts, cipher: EventCipher | None = None
+) -> Plan:
+    """Decide each request in order, as if they ran one after another; with a ``cipher``,
+    the events are sealed as they are planned."""
+    planner = _Planner(facts, cipher)
     for request in requests:
         planner.plan.results.append(planner.decide(request))
     return planner.plan
 
 
 class _Planner:
-    def __init__(self, facts: Facts) -> None:
+    def __init__(self, facts: Facts, cipher: EventCipher | None = None) -> None:
+        self.cipher = cipher
         self.plan = Plan()
         self.instances: dict[str, tuple[str, int]] = dict(facts.instances)
         self.keys: dict[StartKey, tuple[str, str | None]] = dict(facts.start_keys)
@@ -161,10 +166,25 @@ class _Planner:
         # Events are stamped with the writer's clock (update.updated_at), not the database's,
         # so a test clock drives every stored timestamp.
         recorded_at = request.update.updated_at
-        self.plan.events.extend(
-            (tenant, instance_id, seq, event_type, data, recorded_at)
-            for seq, (event_type, data) in enumerate(request.events, start=request.expected_seq + 1)
-        )
+        numbered = enumerate(request.events, start=request.expected_seq + 1)
+        if self.cipher is None:
+            self.plan.events.extend(
+                (tenant, instance_id, seq, event_type, data, recorded_at)
+                for seq, (event_type, data) in numbered
+            )
+        else:
+            seal = self.cipher.seal
+            self.plan.events.extend(
+                (
+                    tenant,
+                    instance_id,
+                    seq,
+                    event_type,
+                    seal(tenant, instance_id, seq, data),
+                    recorded_at,
+                )
+                for seq, (event_type, data) in numbered
+            )
         last_seq = request.expected_seq + len(request.events)
         self.instances[instance_id] = (tenant, last_seq)
         self.plan.outbox.extend((message, recorded_at) for message in request.outbox)

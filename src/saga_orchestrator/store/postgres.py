@@ -8,6 +8,7 @@ Driver errors are translated once, here: a lost or refused connection becomes
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from saga_orchestrator.store.codec import (
     semver_key,
     utc,
 )
+from saga_orchestrator.store.encryption import EventCipher
 from saga_orchestrator.store.listing import listing_where, make_page, numbered_placeholders
 from saga_orchestrator.store.migrator import load_migrations
 from saga_orchestrator.store.postgres_append import append_batch
@@ -81,8 +83,11 @@ class PostgresStore:
     The pool is created on first use, so the store can be built outside an event loop.
     """
 
-    def __init__(self, dsn: str, options: PostgresOptions | None = None) -> None:
+    def __init__(
+        self, dsn: str, options: PostgresOptions | None = None, cipher: EventCipher | None = None
+    ) -> None:
         self._dsn = dsn
+        self._cipher = cipher
         self._options = options or PostgresOptions()
         if not 0 <= self._options.min_size <= self._options.max_size:
             raise ConfigurationError("PostgreSQL pool sizes need 0 <= min_size <= max_size")
@@ -210,19 +215,24 @@ class PostgresStore:
             return []
         validate(requests)
         async with self._connection() as conn:
-            return await append_batch(conn, requests)
+            return await append_batch(conn, requests, self._cipher)
 
     async def load_events(
         self, tenant_id: str, instance_id: str, after_seq: int = 0, limit: int | None = None
     ) -> list[StoredEvent]:
         async with self._connection() as conn:
             rows = await conn.fetch(sql.LOAD_EVENTS, tenant_id, instance_id, after_seq, limit)
+        opened = (
+            (lambda _seq, data: data)
+            if self._cipher is None
+            else functools.partial(self._cipher.open, tenant_id, instance_id)
+        )
         return [
             StoredEvent(
                 instance_id=row[0],
                 seq=row[1],
                 type=row[2],
-                data=row[3].encode(),
+                data=opened(row[1], row[3].encode()),
                 recorded_at=row[4],
             )
             for row in rows

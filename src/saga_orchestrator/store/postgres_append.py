@@ -29,6 +29,7 @@ from saga_orchestrator.store.batch import (
     plan_batch,
 )
 from saga_orchestrator.store.codec import utc
+from saga_orchestrator.store.encryption import EventCipher
 from saga_orchestrator.store.postgres_audit import write_audit
 from saga_orchestrator.store.protocol import AppendRequest, AppendResult
 
@@ -43,20 +44,24 @@ class _RaceLost(Exception):
 
 
 async def append_batch(
-    conn: PoolConnectionProxy[asyncpg.Record], requests: Sequence[AppendRequest]
+    conn: PoolConnectionProxy[asyncpg.Record],
+    requests: Sequence[AppendRequest],
+    cipher: EventCipher | None = None,
 ) -> list[AppendResult]:
     """Run the batch, re-planning after a lost creation race or a deadlock."""
     for _ in range(_ATTEMPTS):
         try:
             async with conn.transaction():
-                return await _append_once(conn, requests)
+                return await _append_once(conn, requests, cipher)
         except (_RaceLost, asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             continue
     raise StoreError(f"append gave up after {_ATTEMPTS} collisions with concurrent writers")
 
 
 async def _append_once(
-    conn: PoolConnectionProxy[asyncpg.Record], requests: Sequence[AppendRequest]
+    conn: PoolConnectionProxy[asyncpg.Record],
+    requests: Sequence[AppendRequest],
+    cipher: EventCipher | None,
 ) -> list[AppendResult]:
     rows = await conn.fetch(sql.LOCK_INSTANCES, batch_instance_ids(requests))
     instances = {row[0]: (row[1], row[2]) for row in rows}
@@ -66,7 +71,7 @@ async def _append_once(
         tenants, names = [k[0] for k in keys], [k[1] for k in keys]
         key_rows = await conn.fetch(sql.TAKEN_START_KEYS, tenants, names)
         taken = {(row[0], row[1]): (row[2], row[3]) for row in key_rows}
-    plan = plan_batch(requests, Facts(instances=instances, start_keys=taken))
+    plan = plan_batch(requests, Facts(instances=instances, start_keys=taken), cipher)
     await _claim_start_keys(conn, plan)
     await _create_instances(conn, plan)
     await _write_rest(conn, plan)

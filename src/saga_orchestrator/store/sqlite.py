@@ -33,6 +33,7 @@ from saga_orchestrator.store.codec import (
     semver_key,
     to_micros,
 )
+from saga_orchestrator.store.encryption import EventCipher
 from saga_orchestrator.store.listing import listing_where, make_page
 from saga_orchestrator.store.migrator import load_migrations, split_sqlite_script
 from saga_orchestrator.store.protocol import (
@@ -75,8 +76,11 @@ class SqliteOptions:
 class SqliteStore:
     """The :class:`~saga_orchestrator.store.protocol.Store` on one SQLite database file."""
 
-    def __init__(self, path: str, options: SqliteOptions | None = None) -> None:
+    def __init__(
+        self, path: str, options: SqliteOptions | None = None, cipher: EventCipher | None = None
+    ) -> None:
         self._path = path
+        self._cipher = cipher
         self._options = options or SqliteOptions()
         if self._options.synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ConfigurationError(
@@ -175,16 +179,23 @@ class SqliteStore:
         if not requests:
             return []
         validate(requests)
-        return await self._run(append_batch, list(requests))
+        return await self._run(append_batch, list(requests), self._cipher)
 
     async def load_events(
         self, tenant_id: str, instance_id: str, after_seq: int = 0, limit: int | None = None
     ) -> list[StoredEvent]:
         params = (tenant_id, instance_id, after_seq, -1 if limit is None else limit)
         rows = await self._run(_fetch, sql.LOAD_EVENTS, params)
+        cipher = self._cipher
         return [
             StoredEvent(
-                instance_id=iid, seq=seq, type=typ, data=data.encode(), recorded_at=from_micros(at)
+                instance_id=iid,
+                seq=seq,
+                type=typ,
+                data=data.encode()
+                if cipher is None
+                else cipher.open(tenant_id, instance_id, seq, data.encode()),
+                recorded_at=from_micros(at),
             )
             for iid, seq, typ, data, at in rows
         ]

@@ -19,6 +19,7 @@ from saga_orchestrator.store.batch import (
     plan_batch,
 )
 from saga_orchestrator.store.codec import to_micros
+from saga_orchestrator.store.encryption import EventCipher
 from saga_orchestrator.store.protocol import AppendRequest, AppendResult
 from saga_orchestrator.store.sqlite_audit import write_audit
 
@@ -36,7 +37,9 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
-def append_batch(conn: sqlite3.Connection, requests: list[AppendRequest]) -> list[AppendResult]:
+def append_batch(
+    conn: sqlite3.Connection, requests: list[AppendRequest], cipher: EventCipher | None = None
+) -> list[AppendResult]:
     ids = orjson.dumps(batch_instance_ids(requests)).decode()
     keys = batch_start_keys(requests)
     with write_transaction(conn):
@@ -46,7 +49,7 @@ def append_batch(conn: sqlite3.Connection, requests: list[AppendRequest]) -> lis
         if keys:
             rows = conn.execute(sql.TAKEN_START_KEYS, (orjson.dumps(keys).decode(),))
             taken = {(tenant, key): (iid, digest) for tenant, key, iid, digest in rows}
-        plan = plan_batch(requests, Facts(instances=instances, start_keys=taken))
+        plan = plan_batch(requests, Facts(instances=instances, start_keys=taken), cipher)
         _write_plan(conn, plan)
     return plan.results
 

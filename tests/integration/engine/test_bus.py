@@ -17,7 +17,9 @@ async def test_subscribers_receive_every_committed_event_of_their_instance_in_or
         gate.set()
         received: list[CommittedEvent] = []
         while not received or received[-1].type != "SagaCompleted":
-            received.append(await asyncio.wait_for(subscription.get(), timeout=10))
+            item = await asyncio.wait_for(subscription.get(), timeout=10)
+            assert item is not None, "a node's own events come as events, never as nudges"
+            received.append(item)
     stored = await orchestrator.store.load_events("default", started.instance_id)
     assert [e.seq for e in received] == [e.seq for e in stored][2:]
     assert [e.type for e in received] == [e.type for e in stored][2:]

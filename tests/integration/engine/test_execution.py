@@ -396,3 +396,29 @@ async def test_a_tenant_over_its_running_quota_is_refused_while_another_starts(
         assert node.engine.running("busy") == node.engine.running("calm") == 0
         node.tenant_id = "busy"
         await node.start("order", {})  # room again once they finished
+
+
+async def test_a_node_with_encryption_keys_runs_sagas_on_sealed_histories(
+    store_url: str, participants: Participants
+) -> None:
+    from saga_orchestrator.store.encryption import generate_key
+    from tests.integration.store.support import RawDatabase
+
+    keys = f"main={generate_key()}"
+    async with Orchestrator(
+        store_url, handlers=participants.registry(), encryption_keys=keys
+    ) as node:
+        await node.register(saga("order", steps("reserve", "charge")))
+        started = await node.start("order", {"card": "4242-4242-4242-4242"})
+        view = await node.wait(started.instance_id, timeout=10)
+        assert view.status is InstanceStatus.COMPLETED
+        assert view.input == {"card": "4242-4242-4242-4242"}
+    async with Orchestrator(
+        store_url, handlers=participants.registry(), encryption_keys=keys
+    ) as again:  # another process with the same keys reads the history back
+        history = await again.history(started.instance_id)
+        assert isinstance(history[0], SagaStarted)
+        assert history[0].input == {"card": "4242-4242-4242-4242"}
+    async with RawDatabase(store_url) as db:
+        rows = await db.fetch("SELECT data FROM events")
+    assert rows and all("4242" not in str(row[0]) for row in rows)
