@@ -81,6 +81,13 @@ class BreakerSettings(_Model):
     half_open_probes: int = Field(default=1, ge=1, le=100)
 
 
+class RateSettings(_Model):
+    """Calls per second to the service from one node, and the burst it may take at once."""
+
+    per_second: float = Field(gt=0, le=1_000_000)
+    burst: int = Field(default=1, ge=1, le=1_000_000)
+
+
 class ParticipantService(_Model):
     """A registry entry: how to reach one participant service."""
 
@@ -99,6 +106,8 @@ class ParticipantService(_Model):
     """Attempts in flight to this service at once, per node; more wait their turn."""
     max_response_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
     circuit_breaker: BreakerSettings = BreakerSettings()
+    rate_limit: RateSettings | None = None
+    """Outbound pacing: calls over it wait (without using attempts) instead of being sent."""
 
     @field_validator("base_url")
     @classmethod
@@ -153,6 +162,7 @@ __all__ = [
     "HeaderValue",
     "ParticipantRecord",
     "ParticipantService",
+    "RateSettings",
     "SecretHeader",
     "SecretRef",
     "TlsSettings",

@@ -65,6 +65,7 @@ from saga_orchestrator.errors import SagaError
 from saga_orchestrator.transports.base import HttpCallSpec, StepOutcome, StepRequest
 from saga_orchestrator.transports.breaker import BreakerBook
 from saga_orchestrator.transports.http_wire import WireTransport
+from saga_orchestrator.transports.pacing import TokenBucket
 from saga_orchestrator.transports.secrets import SecretUnavailable, resolve_secret
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ class _Channel:
     version: int
     wire: WireTransport
     slots: asyncio.Semaphore
+    pacing: TokenBucket | None = None
     users: int = 0
     retired: bool = False
 
@@ -300,10 +302,12 @@ class HttpTransport:
                 f"the TLS files of {record.name!r} cannot be loaded ({type(error).__name__})",
                 retryable=True,
             ) from None
+        pace = record.service.rate_limit
         self._channels[key] = _Channel(
             version=record.version,
             wire=wire,
             slots=asyncio.Semaphore(record.service.max_concurrency),
+            pacing=None if pace is None else TokenBucket(pace.per_second, pace.burst),
         )
         if current is not None:
             current.retired = True
@@ -323,6 +327,16 @@ class HttpTransport:
         channel: _Channel,
         prepared: _Prepared,
     ) -> StepOutcome:
+        if channel.pacing is not None and (wait := channel.pacing.take()) > 0:
+            message = f"{record.name!r} takes {channel.pacing.rate:g} calls/s; retry in {wait:.2f}s"
+            error = ErrorInfo(
+                type="RateLimited",
+                message=message,
+                retryable=True,
+                budgeted=False,
+                retry_after=wait,
+            )
+            return StepOutcome(error=error)
         breaker = self.breakers.get(request.tenant_id, record.name, record.service.circuit_breaker)
         permit = breaker.try_acquire()
         if permit is None:

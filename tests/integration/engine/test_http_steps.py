@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from saga_orchestrator.core.events import AttemptAccepted, RetryScheduled
+from saga_orchestrator.core.events import AttemptAccepted, AttemptFailed, RetryScheduled
 from saga_orchestrator.core.status import InstanceStatus, StepStatus
 from saga_orchestrator.errors import (
     AttemptNotInFlight,
@@ -258,3 +258,31 @@ async def _wait_for(node: Orchestrator, instance_id: str, kind: type) -> None:
         # The history lives in the store: reading it until the event shows is the point.
         while not any(isinstance(e, kind) for e in await node.history(instance_id)):  # noqa: ASYNC110
             await asyncio.sleep(0.02)
+
+
+async def test_a_paced_participant_makes_steps_wait_without_using_attempts(
+    store_url: str, stub: StubParticipant
+) -> None:
+    async with Orchestrator(store_url) as node:
+        await node.put_participant(
+            "shop",
+            {
+                "base_url": stub.base_url,
+                "allow_private_network": True,
+                "rate_limit": {"per_second": 20, "burst": 1},
+            },
+        )
+        one_attempt = http_step("reserve", compensate=False, retry={"max_attempts": 1})
+        await node.register(order_saga(one_attempt))
+        started = [await node.start("order", {"order": n}) for n in range(6)]
+        views = [await node.wait(s.instance_id, timeout=20) for s in started]
+        assert [v.status for v in views] == [InstanceStatus.COMPLETED] * 6
+        assert len(stub.calls) == 6  # paced calls were never sent, only delayed
+        paced = [
+            e
+            for s in started
+            for e in await node.history(s.instance_id)
+            if isinstance(e, AttemptFailed) and e.error.type == "RateLimited"
+        ]
+        assert paced, "six calls in a burst of one: some must have waited"
+        assert all(not e.error.budgeted and e.error.retry_after for e in paced)
