@@ -340,10 +340,12 @@ class AmqpPublisher:
         try:
             self._connection = await connect(self.settings)
             self._lost = closure_of(self._connection)
-            self._channel = await open_channel(self._connection)
             # The orchestrator's own exchanges exist before its first publish, whoever
-            # (worker, reply consumer) comes up first.
-            await declare_topology(self._channel)
+            # (worker, reply consumer) comes up first; bounded, as a starting broker can
+            # accept a connection and leave a declaration unanswered.
+            async with asyncio.timeout(self.settings.connect_timeout * 2):
+                self._channel = await open_channel(self._connection)
+                await declare_topology(self._channel)
         except _CONNECT_ERRORS as error:
             await self._drop()
             delay = self._backoff.next_delay()
@@ -484,13 +486,16 @@ class ConsumerService:
 
     async def _consume(self, connection: AbstractConnection, backoff: Backoff) -> None:
         lost = closure_of(connection)
-        channel = await open_channel(connection)
-        await channel.set_qos(prefetch_count=self.prefetch, global_=True)
-        queues = await self.setup(channel)
-        consumers = []
-        for queue in queues:
-            tag = await queue.consume(functools.partial(self._on_message, channel))
-            consumers.append((queue, tag))
+        # A broker that is still starting can accept a connection and then never answer a
+        # declaration: bounded, so the next attempt starts over instead of waiting forever.
+        async with asyncio.timeout(self.settings.connect_timeout * 2):
+            channel = await open_channel(connection)
+            await channel.set_qos(prefetch_count=self.prefetch, global_=True)
+            queues = await self.setup(channel)
+            consumers = []
+            for queue in queues:
+                tag = await queue.consume(functools.partial(self._on_message, channel))
+                consumers.append((queue, tag))
         backoff.reset()
         self.connections += 1
         self.connected.set()
