@@ -25,6 +25,7 @@ import pytest_asyncio
 
 from saga_orchestrator.core.status import InstanceStatus
 from saga_orchestrator.orchestrator import Orchestrator
+from saga_orchestrator.store import InstanceFilter
 from tests.integration.transports.rabbitmq import close_connections, rabbitmq_vhost, rabbitmqctl
 
 SAGAS = 500
@@ -33,7 +34,9 @@ STEPS = ("reserve", "charge", "ship")
 HANDLERS = textwrap.dedent(
     """
     import os
+    import random
     import sqlite3
+    import time
 
     from saga_orchestrator.sdk import StepContext, handler
 
@@ -41,6 +44,8 @@ HANDLERS = textwrap.dedent(
 
 
     def _effect(name: str, ctx: StepContext) -> dict[str, str]:
+        # Some work, so the run lasts long enough for the outages to hit it.
+        time.sleep(random.uniform(0.05, 0.15))
         # The participant's own dedupe: the effect happens once per idempotency key, however
         # often the command is delivered; every delivery is recorded too.
         with sqlite3.connect(DB, timeout=30) as db:
@@ -123,11 +128,9 @@ async def worker(tmp_path: Path, amqp_url: str, effects_db: Path) -> AsyncIterat
 
 
 async def _finished(node: Orchestrator, ids: list[str]) -> int:
-    page = 0
-    for instance_id in ids:
-        view = await node.get(instance_id)
-        page += view.status.is_terminal
-    return page
+    done = InstanceFilter(status=InstanceStatus.COMPLETED)
+    page = await node.store.list_instances(node.tenant_id, done, limit=SAGAS)
+    return len(page.items)
 
 
 async def _wait_until(node: Orchestrator, ids: list[str], count: int, timeout: float) -> int:
