@@ -20,6 +20,7 @@ import orjson
 
 from saga_orchestrator.errors import ConfigurationError, SagaError, StoreError, StoreUnavailable
 from saga_orchestrator.store import postgres_audit as audit_log
+from saga_orchestrator.store import postgres_cluster as cluster
 from saga_orchestrator.store import postgres_extras as extras
 from saga_orchestrator.store import postgres_sql as sql
 from saga_orchestrator.store.batch import validate
@@ -48,6 +49,8 @@ from saga_orchestrator.store.protocol import (
     InstanceRecord,
     InstanceRef,
     InstanceStatus,
+    Leadership,
+    NodeRecord,
     OutboxRow,
     ParticipantEntry,
     PutDefinitionOutcome,
@@ -125,6 +128,27 @@ class PostgresStore:
         if pool is not None:
             with _translate_errors():
                 await pool.close()
+
+    # -- cluster --
+    async def heartbeat_node(self, node: NodeRecord) -> None:
+        async with self._connection() as conn:
+            await cluster.heartbeat_node(conn, node)
+
+    async def list_nodes(self) -> list[NodeRecord]:
+        async with self._connection() as conn:
+            return await cluster.list_nodes(conn)
+
+    async def remove_node(self, node_id: str) -> None:
+        async with self._connection() as conn:
+            await cluster.remove_node(conn, node_id)
+
+    async def acquire_leadership(self, name: str, holder: str, ttl: float) -> Leadership:
+        async with self._connection() as conn:
+            return await cluster.acquire_leadership(conn, name, holder, ttl)
+
+    async def release_leadership(self, name: str, holder: str) -> None:
+        async with self._connection() as conn:
+            await cluster.release_leadership(conn, name, holder)
 
     # -- other nodes --
     def watch(self, on_instances: Callable[[list[str]], None]) -> EventListener:

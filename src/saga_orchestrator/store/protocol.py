@@ -267,6 +267,24 @@ class ParticipantEntry:
     updated_at: datetime
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeRecord:
+    node_id: str
+    address: str
+    version: str
+    started_at: datetime
+    heartbeat_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Leadership:
+    """A leader lease as the database sees it after an attempt to take or renew it."""
+
+    holder: str
+    epoch: int
+    expires_at: datetime
+
+
 class Watch(Protocol):
     def start(self) -> None: ...
 
@@ -417,6 +435,24 @@ class Store(Protocol):
 
     async def audit_chain(self, tenant_id: str) -> tuple[list[AuditRecord], tuple[int, str] | None]:
         """Every record of a tenant in sequence order, and its head: for verification."""
+        ...
+
+    # -- cluster membership and leadership (expiry judged by the database's clock) --
+    async def heartbeat_node(self, node: NodeRecord) -> None:
+        """Record the node, its heartbeat stamped now by the database."""
+        ...
+
+    async def list_nodes(self) -> list[NodeRecord]: ...
+
+    async def remove_node(self, node_id: str) -> None: ...
+
+    async def acquire_leadership(self, name: str, holder: str, ttl: float) -> Leadership:
+        """Take the lease if it is free or expired (the epoch rises), renew it if ``holder``
+        has it; either way return who holds it now."""
+        ...
+
+    async def release_leadership(self, name: str, holder: str) -> None:
+        """Give the lease up at once (if ``holder`` has it) so another node takes over."""
         ...
 
     # -- other nodes --

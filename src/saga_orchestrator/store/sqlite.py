@@ -22,6 +22,7 @@ import orjson
 
 from saga_orchestrator.errors import ConfigurationError, SagaError, StoreError, StoreUnavailable
 from saga_orchestrator.store import sqlite_audit as audit
+from saga_orchestrator.store import sqlite_cluster as cluster
 from saga_orchestrator.store import sqlite_extras as extras
 from saga_orchestrator.store import sqlite_sql as sql
 from saga_orchestrator.store.batch import validate
@@ -49,6 +50,8 @@ from saga_orchestrator.store.protocol import (
     InstanceRecord,
     InstanceRef,
     InstanceStatus,
+    Leadership,
+    NodeRecord,
     OutboxRow,
     ParticipantEntry,
     PutDefinitionOutcome,
@@ -122,6 +125,22 @@ class SqliteStore:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+    # -- cluster (one node per file) --
+    async def heartbeat_node(self, node: NodeRecord) -> None:
+        await self._run(cluster.heartbeat_node, node)
+
+    async def list_nodes(self) -> list[NodeRecord]:
+        return await self._run(cluster.list_nodes)
+
+    async def remove_node(self, node_id: str) -> None:
+        await self._run(cluster.remove_node, node_id)
+
+    async def acquire_leadership(self, name: str, holder: str, ttl: float) -> Leadership:
+        return await self._run(cluster.acquire_leadership, name, holder, ttl)
+
+    async def release_leadership(self, name: str, holder: str) -> None:
+        await self._run(cluster.release_leadership, name, holder)
 
     def watch(self, on_instances: Callable[[list[str]], None]) -> None:
         """One node per SQLite file: the engine's own bus sees every append."""

@@ -18,8 +18,13 @@ TABLES = {
     "audit_log", "audit_heads",
 }  # fmt: skip
 """Tenant-owned tables (``shared_secrets`` is node-wide: keys every node of a cluster shares)."""
-LATEST = 3
-MIGRATIONS = [(1, "initial"), (2, "participants_outbox_claims"), (3, "audit_log")]
+LATEST = 4
+MIGRATIONS = [
+    (1, "initial"),
+    (2, "participants_outbox_claims"),
+    (3, "audit_log"),
+    (4, "cluster"),
+]
 
 
 async def test_migrate_from_empty_database(empty_store_url: str) -> None:
@@ -29,7 +34,8 @@ async def test_migrate_from_empty_database(empty_store_url: str) -> None:
         assert await store.migrate() == LATEST
         assert await store.schema_version() == LATEST
         async with RawDatabase(empty_store_url) as db:
-            assert TABLES | {"schema_migrations", "shared_secrets"} <= await db.tables()
+            cluster = {"schema_migrations", "shared_secrets", "nodes", "leader_leases"}
+            assert TABLES | cluster <= await db.tables()
             recorded = await db.fetch("SELECT version, name FROM schema_migrations")
         assert recorded == MIGRATIONS
     finally:
@@ -46,7 +52,12 @@ async def test_second_migrate_is_a_no_op(empty_store_url: str) -> None:
         assert latest_version("postgres") == LATEST
         assert (await store.get_instance(TENANT, "i-1")) is not None
         async with RawDatabase(empty_store_url) as db:
-            assert await db.fetch("SELECT version FROM schema_migrations") == [(1,), (2,), (3,)]
+            assert await db.fetch("SELECT version FROM schema_migrations") == [
+                (1,),
+                (2,),
+                (3,),
+                (4,),
+            ]
     finally:
         await store.close()
 
@@ -57,7 +68,12 @@ async def test_concurrent_migrate_applies_each_version_once(empty_store_url: str
         versions = await asyncio.gather(first.migrate(), second.migrate())
         assert list(versions) == [LATEST, LATEST]
         async with RawDatabase(empty_store_url) as db:
-            assert await db.fetch("SELECT version FROM schema_migrations") == [(1,), (2,), (3,)]
+            assert await db.fetch("SELECT version FROM schema_migrations") == [
+                (1,),
+                (2,),
+                (3,),
+                (4,),
+            ]
     finally:
         await first.close()
         await second.close()
