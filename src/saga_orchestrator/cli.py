@@ -202,6 +202,10 @@ participants_app = typer.Typer(
 app.add_typer(definitions_app)
 app.add_typer(instances_app)
 app.add_typer(participants_app)
+cluster_app = typer.Typer(
+    name="cluster", help="See the nodes serving a database.", no_args_is_help=True
+)
+app.add_typer(cluster_app)
 
 
 class OutputFormat(StrEnum):
@@ -275,6 +279,16 @@ def definitions_list(
     with _reported_errors(), _client(url) as client:
         definitions = client.list_definitions(prefix)
     _emit(output, definitions, print_definitions)
+
+
+@cluster_app.command("status")
+def cluster_status(url: ServerUrl = DEFAULT_URL, output: OutputOption = OutputFormat.TABLE) -> None:
+    """Every node with its heartbeat, and which one leads the cluster chores."""
+    from saga_orchestrator.console.output import print_cluster
+
+    with _reported_errors(), _client(url) as client:
+        cluster = client.cluster_nodes()
+    _emit(output, cluster, print_cluster)
 
 
 NameArgument = Annotated[str, typer.Argument(help="The service's name.", show_default=False)]

@@ -12,7 +12,12 @@ registry, transports and engine together; everything is passed in, nothing is gl
 from __future__ import annotations
 
 import hashlib
+import logging
+import socket
+import uuid
 from collections.abc import Callable, Iterable, Mapping
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from types import TracebackType
 from typing import Any, Self
 
@@ -32,12 +37,13 @@ from saga_orchestrator.definition.loader import parse_definition
 from saga_orchestrator.definition.models import SagaDefinition
 from saga_orchestrator.definition.participants import ParticipantRecord, ParticipantService
 from saga_orchestrator.engine.clock import Clock, SystemClock
+from saga_orchestrator.engine.cluster import Chore, ClusterMember
 from saga_orchestrator.engine.definitions import DefinitionRegistry, Registration
 from saga_orchestrator.engine.integration import IntegrationEvents
 from saga_orchestrator.engine.participants import ParticipantRegistry
 from saga_orchestrator.engine.relay import OutboxRelay
 from saga_orchestrator.engine.runtime import Engine, EngineOptions, OutboxRouting, StartResult
-from saga_orchestrator.errors import ConfigurationError
+from saga_orchestrator.errors import ConfigurationError, SagaError
 from saga_orchestrator.store import Store, open_store
 from saga_orchestrator.store.encryption import EventCipher
 from saga_orchestrator.transports.amqp import AmqpPublisher, AmqpSettings, ReplyConsumer
@@ -47,6 +53,8 @@ from saga_orchestrator.transports.breaker import BreakerBook, BreakerSnapshot
 from saga_orchestrator.transports.handlers import HandlerRegistry
 from saga_orchestrator.transports.http import HttpTransport, Resolver
 from saga_orchestrator.transports.inprocess import InProcessTransport
+
+log = logging.getLogger("saga_orchestrator")
 
 DEFAULT_DATABASE_URL = "sqlite:///saga.db"
 DEFAULT_TENANT = "default"
@@ -71,6 +79,8 @@ class Orchestrator:
         integration_event_tenants: Iterable[str] = (),
         max_running_sagas_per_tenant: int | None = None,
         encryption_keys: str | None = None,
+        node_id: str | None = None,
+        node_address: str = "embedded",
     ) -> None:
         self.handlers = (
             handlers if isinstance(handlers, HandlerRegistry) else HandlerRegistry(handlers)
@@ -103,6 +113,17 @@ class Orchestrator:
             self.relay = OutboxRelay(self.store, self.publisher)
             self.replies = ReplyConsumer(self.amqp, self._on_reply)
             routing = OutboxRouting(local_handlers=self.handlers.names, wake=self.relay.wake)
+        self.member = ClusterMember(
+            store=self.store,
+            node_id=node_id or default_node_id(),
+            address=node_address,
+            version=_version(),
+        )
+        if self.relay is not None:
+            relay = self.relay
+            self.member.chores.append(
+                Chore(name="outbox relay", start=relay.start, stop=relay.stop)
+            )
         tenants = list(integration_event_tenants)
         if tenants and self.amqp is None:
             raise ConfigurationError("integration events are published to RabbitMQ: set AMQP_URL")
@@ -128,12 +149,17 @@ class Orchestrator:
 
     # -- lifecycle --
     async def open(self) -> Self:
-        """Migrate the database, start the engine, resume unfinished instances."""
+        """Migrate the database, start the engine, resume unfinished instances, join the
+        cluster's registry (and lead its chores if no other node does)."""
         await self.store.migrate()
         await self.engine.start()
-        if self.relay is not None and self.replies is not None:
-            self.relay.start()
+        if self.replies is not None:
             await self.replies.start()
+        try:
+            await self.member.beat()  # the chores start now if this node leads
+        except SagaError as error:
+            log.warning("first cluster heartbeat failed (retrying in the background): %s", error)
+        self.member.start()
         self._open = True
         return self
 
@@ -142,8 +168,7 @@ class Orchestrator:
             if self.replies is not None:
                 await self.replies.stop()
             await self.engine.stop(grace)
-            if self.relay is not None:
-                await self.relay.stop()
+            await self.member.stop()  # the relay last: in-flight attempts may still write
             self._open = False
         if self.publisher is not None:
             await self.publisher.close()
@@ -281,3 +306,16 @@ class Orchestrator:
             lambda s: operator_resolve(s, reason, actor, self.clock.now()),
         )
         return describe(state)
+
+
+def default_node_id() -> str:
+    """Unique per process; set ``NODE_ID`` to something stable (a pod's name) so a restarted
+    node takes its leases back at once instead of after they expire."""
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+
+def _version() -> str:
+    try:
+        return package_version("saga-orchestrator")
+    except PackageNotFoundError:  # running from a source tree without installing
+        return "unknown"

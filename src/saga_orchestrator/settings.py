@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     encryption_keys: str | None = Field(default=None, repr=False)
     """Seal saga histories at rest with AES-256-GCM: ``id=base64key,...`` (the first key
     seals; the others still open what they sealed, for rotation). Unset: stored in clear."""
+    node_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+    """This node's name in the cluster registry (default: host name and a random suffix).
+    Set it to something stable, such as a pod's name, so a restarted node takes its leases
+    back at once."""
     tls_cert_file: str | None = None
     """Serve the API over HTTPS with this PEM certificate chain (with ``TLS_KEY_FILE``)."""
     tls_key_file: str | None = None

@@ -340,3 +340,11 @@ def test_participants_refuse_a_loopback_service_in_one_line(server: str, tmp_pat
     assert refused.returncode == 1
     assert "allow_private_network" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_cluster_status_lists_this_node_as_leader(server: str) -> None:
+    shown = ok(saga("cluster", "status", url=server))
+    assert "(this)" in shown
+    assert "yes" in shown  # the only node leads
+    listed = as_json(saga("cluster", "status", "-o", "json", url=server))
+    assert [node["leader"] for node in listed["items"]] == [True]

@@ -64,6 +64,7 @@ ACCESS: Final[dict[tuple[str, str], Rule]] = {
     ("PUT", "/api/v1/participants/{name}"): A,
     ("DELETE", "/api/v1/participants/{name}"): A,
     ("GET", "/api/v1/audit"): A,
+    ("GET", "/api/v1/cluster/nodes"): A,
 }
 
 

@@ -29,6 +29,7 @@ from saga_orchestrator.api.problems import AllowedMethods, ProblemHandlers
 from saga_orchestrator.api.routes import (
     audit,
     callbacks,
+    cluster,
     definitions,
     health,
     instances,
@@ -90,6 +91,7 @@ def create_app(orchestrator: Orchestrator, options: ApiOptions | None = None) ->
         callbacks,
         participants,
         audit,
+        cluster,
         health,
     )
     routers = [module.router for module in modules]
@@ -133,6 +135,7 @@ def build_services(orchestrator: Orchestrator, options: ApiOptions) -> Services:
         health=HealthService(orchestrator.store),
         participants=ParticipantsApi(orchestrator.participants, orchestrator.breaker_snapshots),
         callbacks=CallbackApi(orchestrator.engine),
+        cluster=orchestrator.member,
         metrics=metrics,
         options=options,
         default_tenant=orchestrator.tenant_id,

@@ -11,6 +11,7 @@ from saga_orchestrator.api.metrics import ApiMetrics
 from saga_orchestrator.api.options import ApiOptions
 from saga_orchestrator.api.participants import CallbackApi, ParticipantsApi
 from saga_orchestrator.api.services import DefinitionService, HealthService, InstanceService
+from saga_orchestrator.engine.cluster import ClusterMember
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -22,6 +23,7 @@ class Services:
     health: HealthService
     participants: ParticipantsApi
     callbacks: CallbackApi
+    cluster: ClusterMember
     metrics: ApiMetrics
     options: ApiOptions
     default_tenant: str

@@ -120,6 +120,9 @@ class SagaClient:
     def delete_participant(self, name: str) -> None:
         self._json("DELETE", f"{PARTICIPANTS}/{name}", empty=True)
 
+    def cluster_nodes(self) -> dict[str, Any]:
+        return self._json("GET", "/api/v1/cluster/nodes")
+
     # --- instances --------------------------------------------------------------------------
 
     def start_instance(

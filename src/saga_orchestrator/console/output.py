@@ -101,6 +101,23 @@ def print_participants(console: Console, participants: Sequence[Mapping[str, Any
     console.print(table if participants else Text("no participant services", style="dim"))
 
 
+def print_cluster(console: Console, cluster: Mapping[str, Any]) -> None:
+    title = f"Cluster nodes (leader epoch {cluster.get('leader_epoch')})"
+    table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left")
+    for column in ("node", "address", "version", "started", "last heartbeat", "leader"):
+        table.add_column(column)
+    for node in cluster.get("items", []):
+        table.add_row(
+            str(node.get("id", "")) + (" (this)" if node.get("this_node") else ""),
+            str(node.get("address", "")),
+            str(node.get("version", "")),
+            _time(node.get("started_at")),
+            _time(node.get("last_heartbeat")),
+            "yes" if node.get("leader") else "",
+        )
+    console.print(table if cluster.get("items") else Text("no nodes", style="dim"))
+
+
 # --- instances --------------------------------------------------------------------------------
 
 

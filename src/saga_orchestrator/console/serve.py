@@ -76,6 +76,8 @@ async def serve(
         integration_event_tenants=settings.integration_event_tenants(),
         max_running_sagas_per_tenant=settings.max_running_sagas_per_tenant,
         encryption_keys=settings.encryption_keys,
+        node_id=settings.node_id,
+        node_address=settings.public_url or _local_url(host, port, scheme),
     )
     await orchestrator.open()
     limiter = RateLimiter(settings.redis_url)

@@ -48,6 +48,7 @@ EXPECTED = {
     ("put", "/api/v1/participants/{name}"): {"200", "201", "400", "404", "413", "422", "503"},
     ("delete", "/api/v1/participants/{name}"): {"204", "400", "404", "413", "422", "503"},
     ("get", "/api/v1/audit"): {"200", "422", "503"},
+    ("get", "/api/v1/cluster/nodes"): {"200", "503"},
     ("get", "/health"): {"200"},
     ("get", "/ready"): {"200", "503"},
     ("get", "/metrics"): {"200"},
@@ -91,6 +92,7 @@ async def test_every_route_and_status_is_documented(client: httpx.AsyncClient) -
         for module in (
             routes.audit,
             routes.callbacks,
+            routes.cluster,
             routes.definitions,
             routes.health,
             routes.instances,
