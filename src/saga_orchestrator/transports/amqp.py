@@ -15,6 +15,7 @@ message comes again, and its consumers dedupe on the message or correlation id.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import functools
@@ -421,7 +422,7 @@ def _text(value: object) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-class ConsumerService:
+class ConsumerService(abc.ABC):
     """Consumes queues with manual acks on one connection, and starts over (connect, declare,
     consume) with backoff whenever the connection is lost, until :meth:`stop`.
 
@@ -440,12 +441,13 @@ class ConsumerService:
         self._supervisor: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @abc.abstractmethod
     async def setup(self, channel: AbstractChannel) -> Sequence[AbstractQueue]:
         """Declare what is needed; return the queues to consume."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def process(self, channel: AbstractChannel, message: AbstractIncomingMessage) -> None:
-        raise NotImplementedError
+        """Handle one delivery and settle it (ack, or dead-letter and ack, or requeue)."""
 
     async def start(self) -> None:
         """Start consuming in the background (returns at once, even if RabbitMQ is down)."""
