@@ -36,13 +36,14 @@ from saga_orchestrator.definition.features import FeatureFlags
 from saga_orchestrator.definition.loader import parse_definition
 from saga_orchestrator.definition.models import SagaDefinition
 from saga_orchestrator.definition.participants import ParticipantRecord, ParticipantService
+from saga_orchestrator.engine.calls import OutboxRouting
 from saga_orchestrator.engine.clock import Clock, SystemClock
 from saga_orchestrator.engine.cluster import Chore, ClusterMember
 from saga_orchestrator.engine.definitions import DefinitionRegistry, Registration
 from saga_orchestrator.engine.integration import IntegrationEvents
 from saga_orchestrator.engine.participants import ParticipantRegistry
 from saga_orchestrator.engine.relay import OutboxRelay
-from saga_orchestrator.engine.runtime import Engine, EngineOptions, OutboxRouting, StartResult
+from saga_orchestrator.engine.runtime import Engine, EngineOptions, StartResult
 from saga_orchestrator.errors import ConfigurationError, SagaError
 from saga_orchestrator.store import Store, open_store
 from saga_orchestrator.store.encryption import EventCipher

@@ -14,7 +14,7 @@ import logging
 import os
 import uuid
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -46,9 +46,13 @@ from saga_orchestrator.core.operations import (
 )
 from saga_orchestrator.core.state import SagaState, evolve, fold
 from saga_orchestrator.definition.compiler import CompiledDefinition, validate_input
-from saga_orchestrator.definition.models import AmqpCall, HandlerCall
 from saga_orchestrator.engine.bus import CommittedEvent, EventBus
-from saga_orchestrator.engine.calls import render_call, traceparent
+from saga_orchestrator.engine.calls import (
+    OutboxRouting,
+    render_call,
+    route_to_outbox,
+    step_request,
+)
 from saga_orchestrator.engine.children import ChildSagas
 from saga_orchestrator.engine.clock import Clock, SystemClock
 from saga_orchestrator.engine.completion import KEY_NAME, AttemptRef, CompletionTokens
@@ -78,11 +82,6 @@ from saga_orchestrator.store import (
     Store,
 )
 from saga_orchestrator.store.protocol import Watch
-from saga_orchestrator.transports.amqp_messages import (
-    COMMAND_EXCHANGE,
-    command_for,
-    command_message,
-)
 from saga_orchestrator.transports.base import (
     AmqpCallSpec,
     HttpCallSpec,
@@ -128,27 +127,6 @@ class EngineOptions:
     running_quota: Callable[[str], int | None] | None = None
     """A tenant's cap on its sagas running on this node at once (None: no cap): a start over
     it is refused (429) instead of waiting, so one tenant cannot take every slot."""
-
-
-@dataclass(slots=True, kw_only=True)
-class OutboxRouting:
-    """Which dispatches travel through the transactional outbox to RabbitMQ: amqp targets,
-    and handler targets that no handler of this process serves (workers run them)."""
-
-    local_handlers: Callable[[], Collection[str]]
-    remote_handlers: bool = True
-    wake: Callable[[], None] = lambda: None
-    """Called after a commit that wrote outbox rows, so the relay publishes at once."""
-
-    def routes(self, dispatch: Dispatch) -> bool:
-        target = dispatch.target
-        if isinstance(target, AmqpCall):
-            return True
-        return (
-            self.remote_handlers
-            and isinstance(target, HandlerCall)
-            and target.handler not in self.local_handlers()
-        )
 
 
 class Engine:
@@ -437,75 +415,10 @@ class Engine:
         in the same transaction as the events that justify them."""
         if self.outbox is None:
             return effects, []
-        immediate: list[Effect] = []
-        messages: list[OutboxMessage] = []
-        for effect in effects:
-            if isinstance(effect, Dispatch) and self.outbox.routes(effect):
-                message = self._outbox_message(definition, state, effect)
-                if message is not None:
-                    messages.append(message)
-                    continue
-            immediate.append(effect)  # a template that fails to render fails in _dispatch
-        return immediate, messages
-
-    def _outbox_message(
-        self, definition: CompiledDefinition, state: SagaState, dispatch: Dispatch
-    ) -> OutboxMessage | None:
-        try:
-            request = self._request(dispatch, render_call(definition, state, dispatch))
-        except ExpressionError:
-            return None
-        if isinstance(request.call, AmqpCallSpec):
-            command = command_for(request, handler=None)
-            message = command_message(
-                command, exchange=request.call.exchange, routing_key=request.call.routing_key
-            )
-        else:
-            assert isinstance(dispatch.target, HandlerCall)
-            name = dispatch.target.handler
-            command = command_for(request, handler=name)
-            message = command_message(command, exchange=COMMAND_EXCHANGE, routing_key=name)
-        return OutboxMessage(
-            tenant_id=dispatch.tenant_id,
-            instance_id=dispatch.instance_id,
-            message_id=message.key,
-            exchange=message.exchange,
-            routing_key=message.routing_key,
-            body=message.body,
-            headers=message.headers,
-        )
+        return route_to_outbox(self.outbox, definition, state, effects, self._request)
 
     def _request(self, dispatch: Dispatch, call: HttpCallSpec | AmqpCallSpec | None) -> StepRequest:
-        token = ""
-        if self.completion_tokens is not None and call is not None:
-            token = self.completion_tokens.mint(
-                AttemptRef(
-                    tenant_id=dispatch.tenant_id,
-                    instance_id=dispatch.instance_id,
-                    node=dispatch.node,
-                    phase=dispatch.phase,
-                    attempt=dispatch.attempt,
-                )
-            )
-        return StepRequest(
-            tenant_id=dispatch.tenant_id,
-            instance_id=dispatch.instance_id,
-            node=dispatch.node,
-            phase=dispatch.phase,
-            attempt=dispatch.attempt,
-            idempotency_key=dispatch.idempotency_key,
-            target=dispatch.target,
-            input=dispatch.input,
-            action_output=dispatch.action_output,
-            timeout=dispatch.timeout,
-            call=call,
-            completion_token=token,
-            traceparent=traceparent(
-                dispatch.instance_id, dispatch.idempotency_key, dispatch.attempt
-            )
-            if call is not None
-            else "",
-        )
+        return step_request(dispatch, call, self.completion_tokens)
 
     def _changed_elsewhere(self, instance_ids: list[str]) -> None:
         """A commit (maybe another node's) wrote events of these instances: wake their live
@@ -878,4 +791,4 @@ def _update(state: SagaState, now: Any, wake_at: Any) -> InstanceUpdate:
     )
 
 
-__all__ = ["Engine", "EngineOptions", "OutboxRouting", "StartResult"]
+__all__ = ["Engine", "EngineOptions", "StartResult"]
