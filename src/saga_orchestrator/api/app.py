@@ -129,7 +129,6 @@ def build_services(orchestrator: Orchestrator, options: ApiOptions) -> Services:
             engine=orchestrator.engine,
             store=orchestrator.store,
             clock=orchestrator.clock,
-            actor=options.actor,
             on_started=metrics.saga_started,
         ),
         health=HealthService(orchestrator.store),

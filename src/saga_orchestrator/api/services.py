@@ -145,13 +145,11 @@ class InstanceService:
         engine: Engine,
         store: Store,
         clock: Clock,
-        actor: str,
         on_started: Callable[[str], None] = lambda _name: None,
     ) -> None:
         self._engine = engine
         self._store = store
         self._clock = clock
-        self._actor = actor
         self._on_started = on_started
         self._starting: dict[tuple[str, str], str] = {}
         """Idempotency keys whose start is in flight in this process, with the request digest."""
@@ -303,9 +301,11 @@ class InstanceService:
             audit_entry(tenant_id, "instance.resolve", "instance", instance_id, reason=reason),
         )
 
-    def _actor_now(self) -> str:
-        """The caller, as the history names operators (the node's actor before auth)."""
-        return current_context().actor if self._actor == "api" else self._actor
+    @staticmethod
+    def _actor_now() -> str:
+        """The caller, as the history names operators: the token's subject (or the API's
+        configured actor when the app authenticates nobody)."""
+        return current_context().actor
 
     async def _act(
         self, tenant_id: str, instance_id: str, make: MakeEvents, audit: AuditEntry
