@@ -56,8 +56,8 @@ async def test_a_leader_that_cannot_renew_stops_before_its_lease_ends(store: Sto
         node_id="a",
         address="x",
         version="1",
-        ttl=1.0,
-        margin=0.3,
+        ttl=3.0,
+        margin=1.0,  # a second of slack for a busy event loop
         chores=[recording_chore(log)],
     )
     await member.beat()
