@@ -151,7 +151,9 @@ async def client(shared_redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 @pytest_asyncio.fixture
 async def buckets(shared_redis_url: str) -> AsyncIterator[RedisBuckets]:
-    result = RedisBuckets.from_url(shared_redis_url)
+    # Generous: these tests check the script's arithmetic and atomicity, not fail-fast
+    # timeouts, and a loaded machine can take longer than 0.25 s to open a connection.
+    result = RedisBuckets.from_url(shared_redis_url, timeout=5.0, max_connections=16)
     yield result
     await result.aclose()
 
