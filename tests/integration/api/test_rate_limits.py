@@ -81,7 +81,9 @@ async def limited(
     sqlite_url: str, redis_server: tuple[str, subprocess.Popen[bytes]]
 ) -> AsyncIterator[tuple[FastAPI, RateLimiter]]:
     node = Orchestrator(sqlite_url, handlers=Participants(("reserve",)).registry())
-    limiter = RateLimiter(redis_server[0], cooldown=0.2)
+    # A dead Redis refuses connections at once; a live one may be slow to accept on a loaded
+    # machine, which must not look like an outage here.
+    limiter = RateLimiter(redis_server[0], cooldown=0.2, timeout=5.0, max_connections=16)
     options = replace(
         FAST_OPTIONS,
         authenticator=Authenticator(AuthSettings(hmac_secret=SECRET)),

@@ -229,7 +229,7 @@ async def test_concurrent_checks_through_the_limiter_admit_exactly_the_burst(
 
 
 async def test_two_tenants_are_independent(shared_redis_url: str, tenant: str) -> None:
-    limiter = RateLimiter(shared_redis_url)
+    limiter = RateLimiter(shared_redis_url, timeout=5.0)  # no fallback for a slow connect
     other = f"{tenant}-calm"
     try:
         flood = [(await limiter.check(tenant, "starts", SLOW)).allowed for _ in range(50)]
@@ -241,7 +241,7 @@ async def test_two_tenants_are_independent(shared_redis_url: str, tenant: str) -
 
 
 async def test_partitions_of_a_tenant_are_independent(shared_redis_url: str, tenant: str) -> None:
-    limiter = RateLimiter(shared_redis_url)
+    limiter = RateLimiter(shared_redis_url, timeout=5.0)  # no fallback for a slow connect
     try:
         alice = [await limiter.check(tenant, "requests", SLOW, partition="alice") for _ in range(6)]
         bob = await limiter.check(tenant, "requests", SLOW, partition="bob")
@@ -286,7 +286,7 @@ async def test_a_bucket_key_expires_once_the_bucket_would_be_full(
 async def test_a_refusal_is_repeated_without_asking_redis_until_it_may_pass(
     shared_redis_url: str, tenant: str
 ) -> None:
-    limiter = RateLimiter(shared_redis_url)
+    limiter = RateLimiter(shared_redis_url, timeout=5.0)  # no fallback for a slow connect
     try:
         results = [(await limiter.check(tenant, "starts", SLOW)).allowed for _ in range(8)]
         assert results == [True] * 5 + [False] * 3
