@@ -5,16 +5,13 @@ first tampered record."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
-import pytest
 
 from saga_orchestrator.orchestrator import Orchestrator
-from saga_orchestrator.store import SqliteStore
+from tests.integration.store.support import RawDatabase
 
 ORDER = {"name": "order", "version": "1.0.0", "steps": [{"name": "a", "action": "reserve"}]}
 SAGA = [sys.executable, "-m", "saga_orchestrator.cli"]
@@ -65,20 +62,16 @@ async def test_mutating_calls_are_recorded_with_their_outcome(
 
 
 async def test_saga_audit_verify_reports_the_first_broken_link(
-    client: httpx.AsyncClient, sqlite_url: str, node: Orchestrator
+    client: httpx.AsyncClient, store_url: str
 ) -> None:
-    if not isinstance(node.store, SqliteStore):
-        pytest.skip("the CLI runs on the SQLite file; chains on PostgreSQL: the store tests")
     for n in range(4):
         await client.put(f"/api/v1/participants/p{n}", json={"base_url": "https://a.example.com"})
-    env = {"DATABASE_URL": sqlite_url, "PATH": "/usr/bin:/bin"}
+    env = {"DATABASE_URL": store_url, "PATH": "/usr/bin:/bin"}
     intact = await asyncio.to_thread(verify, env)
     assert intact.returncode == 0, intact.stderr
     assert "default: 4 records, chain intact" in intact.stdout
-    path = Path(sqlite_url.removeprefix("sqlite:///"))
-    with sqlite3.connect(path) as db:
-        db.execute("DROP TRIGGER audit_log_no_update")
-        db.execute("UPDATE audit_log SET actor = 'mallory' WHERE seq = 3")
+    async with RawDatabase(store_url) as db:
+        await db.without_audit_triggers(["UPDATE audit_log SET actor = 'mallory' WHERE seq = 3"])
     broken = await asyncio.to_thread(verify, env)
     assert broken.returncode == 1
     assert "tenant 'default', record 3: its content was altered" in broken.stderr
