@@ -16,6 +16,7 @@ This module is a leaf: it imports nothing from the project, so every layer may u
     ├── RateLimited                over a tenant's limit (429)
     ├── StoreError                 the database failed or refused a write
     │   ├── SequenceConflict       another writer moved the instance first
+    │   ├── LeaseLost              another node took the instance over (fenced write)
     │   └── StoreUnavailable       the database cannot be reached
     ├── StepError                  raised by step handlers to classify a failure
     │   ├── RetryableStepError
@@ -120,6 +121,11 @@ class StoreError(SagaError):
 
 class SequenceConflict(StoreError):
     """An append expected a sequence number another writer has already used."""
+
+
+class LeaseLost(StoreError):
+    """This node no longer owns the instance: its lease was taken over (the write is fenced
+    by the lease's epoch), so it must stop driving the instance at once."""
 
 
 class StoreUnavailable(StoreError):

@@ -41,11 +41,12 @@ from saga_orchestrator.engine.clock import Clock, SystemClock
 from saga_orchestrator.engine.cluster import Chore, ClusterMember
 from saga_orchestrator.engine.definitions import DefinitionRegistry, Registration
 from saga_orchestrator.engine.integration import IntegrationEvents
+from saga_orchestrator.engine.leases import LeaseOptions
 from saga_orchestrator.engine.participants import ParticipantRegistry
 from saga_orchestrator.engine.relay import OutboxRelay
 from saga_orchestrator.engine.runtime import Engine, EngineOptions, StartResult
 from saga_orchestrator.errors import ConfigurationError, SagaError
-from saga_orchestrator.store import Store, open_store
+from saga_orchestrator.store import PostgresStore, Store, open_store
 from saga_orchestrator.store.encryption import EventCipher
 from saga_orchestrator.transports.amqp import AmqpPublisher, AmqpSettings, ReplyConsumer
 from saga_orchestrator.transports.amqp_messages import StepReply
@@ -82,6 +83,10 @@ class Orchestrator:
         encryption_keys: str | None = None,
         node_id: str | None = None,
         node_address: str = "embedded",
+        cluster: bool = False,
+        lease_ttl: float = 10.0,
+        claim_poll_interval: float = 1.0,
+        max_takeovers: int = 3,
     ) -> None:
         self.handlers = (
             handlers if isinstance(handlers, HandlerRegistry) else HandlerRegistry(handlers)
@@ -90,6 +95,11 @@ class Orchestrator:
         self.clock = clock or SystemClock()
         cipher = None if not encryption_keys else EventCipher.parse(encryption_keys)
         self.store = store or open_store(database_url, cipher=cipher)
+        if cluster and not isinstance(self.store, PostgresStore):
+            raise ConfigurationError(
+                "CLUSTER_ENABLED needs a PostgreSQL DATABASE_URL: an embedded SQLite file "
+                "serves a single node"
+            )
         self.participants = ParticipantRegistry(self.store)
         self.definitions = DefinitionRegistry(
             self.store,
@@ -114,9 +124,10 @@ class Orchestrator:
             self.relay = OutboxRelay(self.store, self.publisher)
             self.replies = ReplyConsumer(self.amqp, self._on_reply)
             routing = OutboxRouting(local_handlers=self.handlers.names, wake=self.relay.wake)
+        node_id = node_id or default_node_id()
         self.member = ClusterMember(
             store=self.store,
-            node_id=node_id or default_node_id(),
+            node_id=node_id,
             address=node_address,
             version=_version(),
         )
@@ -144,6 +155,15 @@ class Orchestrator:
                 running_quota=None
                 if max_running_sagas_per_tenant is None
                 else lambda _tenant: max_running_sagas_per_tenant,
+                leases=LeaseOptions(
+                    node_id=node_id,
+                    ttl=lease_ttl,
+                    margin=min(2.0, lease_ttl / 4),
+                    poll_interval=claim_poll_interval,
+                    max_takeovers=max_takeovers,
+                )
+                if cluster
+                else None,
             ),
         )
         self._open = False

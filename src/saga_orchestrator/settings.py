@@ -91,6 +91,16 @@ class Settings(BaseSettings):
     """This node's name in the cluster registry (default: host name and a random suffix).
     Set it to something stable, such as a pod's name, so a restarted node takes its leases
     back at once."""
+    cluster_enabled: bool = False
+    """Several nodes share one PostgreSQL database: each drives the instances it holds a lease
+    on and takes over those of nodes that stop. Off: this node is the only one and drives every
+    unfinished instance (refused on SQLite when on: an embedded file serves one node)."""
+    lease_ttl: float = Field(default=10.0, ge=1.0, le=600.0)
+    """Seconds an instance lease lasts unless renewed: how soon a dead node's work resumes."""
+    claim_poll_interval: float = Field(default=1.0, gt=0.0, le=60.0)
+    """Seconds between two looks for orphaned instances (notifications also wake the look)."""
+    max_takeovers: int = Field(default=3, ge=1, le=100)
+    """Take-overs after which an instance that keeps crashing its owners is quarantined."""
     tls_cert_file: str | None = None
     """Serve the API over HTTPS with this PEM certificate chain (with ``TLS_KEY_FILE``)."""
     tls_key_file: str | None = None

@@ -78,6 +78,10 @@ async def serve(
         encryption_keys=settings.encryption_keys,
         node_id=settings.node_id,
         node_address=settings.public_url or _local_url(host, port, scheme),
+        cluster=settings.cluster_enabled,
+        lease_ttl=settings.lease_ttl,
+        claim_poll_interval=settings.claim_poll_interval,
+        max_takeovers=settings.max_takeovers,
     )
     await orchestrator.open()
     limiter = RateLimiter(settings.redis_url)

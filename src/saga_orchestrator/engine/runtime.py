@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -58,6 +59,7 @@ from saga_orchestrator.engine.clock import Clock, SystemClock
 from saga_orchestrator.engine.completion import KEY_NAME, AttemptRef, CompletionTokens
 from saga_orchestrator.engine.definitions import DefinitionRegistry
 from saga_orchestrator.engine.integration import IntegrationEvents
+from saga_orchestrator.engine.leases import LeaseKeeper, LeaseOptions
 from saga_orchestrator.engine.timers import TimerQueue
 from saga_orchestrator.engine.writer import BatchWriter
 from saga_orchestrator.errors import (
@@ -66,6 +68,7 @@ from saga_orchestrator.errors import (
     InvalidCompletionToken,
     InvalidInput,
     InvalidTransition,
+    LeaseLost,
     NotFound,
     RateLimited,
     SagaError,
@@ -75,6 +78,7 @@ from saga_orchestrator.store import (
     AppendRequest,
     AppendStatus,
     AuditEntry,
+    ClaimedInstance,
     InstanceRef,
     InstanceUpdate,
     NewInstance,
@@ -96,6 +100,8 @@ MakeEvents = Callable[[SagaState], list[Event]]
 
 RECOVERY_CONCURRENCY = 64
 """Instances resumed at once after a restart (their appends share group commits)."""
+CONFLICT_RETRIES = 5
+"""Times an input is re-applied on a newer history after another writer moved it first."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -107,6 +113,12 @@ class Live:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     holds_slot: bool = False
     settled: asyncio.Event = field(default_factory=asyncio.Event)
+    epoch: int = 0
+    """The fencing token of this node's lease on the instance (0: no leases, one node)."""
+    sure_until: float = 0.0
+    """Monotonic time until which the lease certainly holds (see engine.leases)."""
+    lost: bool = False
+    """Another node took the instance over: this copy must not act any more."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,6 +139,9 @@ class EngineOptions:
     running_quota: Callable[[str], int | None] | None = None
     """A tenant's cap on its sagas running on this node at once (None: no cap): a start over
     it is refused (429) instead of waiting, so one tenant cannot take every slot."""
+    leases: LeaseOptions | None = None
+    """Several nodes share the database (PostgreSQL): each drives only the instances it holds
+    a lease on. None: this is the only node, and it drives every unfinished instance."""
 
 
 class Engine:
@@ -166,23 +181,37 @@ class Engine:
         self._running = False
         self.completion_tokens: CompletionTokens | None = None
         self._watch: Watch | None = None
+        self.leases = self.options.leases
+        self.keeper: LeaseKeeper | None = (
+            None if self.leases is None else LeaseKeeper(store, self.leases, self)
+        )
+        self._adopting: dict[str, asyncio.Task[Live]] = {}
+        """Instances being taken over by this node, so two paths never load one twice."""
+        self.quarantine_listeners: list[Callable[[Sequence[InstanceRef]], None]] = []
 
     # -- lifecycle --
     async def start(self) -> None:
         key = await self.store.shared_secret(KEY_NAME, os.urandom(32))
         self.completion_tokens = CompletionTokens(key)
-        self._watch = self.store.watch(self._changed_elsewhere)
+        self._watch = self.store.watch(
+            self._changed_elsewhere, None if self.keeper is None else self.keeper.wake
+        )
         if self._watch is not None:
             self._watch.start()
         self.writer.start()
         self.timers.start()
         self._running = True
-        self._spawn(self._recover_all(), "saga-recovery")
+        if self.keeper is not None:
+            await self.keeper.start()
+        else:
+            self._spawn(self._recover_all(), "saga-recovery")
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking work, let in-flight attempts finish within ``grace`` seconds; anything
         still running then is resumed from its history at the next start."""
         self._running = False
+        if self.keeper is not None:
+            self.keeper.stop_claiming()
         if self._watch is not None:
             await self._watch.close()
             self._watch = None
@@ -194,6 +223,10 @@ class Engine:
                 task.cancel()
             await asyncio.gather(*still, return_exceptions=True)
         await self.writer.stop()
+        if self.keeper is not None:
+            await self.keeper.stop()
+            # Whatever is still unfinished here continues on another node right away.
+            await self.keeper.release(list(self._live.values()))
 
     # -- starting --
     async def start_saga(
@@ -323,7 +356,9 @@ class Engine:
                 parent_instance_id=parent[0] if parent else None,
                 parent_node=parent[1] if parent else None,
             ),
+            lease=None if self.leases is None else self.leases.lease(0),
         )
+        began = time.monotonic()
         result = await self.writer.submit(request)
         if result.status is AppendStatus.DUPLICATE_START:
             assert idempotency_key is not None
@@ -334,6 +369,8 @@ class Engine:
             raise SequenceConflict(f"instance {instance_id} already exists")
         self._publish(request, now)
         live = Live(definition=definition, state=decision.state, holds_slot=parent is None)
+        if self.leases is not None:
+            live.epoch, live.sure_until = 1, self.leases.sure_until(began)
         self._live[instance_id] = live
         self._after_commit(live, effects, decision.wake_at, wrote_outbox=bool(outbox))
         return StartResult(
@@ -353,18 +390,82 @@ class Engine:
         audit: AuditEntry | None = None,
     ) -> SagaState:
         """Apply an outside input (outcome, cancel, operator action) and what follows from it;
-        ``audit`` is recorded in the same transaction as its events."""
-        for _ in range(3):
-            live = await self.load(tenant_id, instance_id)
+        ``audit`` is recorded in the same transaction as its events.
+
+        With leases, the input is applied by the node that drives the instance: this one if it
+        owns the instance or can take it (nobody's lease on it is current), else it is recorded
+        here as an input alone, fenced by the sequence, and the owner decides what follows."""
+        for _ in range(CONFLICT_RETRIES):
+            live = await self._driver_of(tenant_id, instance_id)
+            if live is None:
+                return await self._record_input(tenant_id, instance_id, make_events, audit)
             try:
                 state = await self._advance(live, make_events, audit=audit)
-            except SequenceConflict:
-                # Another writer moved the instance: forget our copy and try again on its state.
-                self._live.pop(instance_id, None)
-                continue
+            except LeaseLost:
+                continue  # taken over meanwhile: now another node's to decide
             if state.status.is_settled and not live.holds_slot:
                 self._live.pop(instance_id, None)  # loaded only for this input
             return state
+        raise SequenceConflict(f"instance {instance_id} keeps changing under us")
+
+    async def _driver_of(self, tenant_id: str, instance_id: str) -> Live | None:
+        """The live copy through which this node applies an input, or None if another node
+        drives the instance."""
+        if self.leases is None:
+            return await self.load(tenant_id, instance_id)
+        live = self._live.get(instance_id)
+        if live is not None and not live.lost:
+            if live.state.tenant_id != tenant_id:
+                raise NotFound(f"no instance {instance_id}")
+            return live
+        adopting = self._adopting.get(instance_id)
+        if adopting is not None:
+            adopted = await asyncio.shield(adopting)
+            if adopted.state.tenant_id == tenant_id and not adopted.lost:
+                return adopted
+        epoch = await self.store.claim_instance(
+            self.leases.node_id, self.leases.ttl, tenant_id, instance_id
+        )
+        if epoch is None:
+            return None
+        claimed = ClaimedInstance(tenant_id=tenant_id, instance_id=instance_id, epoch=epoch)
+        return await asyncio.shield(self._start_adoption(claimed, take_slot=False))
+
+    async def _record_input(
+        self,
+        tenant_id: str,
+        instance_id: str,
+        make_events: MakeEvents,
+        audit: AuditEntry | None,
+    ) -> SagaState:
+        """Record an input for an instance another node drives: the events of the input only,
+        fenced by the sequence; the owner hears of them (notification, else its next renewal)
+        and decides what follows."""
+        for _ in range(CONFLICT_RETRIES):
+            stored = await self.store.load_events(tenant_id, instance_id)
+            if not stored:
+                raise NotFound(f"no instance {instance_id}")
+            before = fold(codec.decode(e.type, e.data) for e in stored)
+            inputs = make_events(before)
+            if not inputs:
+                return before
+            state = before
+            for event in inputs:
+                state = evolve(state, event)
+            record = await self.store.get_instance(tenant_id, instance_id)
+            now = self.clock.now()
+            request = AppendRequest(
+                tenant_id=tenant_id,
+                instance_id=instance_id,
+                expected_seq=before.seq,
+                events=[codec.encode(e) for e in inputs],
+                update=_update(state, now, None if record is None else record.wake_at),
+                audit=audit,
+            )
+            result = await self.writer.submit(request)
+            if result.status is AppendStatus.APPENDED:
+                self._publish(request, now)
+                return state
         raise SequenceConflict(f"instance {instance_id} keeps changing under us")
 
     async def _advance(
@@ -373,40 +474,69 @@ class Engine:
         make_events: MakeEvents,
         *,
         redecide: bool = False,
+        catch_up: bool = False,
         audit: AuditEntry | None = None,
     ) -> SagaState:
         async with live.lock:
-            before = live.state
-            inputs = make_events(before)
-            now = self.clock.now()  # read after the inputs stamped theirs: times never go back
-            if not inputs and not redecide:
-                return before
-            state = before
-            for event in inputs:
-                state = evolve(state, event)
-            decision = decide(live.definition, state, now)
-            events = [*inputs, *decision.events]
-            effects, outbox = self._route(live.definition, decision.state, decision.effects)
-            if self.integration_events is not None:
-                outbox += self.integration_events.messages(decision.state, events, before.seq + 1)
-            if events:
-                request = AppendRequest(
-                    tenant_id=before.tenant_id,
-                    instance_id=before.instance_id,
-                    expected_seq=before.seq,
-                    events=[codec.encode(e) for e in events],
-                    update=_update(decision.state, now, decision.wake_at),
-                    outbox=outbox,
-                    audit=audit,
-                )
-                result = await self.writer.submit(request)
-                if result.status is not AppendStatus.APPENDED:
-                    raise SequenceConflict(f"instance {before.instance_id} moved on")
-                live.state = decision.state
-                self._publish(request, now)
-                self._cancel_settled_attempts(before.instance_id, events)
-            self._after_commit(live, effects, decision.wake_at, wrote_outbox=bool(outbox))
-            return live.state
+            for _ in range(CONFLICT_RETRIES):
+                if live.lost:
+                    raise LeaseLost(f"instance {live.state.instance_id} is driven elsewhere")
+                if catch_up:
+                    await self._catch_up(live)
+                before = live.state
+                inputs = make_events(before)
+                now = self.clock.now()  # read after the inputs stamped theirs: never back
+                if not inputs and not redecide and not catch_up:
+                    return before
+                state = before
+                for event in inputs:
+                    state = evolve(state, event)
+                decision = decide(live.definition, state, now)
+                events = [*inputs, *decision.events]
+                effects, outbox = self._route(live.definition, decision.state, decision.effects)
+                if self.integration_events is not None:
+                    first = before.seq + 1
+                    outbox += self.integration_events.messages(decision.state, events, first)
+                if events:
+                    request = AppendRequest(
+                        tenant_id=before.tenant_id,
+                        instance_id=before.instance_id,
+                        expected_seq=before.seq,
+                        events=[codec.encode(e) for e in events],
+                        update=_update(decision.state, now, decision.wake_at),
+                        outbox=outbox,
+                        audit=audit,
+                        lease=None if self.leases is None else self.leases.lease(live.epoch),
+                    )
+                    began = time.monotonic()
+                    result = await self.writer.submit(request)
+                    if result.status is AppendStatus.LEASE_LOST:
+                        self.lost(live)
+                        raise LeaseLost(f"instance {before.instance_id} was taken over")
+                    if result.status is not AppendStatus.APPENDED:
+                        catch_up = True  # an input recorded elsewhere: apply ours after it
+                        continue
+                    if self.leases is not None:
+                        live.sure_until = max(live.sure_until, self.leases.sure_until(began))
+                    live.state = decision.state
+                    self._publish(request, now)
+                    self._cancel_settled_attempts(before.instance_id, events)
+                self._after_commit(live, effects, decision.wake_at, wrote_outbox=bool(outbox))
+                return live.state
+            raise SequenceConflict(f"instance {live.state.instance_id} keeps changing under us")
+
+    async def _catch_up(self, live: Live) -> None:
+        """Fold into ``live`` what other writers appended since (outside inputs recorded at
+        other nodes); attempts those events settled stop running here."""
+        state = live.state
+        stored = await self.store.load_events(state.tenant_id, state.instance_id, state.seq)
+        if not stored:
+            return
+        events = [codec.decode(e.type, e.data) for e in stored]
+        for event in events:
+            state = evolve(state, event)
+        live.state = state
+        self._cancel_settled_attempts(state.instance_id, events)
 
     def _route(
         self, definition: CompiledDefinition, state: SagaState, effects: Sequence[Effect]
@@ -420,10 +550,104 @@ class Engine:
     def _request(self, dispatch: Dispatch, call: HttpCallSpec | AmqpCallSpec | None) -> StepRequest:
         return step_request(dispatch, call, self.completion_tokens)
 
-    def _changed_elsewhere(self, instance_ids: list[str]) -> None:
+    def _changed_elsewhere(self, changes: list[tuple[str, int]]) -> None:
         """A commit (maybe another node's) wrote events of these instances: wake their live
-        streams here, which re-read the store. This node's own commits already reached them."""
-        self.bus.nudge([i for i in instance_ids if i not in self._live])
+        streams here, which re-read the store (this node's own commits already reached them),
+        and let this node decide after an input another node recorded for an instance it
+        drives."""
+        elsewhere: list[str] = []
+        for instance_id, last_seq in changes:
+            live = self._live.get(instance_id)
+            if live is None:
+                elsewhere.append(instance_id)
+            elif last_seq > live.state.seq and self.leases is not None:
+                self._spawn(self._decide_after(live, last_seq), f"saga-input-{instance_id}")
+        if elsewhere:
+            self.bus.nudge(elsewhere)
+
+    async def _decide_after(self, live: Live, last_seq: int | None = None) -> None:
+        if last_seq is not None and live.state.seq >= last_seq:
+            return  # our own commit, heard before its writer returned
+        try:
+            await self._advance(live, lambda _state: [], catch_up=True)
+        except SagaError as error:
+            log.info("could not act on input to %s: %s", live.state.instance_id, error)
+
+    # -- leases (engine.leases.Driver) --
+    def owned(self) -> list[Live]:
+        return [live for live in self._live.values() if live.epoch]
+
+    def free_capacity(self) -> int:
+        if not self._running:
+            return 0
+        # Adoptions under way take their slot only once loaded: count them already.
+        taken = sum(self._per_tenant.values()) + len(self._adopting)
+        return self.options.max_concurrent_sagas - taken
+
+    def adopt(self, claimed: ClaimedInstance) -> None:
+        """Drive an instance this node just claimed (its previous owner went silent)."""
+        if claimed.instance_id not in self._live and claimed.instance_id not in self._adopting:
+            task = self._start_adoption(claimed, take_slot=True)
+            task.add_done_callback(_log_failure)
+
+    def _start_adoption(self, claimed: ClaimedInstance, *, take_slot: bool) -> asyncio.Task[Live]:
+        existing = self._adopting.get(claimed.instance_id)
+        if existing is not None:
+            return existing
+        task = asyncio.create_task(
+            self._adopt(claimed, take_slot=take_slot), name=f"saga-adopt-{claimed.instance_id}"
+        )
+        self._adopting[claimed.instance_id] = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _t: self._adopting.pop(claimed.instance_id, None))
+        return task
+
+    async def _adopt(self, claimed: ClaimedInstance, *, take_slot: bool) -> Live:
+        began = time.monotonic()
+        live = await self._read(claimed.tenant_id, claimed.instance_id)
+        assert self.leases is not None
+        live.epoch, live.sure_until = claimed.epoch, self.leases.sure_until(began)
+        current = self._live.get(claimed.instance_id)
+        if current is not None and not current.lost:
+            if current.epoch == claimed.epoch:
+                return current
+            self.lost(current)  # this node's own lease had lapsed: its old copy stops
+        self._live[claimed.instance_id] = live
+        try:
+            await self._resume_live(live, take_slot=take_slot)
+        except BaseException:
+            self.lost(live)  # not driven here after all: let the lease lapse for another claim
+            raise
+        return live
+
+    def lost(self, live: Live) -> None:
+        """Another node took ``live`` over: stop driving it here at once."""
+        if live.lost:
+            return
+        live.lost = True
+        instance_id = live.state.instance_id
+        if self._live.get(instance_id) is live:
+            del self._live[instance_id]
+        if live.holds_slot:
+            live.holds_slot = False
+            self._release_slot(live.state.tenant_id)
+        for key, task in list(self._attempt_tasks.items()):
+            if key[0] == instance_id and task is not asyncio.current_task():
+                task.cancel()
+
+    def moved_elsewhere(self, live: Live) -> None:
+        self._spawn(self._decide_after(live), f"saga-input-{live.state.instance_id}")
+
+    def quarantined(self, refs: Sequence[InstanceRef]) -> None:
+        for ref in refs:
+            log.error(
+                "instance %s of tenant %s was orphaned too often: quarantined for an operator",
+                ref.instance_id,
+                ref.tenant_id,
+            )
+        for listener in self.quarantine_listeners:
+            listener(refs)
 
     def _cancel_settled_attempts(self, instance_id: str, events: Sequence[Event]) -> None:
         current = asyncio.current_task()
@@ -494,6 +718,10 @@ class Engine:
             log.warning("effect %s failed: %s", type(effect).__name__, error)
 
     async def _dispatch(self, dispatch: Dispatch, live: Live) -> None:
+        if self.keeper is not None and not await self.keeper.sure(live):
+            # The lease may have passed to another node: it re-attempts the step itself.
+            log.warning("not calling %s of %s: lease in doubt", dispatch.node, dispatch.instance_id)
+            return
         try:
             call = render_call(live.definition, live.state, dispatch)
         except ExpressionError as error:
@@ -502,16 +730,21 @@ class Engine:
         else:
             outcome = await self._call(dispatch, self._request(dispatch, call))
         if outcome.accepted:
-            await self._record_accepted(dispatch)
+            await self._record_here(dispatch, live, self._accepted_events(dispatch))
             return
-        await self.record_outcome(
-            dispatch.tenant_id,
-            dispatch.instance_id,
-            node=dispatch.node,
-            phase=dispatch.phase,
-            attempt=dispatch.attempt,
-            outcome=outcome,
+        make = self._outcome_events(
+            node=dispatch.node, phase=dispatch.phase, attempt=dispatch.attempt, outcome=outcome
         )
+        await self._record_here(dispatch, live, make)
+
+    async def _record_here(self, dispatch: Dispatch, live: Live, make: MakeEvents) -> None:
+        """Record what this node's own call gave. With leases, only while this node still
+        drives the instance: a deposed owner's late results are dropped (the new owner
+        already treats the attempt as interrupted)."""
+        if self.leases is None:
+            await self.advance(dispatch.tenant_id, dispatch.instance_id, make)
+        elif not live.lost:
+            await self._advance(live, make)
 
     async def _call(self, dispatch: Dispatch, request: StepRequest) -> StepOutcome:
         attempt = (dispatch.instance_id, dispatch.node, dispatch.phase, dispatch.attempt)
@@ -532,7 +765,7 @@ class Engine:
         finally:
             self._attempt_tasks.pop(attempt, None)
 
-    async def _record_accepted(self, dispatch: Dispatch) -> None:
+    def _accepted_events(self, dispatch: Dispatch) -> MakeEvents:
         def make(state: SagaState) -> list[Event]:
             return accepted_events(
                 state,
@@ -542,7 +775,7 @@ class Engine:
                 now=self.clock.now(),
             )
 
-        await self.advance(dispatch.tenant_id, dispatch.instance_id, make)
+        return make
 
     def _transport_for(self, dispatch: Dispatch) -> Transport:
         for transport in self.transports:
@@ -560,6 +793,12 @@ class Engine:
         attempt: int,
         outcome: StepOutcome,
     ) -> None:
+        make = self._outcome_events(node=node, phase=phase, attempt=attempt, outcome=outcome)
+        await self.advance(tenant_id, instance_id, make)
+
+    def _outcome_events(
+        self, *, node: str, phase: Phase, attempt: int, outcome: StepOutcome
+    ) -> MakeEvents:
         def make(state: SagaState) -> list[Event]:
             return outcome_events(
                 state,
@@ -571,7 +810,7 @@ class Engine:
                 error=outcome.error,
             )
 
-        await self.advance(tenant_id, instance_id, make)
+        return make
 
     async def record_reply(
         self,
@@ -680,22 +919,34 @@ class Engine:
 
     async def resume(self, tenant_id: str, instance_id: str) -> None:
         """Pick an instance up from its history after a crash."""
-        live = await self.load(tenant_id, instance_id)
-        if live.state.parent_instance_id is None and not live.holds_slot:
+        await self._resume_live(await self.load(tenant_id, instance_id), take_slot=True)
+
+    async def _resume_live(self, live: Live, *, take_slot: bool) -> None:
+        state = live.state
+        top_level = state.parent_instance_id is None and not state.status.is_settled
+        if take_slot and top_level and not live.holds_slot:
             await self._slots.acquire()
-            self._per_tenant[tenant_id] += 1
+            self._per_tenant[state.tenant_id] += 1
             live.holds_slot = True
-        events, effects = recover(live.definition, live.state, self.clock.now())
+        events, effects = recover(live.definition, state, self.clock.now())
         await self._advance(live, lambda _state: events, redecide=True)
         for effect in effects:
-            self._spawn(self._perform(effect, live), f"saga-recover-{instance_id}")
+            self._spawn(self._perform(effect, live), f"saga-recover-{state.instance_id}")
 
     async def load(self, tenant_id: str, instance_id: str) -> Live:
+        """The instance as this node knows it. With leases, an instance this node does not
+        drive comes back detached (for reading): only adoption makes a copy live here."""
         live = self._live.get(instance_id)
-        if live is not None:
+        if live is not None and not live.lost:
             if live.state.tenant_id != tenant_id:
                 raise NotFound(f"no instance {instance_id}")  # another tenant's: not found
             return live
+        read = await self._read(tenant_id, instance_id)
+        if self.leases is not None:
+            return read
+        return self._live.setdefault(instance_id, read)
+
+    async def _read(self, tenant_id: str, instance_id: str) -> Live:
         stored = await self.store.load_events(tenant_id, instance_id)
         if not stored:
             raise NotFound(f"no instance {instance_id}")
@@ -703,7 +954,7 @@ class Engine:
         definition = await self.definitions.get(
             tenant_id, state.definition_name, state.definition_version
         )
-        live = self._live.setdefault(instance_id, Live(definition=definition, state=state))
+        live = Live(definition=definition, state=state)
         if state.status.is_settled:
             live.settled.set()
         return live
@@ -758,6 +1009,11 @@ def _check_size(context: Any) -> None:
         raise InvalidInput(f"the context is not JSON: {error}") from error
     if size > MAX_CONTEXT_BYTES:
         raise InvalidInput(f"the context is {size} bytes; the limit is {MAX_CONTEXT_BYTES}")
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("taking over an instance failed", exc_info=task.exception())
 
 
 class DuplicateStart(SagaError):

@@ -21,6 +21,7 @@ from saga_orchestrator.store.protocol import (
     AppendStatus,
     AuditEntry,
     InstanceUpdate,
+    Lease,
     NewInstance,
     OutboxMessage,
 )
@@ -38,6 +39,8 @@ class Facts:
     """instance_id -> (tenant_id, last_seq) of the batch's instances that already exist."""
     start_keys: Mapping[StartKey, tuple[str, str | None]]
     """Start keys the batch mentions that are already taken -> (instance_id, request_digest)."""
+    leases: Mapping[str, tuple[str | None, int]] = field(default_factory=dict)
+    """instance_id -> (owner, epoch) of the batch's existing instances (clustered stores)."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -47,6 +50,7 @@ class CreatedRow:
     create: NewInstance
     update: InstanceUpdate
     last_seq: int
+    lease: Lease | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -55,6 +59,8 @@ class Plan:
     created: dict[str, CreatedRow] = field(default_factory=dict)
     updated: dict[str, tuple[InstanceUpdate, int]] = field(default_factory=dict)
     """Existing instance -> its final (update, last_seq)."""
+    renewals: dict[str, float] = field(default_factory=dict)
+    """Existing instance -> seconds its lease is extended by (written under a lease)."""
     start_keys: list[NewInstance] = field(default_factory=list)
     events: list[EventRow] = field(default_factory=list)
     outbox: list[tuple[OutboxMessage, datetime]] = field(default_factory=list)
@@ -114,6 +120,7 @@ class _Planner:
         self.plan = Plan()
         self.instances: dict[str, tuple[str, int]] = dict(facts.instances)
         self.keys: dict[StartKey, tuple[str, str | None]] = dict(facts.start_keys)
+        self.leases: dict[str, tuple[str | None, int]] = dict(facts.leases)
 
     def decide(self, request: AppendRequest) -> AppendResult:
         if request.create is not None:
@@ -137,14 +144,27 @@ class _Planner:
             self.plan.start_keys.append(create)
         last_seq = len(request.events)
         self.plan.created[request.instance_id] = CreatedRow(
-            create=create, update=request.update, last_seq=last_seq
+            create=create, update=request.update, last_seq=last_seq, lease=request.lease
         )
+        if request.lease is not None:
+            self.leases[request.instance_id] = (request.lease.owner, 1)
         return self._write(request)
+
+    def _settle_lease(self, request: AppendRequest) -> None:
+        """A settled instance has no owner (the backends clear it): a later request of the
+        batch under the old lease is refused, as it would be in a batch of its own."""
+        if request.update.status.is_settled and request.instance_id in self.leases:
+            _, epoch = self.leases[request.instance_id]
+            self.leases[request.instance_id] = (None, epoch)
 
     def _append(self, request: AppendRequest) -> AppendResult:
         current = self.instances.get(request.instance_id)
         if current is None or current[0] != request.tenant_id:
             return self._conflict(request)
+        lease = request.lease
+        if lease is not None and self.leases.get(request.instance_id) != (lease.owner, lease.epoch):
+            # Checked before the sequence: a deposed owner must learn that it is deposed.
+            return AppendResult(status=AppendStatus.LEASE_LOST, last_seq=current[1])
         if current[1] != request.expected_seq:
             return self._conflict(request)
         last_seq = request.expected_seq + len(request.events)
@@ -153,6 +173,8 @@ class _Planner:
             created.update, created.last_seq = request.update, last_seq
         else:
             self.plan.updated[request.instance_id] = (request.update, last_seq)
+            if lease is not None:
+                self.plan.renewals[request.instance_id] = lease.ttl
         return self._write(request)
 
     def _conflict(self, request: AppendRequest) -> AppendResult:
@@ -191,4 +213,5 @@ class _Planner:
         self.plan.timers[instance_id] = (tenant, request.update.wake_at)
         if request.audit is not None:
             self.plan.audit.append(request.audit)
+        self._settle_lease(request)
         return AppendResult(status=AppendStatus.APPENDED, last_seq=last_seq)

@@ -22,6 +22,7 @@ from saga_orchestrator.errors import ConfigurationError, SagaError, StoreError, 
 from saga_orchestrator.store import postgres_audit as audit_log
 from saga_orchestrator.store import postgres_cluster as cluster
 from saga_orchestrator.store import postgres_extras as extras
+from saga_orchestrator.store import postgres_leases as leases
 from saga_orchestrator.store import postgres_sql as sql
 from saga_orchestrator.store.batch import validate
 from saga_orchestrator.store.codec import (
@@ -42,6 +43,8 @@ from saga_orchestrator.store.protocol import (
     AuditEntry,
     AuditFilter,
     AuditRecord,
+    ClaimedInstance,
+    Claims,
     DefinitionRecord,
     DueTimer,
     InstanceFilter,
@@ -54,6 +57,7 @@ from saga_orchestrator.store.protocol import (
     OutboxRow,
     ParticipantEntry,
     PutDefinitionOutcome,
+    QuarantinedInstance,
     StoredEvent,
 )
 
@@ -150,9 +154,48 @@ class PostgresStore:
         async with self._connection() as conn:
             await cluster.release_leadership(conn, name, holder)
 
+    # -- instance leases --
+    async def claim_instances(
+        self, owner: str, ttl: float, limit: int, max_takeovers: int
+    ) -> Claims:
+        async with self._connection() as conn:
+            return await leases.claim_instances(conn, owner, ttl, limit, max_takeovers)
+
+    async def claim_instance(
+        self, owner: str, ttl: float, tenant_id: str, instance_id: str
+    ) -> int | None:
+        async with self._connection() as conn:
+            return await leases.claim_instance(conn, owner, ttl, tenant_id, instance_id)
+
+    async def reclaim_own(self, owner: str, ttl: float) -> list[ClaimedInstance]:
+        async with self._connection() as conn:
+            return await leases.reclaim_own(conn, owner, ttl)
+
+    async def renew_leases(
+        self, owner: str, ttl: float, held: Sequence[tuple[str, int]]
+    ) -> dict[str, int]:
+        async with self._connection() as conn:
+            return await leases.renew_leases(conn, owner, ttl, held)
+
+    async def release_leases(self, owner: str, held: Sequence[tuple[str, int]]) -> None:
+        async with self._connection() as conn:
+            await leases.release_leases(conn, owner, held)
+
+    async def list_quarantined(self) -> list[QuarantinedInstance]:
+        async with self._connection() as conn:
+            return await leases.list_quarantined(conn)
+
+    async def release_quarantine(self, tenant_id: str, instance_id: str) -> bool:
+        async with self._connection() as conn:
+            return await leases.release_quarantine(conn, tenant_id, instance_id)
+
     # -- other nodes --
-    def watch(self, on_instances: Callable[[list[str]], None]) -> EventListener:
-        return EventListener(self._dsn, on_instances)
+    def watch(
+        self,
+        on_instances: Callable[[list[tuple[str, int]]], None],
+        on_claimable: Callable[[], None] | None = None,
+    ) -> EventListener:
+        return EventListener(self._dsn, on_instances, on_claimable)
 
     # -- schema --
     async def migrate(self) -> int:

@@ -65,13 +65,15 @@ async def _append_once(
 ) -> list[AppendResult]:
     rows = await conn.fetch(sql.LOCK_INSTANCES, batch_instance_ids(requests))
     instances = {row[0]: (row[1], row[2]) for row in rows}
+    leases = {row[0]: (row[3], row[4]) for row in rows}
     keys = batch_start_keys(requests)
     taken = {}
     if keys:
         tenants, names = [k[0] for k in keys], [k[1] for k in keys]
         key_rows = await conn.fetch(sql.TAKEN_START_KEYS, tenants, names)
         taken = {(row[0], row[1]): (row[2], row[3]) for row in key_rows}
-    plan = plan_batch(requests, Facts(instances=instances, start_keys=taken), cipher)
+    facts = Facts(instances=instances, start_keys=taken, leases=leases)
+    plan = plan_batch(requests, facts, cipher)
     await _claim_start_keys(conn, plan)
     await _create_instances(conn, plan)
     await _write_rest(conn, plan)
@@ -113,6 +115,8 @@ async def _create_instances(conn: PoolConnectionProxy[asyncpg.Record], plan: Pla
         [c.parent_instance_id for c in creates],
         [c.parent_node for c in creates],
         [c.idempotency_key for c in creates],
+        [None if r.lease is None else r.lease.owner for r in rows],
+        [None if r.lease is None else r.lease.ttl for r in rows],
     )
     if len(inserted) != len(rows):
         raise _RaceLost
@@ -129,6 +133,7 @@ async def _write_rest(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> 
             [_json(list(u.current_nodes)) for u, _ in updates],
             [utc(u.updated_at) for u, _ in updates],
             [last_seq for _, last_seq in updates],
+            [plan.renewals.get(iid) for iid in ids],
         )
     if plan.events:
         events = plan.events
@@ -148,23 +153,27 @@ async def _write_rest(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> 
 
 
 EVENTS_CHANNEL = "saga_events"
-"""Carries the ids of instances whose events a commit wrote: a wake-up for the live streams
-of other nodes (delivered at commit, lost while a listener is away: streams also poll)."""
+"""Carries ``instance_id:last_seq`` of the instances whose events a commit wrote: a wake-up
+for the live streams and owners on other nodes (delivered at commit, lost while a listener is
+away: its users also poll)."""
 _NOTIFY_BYTES = 7000
 """PostgreSQL caps a payload just under 8,000 bytes."""
 
 
 async def _notify(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> None:
-    ids = sorted({event[1] for event in plan.events})
+    last: dict[str, int] = {}
+    for event in plan.events:
+        last[event[1]] = max(last.get(event[1], 0), event[2])
     chunks: list[str] = []
     current: list[str] = []
     size = 0
-    for instance_id in ids:
-        if size + len(instance_id) + 1 > _NOTIFY_BYTES and current:
+    for instance_id in sorted(last):
+        entry = f"{instance_id}:{last[instance_id]}"
+        if size + len(entry) + 1 > _NOTIFY_BYTES and current:
             chunks.append(",".join(current))
             current, size = [], 0
-        current.append(instance_id)
-        size += len(instance_id) + 1
+        current.append(entry)
+        size += len(entry) + 1
     if current:
         chunks.append(",".join(current))
     if chunks:

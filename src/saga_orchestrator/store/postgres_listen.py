@@ -20,16 +20,20 @@ if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
 from saga_orchestrator.store.postgres_append import EVENTS_CHANNEL
+from saga_orchestrator.store.postgres_leases import CLAIMS_CHANNEL
 
 log = logging.getLogger("saga_orchestrator.store")
 
-OnInstances = Callable[[list[str]], None]
+OnInstances = Callable[[list[tuple[str, int]]], None]
 
 
 class EventListener:
-    def __init__(self, dsn: str, on_instances: OnInstances) -> None:
+    def __init__(
+        self, dsn: str, on_instances: OnInstances, on_claimable: Callable[[], None] | None = None
+    ) -> None:
         self._dsn = dsn
         self._on_instances = on_instances
+        self._on_claimable = on_claimable
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
 
@@ -59,7 +63,11 @@ class EventListener:
             connection.add_termination_listener(_setter(lost))
             try:
                 await connection.add_listener(EVENTS_CHANNEL, self._notified)
+                if self._on_claimable is not None:
+                    await connection.add_listener(CLAIMS_CHANNEL, self._claimable)
                 self.connected.set()
+                if self._on_claimable is not None:
+                    self._on_claimable()  # releases while we were away were not heard
                 await lost.wait()
             except (OSError, asyncpg.PostgresError) as error:
                 log.warning("event listener lost its connection: %s", error)
@@ -75,9 +83,23 @@ class EventListener:
         _channel: str,
         payload: object,
     ) -> None:
-        ids = [instance_id for instance_id in str(payload).split(",") if instance_id]
-        if ids:
-            self._on_instances(ids)
+        changed: list[tuple[str, int]] = []
+        for entry in str(payload).split(","):
+            instance_id, _, seq = entry.rpartition(":")
+            if instance_id and seq.isdigit():
+                changed.append((instance_id, int(seq)))
+        if changed:
+            self._on_instances(changed)
+
+    def _claimable(
+        self,
+        _connection: asyncpg.Connection[Any] | PoolConnectionProxy[Any],
+        _pid: int,
+        _channel: str,
+        _payload: object,
+    ) -> None:
+        if self._on_claimable is not None:
+            self._on_claimable()
 
 
 def _setter(event: asyncio.Event) -> Callable[[object], None]:

@@ -84,7 +84,7 @@ NEXT_TIMER_AT: Final = "SELECT min(fire_at) FROM timers"
 # -- append --
 # Locks are taken in instance-id order, so two batches can never deadlock on instance rows.
 LOCK_INSTANCES: Final = """
-SELECT instance_id, tenant_id, last_seq FROM instances
+SELECT instance_id, tenant_id, last_seq, owner_id, lease_epoch FROM instances
 WHERE instance_id = ANY($1::text[])
 ORDER BY instance_id
 FOR UPDATE"""
@@ -103,23 +103,37 @@ RETURNING tenant_id, idempotency_key"""
 INSERT_INSTANCES: Final = """
 INSERT INTO instances
     (instance_id, tenant_id, definition_name, definition_version, status, current_nodes,
-     last_seq, created_at, updated_at, parent_instance_id, parent_node, idempotency_key)
+     last_seq, created_at, updated_at, parent_instance_id, parent_node, idempotency_key,
+     owner_id, lease_epoch, lease_expires_at)
 SELECT u.instance_id, u.tenant_id, u.definition_name, u.definition_version, u.status,
        u.current_nodes::jsonb, u.last_seq, u.created_at, u.updated_at,
-       u.parent_instance_id, u.parent_node, u.idempotency_key
+       u.parent_instance_id, u.parent_node, u.idempotency_key,
+       -- An owner only while unfinished: a settled instance waits for whoever acts next.
+       CASE WHEN u.status IN ('running', 'compensating') THEN u.owner_id END,
+       CASE WHEN u.owner_id IS NULL THEN 0 ELSE 1 END,
+       CASE WHEN u.owner_id IS NOT NULL AND u.status IN ('running', 'compensating')
+            THEN now() + make_interval(secs => u.lease_ttl) END
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
             $7::bigint[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[],
-            $12::text[])
+            $12::text[], $13::text[], $14::float8[])
      AS u (instance_id, tenant_id, definition_name, definition_version, status, current_nodes,
-           last_seq, created_at, updated_at, parent_instance_id, parent_node, idempotency_key)
+           last_seq, created_at, updated_at, parent_instance_id, parent_node, idempotency_key,
+           owner_id, lease_ttl)
 ON CONFLICT (instance_id) DO NOTHING
 RETURNING instance_id"""
 UPDATE_INSTANCES: Final = """
 UPDATE instances AS i
 SET status = u.status, current_nodes = u.current_nodes::jsonb, updated_at = u.updated_at,
-    last_seq = u.last_seq
-FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[])
-     AS u (instance_id, status, current_nodes, updated_at, last_seq)
+    last_seq = u.last_seq,
+    -- A write under a lease renews it; settling gives it up (the next actor claims it).
+    owner_id = CASE WHEN u.status IN ('running', 'compensating') THEN i.owner_id END,
+    lease_expires_at = CASE
+        WHEN u.status NOT IN ('running', 'compensating') THEN NULL
+        WHEN u.lease_ttl IS NULL THEN i.lease_expires_at
+        ELSE now() + make_interval(secs => u.lease_ttl) END
+FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[],
+            $6::float8[])
+     AS u (instance_id, status, current_nodes, updated_at, last_seq, lease_ttl)
 WHERE i.instance_id = u.instance_id"""
 INSERT_EVENTS: Final = """
 INSERT INTO events (tenant_id, instance_id, seq, type, data, recorded_at)

@@ -30,6 +30,7 @@ __all__ = [
     "InstanceRef",
     "InstanceStatus",
     "InstanceUpdate",
+    "Lease",
     "NewInstance",
     "OutboxMessage",
     "PutDefinitionOutcome",
@@ -154,6 +155,19 @@ class AuditFilter:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Lease:
+    """Who writes an append, under which ownership (clustering, semantics §5).
+
+    The append commits only if the instance is still owned by ``owner`` at ``epoch`` (the
+    fencing token: every take-over raises it), and then extends the lease by ``ttl`` seconds
+    of the database's clock. A create makes ``owner`` the owner at epoch 1."""
+
+    owner: str
+    epoch: int
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppendRequest:
     """One instance's share of a group commit.
 
@@ -172,6 +186,9 @@ class AppendRequest:
     outbox: Sequence[OutboxMessage] = ()
     audit: AuditEntry | None = None
     """Recorded in the audit log only if this request is appended."""
+    lease: Lease | None = None
+    """None: no ownership is claimed (one node per database, or an outside input recorded
+    at a node that does not own the instance: fenced by ``expected_seq`` alone)."""
 
 
 class AppendStatus(enum.StrEnum):
@@ -180,6 +197,8 @@ class AppendStatus(enum.StrEnum):
     """The instance's last sequence was not ``expected_seq`` (or it already existed)."""
     DUPLICATE_START = "duplicate_start"
     """The tenant already used this start idempotency key; see ``existing_instance_id``."""
+    LEASE_LOST = "lease_lost"
+    """The request's lease is no longer the instance's: another node took it over."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -283,6 +302,29 @@ class Leadership:
     holder: str
     epoch: int
     expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimedInstance:
+    tenant_id: str
+    instance_id: str
+    epoch: int
+    """The fencing token of the new lease."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Claims:
+    claimed: list[ClaimedInstance]
+    quarantined: list[InstanceRef]
+    """Instances found orphaned once too often: parked for an operator instead of claimed."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuarantinedInstance:
+    tenant_id: str
+    instance_id: str
+    takeovers: int
+    quarantined_at: datetime
 
 
 class Watch(Protocol):
@@ -455,10 +497,54 @@ class Store(Protocol):
         """Give the lease up at once (if ``holder`` has it) so another node takes over."""
         ...
 
+    # -- instance leases (clustering; expiry judged by the database's clock) --
+    async def claim_instances(
+        self, owner: str, ttl: float, limit: int, max_takeovers: int
+    ) -> Claims:
+        """Take up to ``limit`` unfinished instances whose lease is missing or expired (their
+        epoch rises). One whose lease was already taken over from a silent owner
+        ``max_takeovers`` times is quarantined instead."""
+        ...
+
+    async def claim_instance(
+        self, owner: str, ttl: float, tenant_id: str, instance_id: str
+    ) -> int | None:
+        """Take one instance that is not terminal if no other owner's lease on it is
+        current (quarantined or not): its new epoch, or None if another node owns it."""
+        ...
+
+    async def reclaim_own(self, owner: str, ttl: float) -> list[ClaimedInstance]:
+        """At start-up: the unfinished instances whose lease names ``owner`` (a node restarted
+        with the same id), under new epochs that fence its previous incarnation."""
+        ...
+
+    async def renew_leases(
+        self, owner: str, ttl: float, leases: Sequence[tuple[str, int]]
+    ) -> dict[str, int]:
+        """Extend the leases (instance_id, epoch) ``owner`` still holds; return each held
+        instance's last sequence (the others were lost)."""
+        ...
+
+    async def release_leases(self, owner: str, leases: Sequence[tuple[str, int]]) -> None:
+        """Give up the leases (instance_id, epoch) ``owner`` still holds, at once (graceful
+        shutdown), and wake the other nodes' claims."""
+        ...
+
+    async def list_quarantined(self) -> list[QuarantinedInstance]: ...
+
+    async def release_quarantine(self, tenant_id: str, instance_id: str) -> bool:
+        """Let the cluster claim a quarantined instance again; False if it is not quarantined."""
+        ...
+
     # -- other nodes --
-    def watch(self, on_instances: Callable[[list[str]], None]) -> Watch | None:
-        """Call ``on_instances`` with the ids of instances another node (or this one) appended
-        events to, as a hint; None if this store has no such channel (SQLite: one node)."""
+    def watch(
+        self,
+        on_instances: Callable[[list[tuple[str, int]]], None],
+        on_claimable: Callable[[], None] | None = None,
+    ) -> Watch | None:
+        """Call ``on_instances`` with (instance id, last sequence) of instances another node
+        (or this one) appended events to, and ``on_claimable`` when leases were released:
+        hints only; None if this store has no such channel (SQLite: one node)."""
         ...
 
     # -- node-wide secrets --

@@ -43,6 +43,8 @@ from saga_orchestrator.store.protocol import (
     AuditEntry,
     AuditFilter,
     AuditRecord,
+    ClaimedInstance,
+    Claims,
     DefinitionRecord,
     DueTimer,
     InstanceFilter,
@@ -55,6 +57,7 @@ from saga_orchestrator.store.protocol import (
     OutboxRow,
     ParticipantEntry,
     PutDefinitionOutcome,
+    QuarantinedInstance,
     StoredEvent,
 )
 from saga_orchestrator.store.sqlite_append import append_batch, write_transaction
@@ -142,9 +145,41 @@ class SqliteStore:
     async def release_leadership(self, name: str, holder: str) -> None:
         await self._run(cluster.release_leadership, name, holder)
 
-    def watch(self, on_instances: Callable[[list[str]], None]) -> None:
+    def watch(
+        self,
+        on_instances: Callable[[list[tuple[str, int]]], None],
+        on_claimable: Callable[[], None] | None = None,
+    ) -> None:
         """One node per SQLite file: the engine's own bus sees every append."""
         return
+
+    # -- instance leases: one node per file owns everything, so there is nothing to lease --
+    async def claim_instances(
+        self, owner: str, ttl: float, limit: int, max_takeovers: int
+    ) -> Claims:
+        raise _NO_LEASES
+
+    async def claim_instance(
+        self, owner: str, ttl: float, tenant_id: str, instance_id: str
+    ) -> int | None:
+        raise _NO_LEASES
+
+    async def reclaim_own(self, owner: str, ttl: float) -> list[ClaimedInstance]:
+        raise _NO_LEASES
+
+    async def renew_leases(
+        self, owner: str, ttl: float, leases: Sequence[tuple[str, int]]
+    ) -> dict[str, int]:
+        raise _NO_LEASES
+
+    async def release_leases(self, owner: str, leases: Sequence[tuple[str, int]]) -> None:
+        raise _NO_LEASES
+
+    async def list_quarantined(self) -> list[QuarantinedInstance]:
+        return []  # nothing is claimed, so nothing is ever quarantined
+
+    async def release_quarantine(self, tenant_id: str, instance_id: str) -> bool:
+        return False
 
     # -- schema --
     async def migrate(self) -> int:
@@ -195,6 +230,8 @@ class SqliteStore:
 
     # -- instances and events --
     async def append(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        if any(request.lease is not None for request in requests):
+            raise _NO_LEASES
         if not requests:
             return []
         validate(requests)
@@ -318,6 +355,10 @@ class SqliteStore:
 
 # -- everything below runs on the store's thread --
 
+
+_NO_LEASES = ConfigurationError(
+    "instance leases need PostgreSQL: an embedded SQLite store serves a single node"
+)
 
 MIN_SQLITE = (3, 38, 0)
 """JSON ``->>`` (bulk writes) needs SQLite 3.38; UPDATE ... FROM needs 3.33."""

@@ -18,12 +18,13 @@ TABLES = {
     "audit_log", "audit_heads",
 }  # fmt: skip
 """Tenant-owned tables (``shared_secrets`` is node-wide: keys every node of a cluster shares)."""
-LATEST = 4
+LATEST = 5
 MIGRATIONS = [
     (1, "initial"),
     (2, "participants_outbox_claims"),
     (3, "audit_log"),
     (4, "cluster"),
+    (5, "instance_leases"),
 ]
 
 
@@ -57,6 +58,7 @@ async def test_second_migrate_is_a_no_op(empty_store_url: str) -> None:
                 (2,),
                 (3,),
                 (4,),
+                (5,),
             ]
     finally:
         await store.close()
@@ -73,6 +75,7 @@ async def test_concurrent_migrate_applies_each_version_once(empty_store_url: str
                 (2,),
                 (3,),
                 (4,),
+                (5,),
             ]
     finally:
         await first.close()

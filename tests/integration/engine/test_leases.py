@@ -1,0 +1,249 @@
+"""Instance leases as nodes live them (semantics §5), several nodes in one process over one
+PostgreSQL: ownership, hand-over, outside inputs at a non-owner, fencing of a deposed owner.
+
+Killed and paused processes are tested end to end in tests/e2e/test_cluster.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from saga_orchestrator.errors import ConfigurationError
+from saga_orchestrator.orchestrator import Orchestrator
+from tests.integration.engine.support import FAST_RETRY, Participants, saga, steps
+from tests.support.waiting import until
+
+pytestmark = pytest.mark.postgres
+
+NAMES = ("reserve", "charge", "ship")
+ORDER = saga("order", steps(*NAMES, retry=FAST_RETRY))
+
+Node = Callable[..., Orchestrator]
+
+
+@pytest_asyncio.fixture
+async def node(pg_url: str) -> AsyncIterator[Node]:
+    """Open cluster nodes on the test's database; closed at the end of the test."""
+    opened: list[Orchestrator] = []
+
+    def make(participants: Participants, name: str, **options: Any) -> Orchestrator:
+        options.setdefault("lease_ttl", 30.0)
+        options.setdefault("claim_poll_interval", 0.2)
+        built = Orchestrator(
+            pg_url, handlers=participants.registry(), cluster=True, node_id=name, **options
+        )
+        opened.append(built)
+        return built
+
+    yield make
+    for built in opened:
+        await built.close(grace=0.1)
+
+
+async def lease_of(pg_url: str, instance_id: str) -> tuple[str | None, int, int]:
+    """(owner, epoch, takeovers) of the instance's row."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT owner_id, lease_epoch, takeovers FROM instances WHERE instance_id = $1",
+            instance_id,
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    return row[0], int(row[1]), int(row[2])
+
+
+async def event_types(pg_url: str, instance_id: str) -> list[str]:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT type FROM events WHERE instance_id = $1 ORDER BY seq", instance_id
+        )
+    finally:
+        await conn.close()
+    return [row[0] for row in rows]
+
+
+async def test_cluster_mode_is_refused_on_sqlite(sqlite_url: str) -> None:
+    with pytest.raises(ConfigurationError, match="PostgreSQL"):
+        Orchestrator(sqlite_url, cluster=True)
+
+
+async def test_the_starting_node_owns_the_instance_until_it_settles(
+    node: Node, pg_url: str
+) -> None:
+    participants = Participants(NAMES)
+    gate = participants.gates["charge"] = asyncio.Event()
+    a = await node(participants, "a").open()
+    await a.register(ORDER)
+    started = await a.start("order", {})
+    await participants.reached("charge").wait()
+    owner, epoch, _ = await lease_of(pg_url, started.instance_id)
+    assert (owner, epoch) == ("a", 1)
+    gate.set()
+    assert (await a.wait(started.instance_id, timeout=30)).status == "completed"
+    owner, _, _ = await lease_of(pg_url, started.instance_id)
+    assert owner is None  # settled: whoever acts next claims it
+
+
+async def test_graceful_shutdown_hands_unfinished_instances_over_at_once(
+    node: Node, pg_url: str
+) -> None:
+    first, second = Participants(NAMES), Participants(NAMES)
+    first.script["charge"] = ["hang"] * 10  # node a never finishes a charge
+    a = await node(first, "a").open()
+    b = await node(second, "b").open()
+    await a.register(ORDER)
+    ids = [(await a.start("order", {"n": n})).instance_id for n in range(10)]
+    await until(
+        lambda: not (len({call[0] for call in first.calls if call[1] == "charge"}) < len(ids))
+    )
+    assert second.calls == []
+
+    await a.close(grace=0.1)  # releases its leases: b claims at once, not after 30 s
+
+    for instance_id in ids:
+        assert (await b.wait(instance_id, timeout=20)).status == "completed"
+        owner, epoch, takeovers = await lease_of(pg_url, instance_id)
+        assert (owner, epoch, takeovers) == (None, 2, 0)  # released, not orphaned
+    assert first.counts() == {"reserve": 10, "charge": 10}
+    # b re-attempts the interrupted charge (attempt 2) and goes on from there.
+    assert sorted({(c[1], c[3]) for c in second.calls}) == [
+        ("charge", 2),
+        ("ship", 1),
+    ]
+    assert second.counts() == {"charge": 10, "ship": 10}
+
+
+async def test_an_input_at_a_node_that_does_not_drive_the_instance_reaches_its_owner(
+    node: Node, pg_url: str
+) -> None:
+    owner_side, other_side = Participants(NAMES), Participants(NAMES)
+    gate = owner_side.gates["charge"] = asyncio.Event()
+    a = await node(owner_side, "a").open()
+    b = await node(other_side, "b").open()
+    await a.register(ORDER)
+    started = await a.start("order", {})
+    await owner_side.reached("charge").wait()
+
+    await b.cancel(started.instance_id, "customer changed their mind")
+    gate.set()
+
+    final = await a.wait(started.instance_id, timeout=30)
+    assert final.status == "cancelled"
+    assert other_side.calls == []  # b recorded the input; a, the owner, acted on it
+    assert owner_side.called(started.instance_id) == [
+        "reserve",
+        "charge",
+        "undo.charge",
+        "undo.reserve",
+    ]
+    _, epoch, _ = await lease_of(pg_url, started.instance_id)
+    assert epoch == 1  # never changed hands
+
+
+async def test_a_deposed_owner_stops_at_once_and_calls_no_participant(
+    node: Node, pg_url: str
+) -> None:
+    participants = Participants(NAMES)
+    gate = participants.gates["reserve"] = asyncio.Event()
+    a = await node(participants, "a").open()
+    await a.register(ORDER)
+    started = await a.start("order", {})
+    await participants.reached("reserve").wait()
+    conn = await asyncpg.connect(pg_url)
+    try:  # another node takes the instance over while a's attempt runs
+        await conn.execute(
+            "UPDATE instances SET owner_id = 'thief', lease_epoch = lease_epoch + 1 "
+            "WHERE instance_id = $1",
+            started.instance_id,
+        )
+    finally:
+        await conn.close()
+    before = await event_types(pg_url, started.instance_id)
+
+    gate.set()  # a's attempt finishes: its result is fenced off
+    await until(lambda: a.engine.live_instances == 0)
+
+    assert await event_types(pg_url, started.instance_id) == before
+    assert participants.called() == ["reserve"]  # never went on to charge
+
+
+async def test_a_silent_owners_instances_are_taken_over_when_their_leases_expire(
+    node: Node, pg_url: str
+) -> None:
+    silent, taker = Participants(NAMES), Participants(NAMES)
+    silent.script["charge"] = ["hang"] * 5
+    a = await node(silent, "a", lease_ttl=1.5).open()
+    await a.register(ORDER)
+    ids = [(await a.start("order", {"n": n})).instance_id for n in range(5)]
+    await until(lambda: silent.counts()["charge"] == len(ids))
+    keeper = a.engine.keeper
+    assert keeper is not None
+    await keeper.stop()  # a stops renewing, as if its process froze
+    b = await node(taker, "b", lease_ttl=1.5).open()
+
+    for instance_id in ids:
+        assert (await b.wait(instance_id, timeout=30)).status == "completed"
+        owner, epoch, takeovers = await lease_of(pg_url, instance_id)
+        assert (owner, epoch, takeovers) == (None, 2, 1)
+    assert taker.counts() == {"charge": 5, "ship": 5}
+    assert {c[3] for c in taker.calls if c[1] == "charge"} == {2}
+
+
+async def test_a_node_restarted_under_the_same_id_takes_its_leases_back(
+    node: Node, pg_url: str
+) -> None:
+    before, after = Participants(NAMES), Participants(NAMES)
+    before.script["charge"] = ["hang"] * 3
+    first = await node(before, "n1").open()
+    await first.register(ORDER)
+    ids = [(await first.start("order", {"n": n})).instance_id for n in range(3)]
+    await until(lambda: before.counts()["charge"] == len(ids))
+    keeper = first.engine.keeper
+    assert keeper is not None
+    await keeper.stop()  # the first incarnation freezes with its 30 s leases
+
+    second = await node(after, "n1").open()  # same id: no waiting for the leases to expire
+
+    for instance_id in ids:
+        assert (await second.wait(instance_id, timeout=20)).status == "completed"
+        _, epoch, takeovers = await lease_of(pg_url, instance_id)
+        assert (epoch, takeovers) == (2, 0)
+    assert after.counts() == {"charge": 3, "ship": 3}
+
+
+async def test_instances_are_shared_between_idle_nodes(node: Node, pg_url: str) -> None:
+    silent = Participants(NAMES)
+    silent.script["reserve"] = ["hang"] * 60
+    a = await node(silent, "a", lease_ttl=3.0).open()
+    await a.register(ORDER)
+    ids = [(await a.start("order", {"n": n})).instance_id for n in range(60)]
+    await until(lambda: silent.counts()["reserve"] >= len(ids), "a to call every reserve")
+    keeper = a.engine.keeper
+    assert keeper is not None
+    await keeper.stop()
+    takers = [Participants(NAMES) for _ in range(2)]
+    gates = [asyncio.Event() for _ in takers]
+    for taker, gate in zip(takers, gates, strict=True):
+        taker.gates["reserve"] = gate
+    nodes = [
+        await node(t, f"t{i}", lease_ttl=3.0, max_concurrent_sagas=40).open()
+        for i, t in enumerate(takers)
+    ]
+    # Each can hold 40; neither may take all 60.
+    await until(
+        lambda: sum(t.counts()["reserve"] for t in takers) >= len(ids), "takers to call reserve"
+    )
+    shares = [t.counts()["reserve"] for t in takers]
+    assert all(share >= 20 for share in shares), shares
+    for gate in gates:
+        gate.set()
+    for instance_id in ids:
+        assert (await nodes[0].wait(instance_id, timeout=30)).status == "completed"
