@@ -37,6 +37,7 @@ from saga_orchestrator.store.protocol import (
     PutDefinitionOutcome,
     Store,
     StoredEvent,
+    TenantLimitsEntry,
 )
 from saga_orchestrator.store.sqlite import SqliteOptions, SqliteStore
 
@@ -69,6 +70,7 @@ __all__ = [
     "SqliteStore",
     "Store",
     "StoredEvent",
+    "TenantLimitsEntry",
     "open_store",
 ]
 
