@@ -17,7 +17,7 @@ from fastapi import Request
 
 from saga_orchestrator.api.audit import current_context
 from saga_orchestrator.errors import Forbidden, RateLimited, Unauthenticated
-from saga_orchestrator.security.limits import RateLimiter, TenantLimits, combined_headers
+from saga_orchestrator.security.limits import RateLimiter, RequestLimits, combined_headers
 from saga_orchestrator.security.tokens import Authenticator, Principal, Role
 
 
@@ -83,7 +83,7 @@ class Access:
     default_tenant: str
     default_actor: str = "api"
     limiter: RateLimiter | None = None
-    limits: TenantLimits | None = None
+    limits: RequestLimits | None = None
 
     async def __call__(self, request: Request) -> Principal | None:
         route = getattr(request.scope.get("route"), "path", None)
