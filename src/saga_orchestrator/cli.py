@@ -206,6 +206,12 @@ cluster_app = typer.Typer(
     name="cluster", help="See the nodes serving a database.", no_args_is_help=True
 )
 app.add_typer(cluster_app)
+limits_app = typer.Typer(
+    name="limits",
+    help="Show, set and reset the tenant's own limits (requests, starts, running sagas).",
+    no_args_is_help=True,
+)
+app.add_typer(limits_app)
 
 
 class OutputFormat(StrEnum):
@@ -354,6 +360,69 @@ def participants_delete(name: NameArgument, url: ServerUrl = DEFAULT_URL) -> Non
     with _reported_errors(), _client(url) as client:
         client.delete_participant(name)
     Console().print(f"{name}: deleted")
+
+
+@limits_app.command("show")
+def limits_show(url: ServerUrl = DEFAULT_URL, output: OutputOption = OutputFormat.TABLE) -> None:
+    """The tenant's own limits and what the node applies (its defaults where none is set)."""
+    from saga_orchestrator.console.output import print_limits
+
+    with _reported_errors(), _client(url) as client:
+        shown = client.get_limits()
+    _emit(output, shown, print_limits)
+
+
+def _rate_option(name: str) -> Any:
+    return typer.Option(f"--{name}-per-second", help=f"{name.capitalize()} per second.")
+
+
+def _burst_option(name: str) -> Any:
+    return typer.Option(
+        f"--{name}-burst", help=f"{name.capitalize()} at once (default: twice the rate).", min=1
+    )
+
+
+@limits_app.command("set")
+def limits_set(
+    *,
+    requests_per_second: Annotated[float | None, _rate_option("requests")] = None,
+    requests_burst: Annotated[int | None, _burst_option("requests")] = None,
+    starts_per_second: Annotated[float | None, _rate_option("starts")] = None,
+    starts_burst: Annotated[int | None, _burst_option("starts")] = None,
+    max_running_sagas: Annotated[
+        int | None, typer.Option(help="Sagas running on one node at once.", min=1)
+    ] = None,
+    url: ServerUrl = DEFAULT_URL,
+    output: OutputOption = OutputFormat.TABLE,
+) -> None:
+    """Replace the tenant's own limits with these (admin): a limit not given goes back to the
+    node's default."""
+    from saga_orchestrator.console.output import print_limits
+
+    body: dict[str, Any] = {}
+    for name, rate, burst in (
+        ("requests", requests_per_second, requests_burst),
+        ("starts", starts_per_second, starts_burst),
+    ):
+        if rate is None and burst is not None:
+            raise typer.BadParameter(f"--{name}-burst needs --{name}-per-second")
+        if rate is not None:
+            body[name] = {"per_second": rate} | ({} if burst is None else {"burst": burst})
+    if max_running_sagas is not None:
+        body["max_running_sagas"] = max_running_sagas
+    if not body:
+        raise typer.BadParameter("give at least one limit (`saga limits reset` clears them)")
+    with _reported_errors(), _client(url) as client:
+        saved = client.put_limits(body)
+    _emit(output, saved, print_limits)
+
+
+@limits_app.command("reset")
+def limits_reset(url: ServerUrl = DEFAULT_URL) -> None:
+    """Back to the node's defaults for every limit of the tenant (admin)."""
+    with _reported_errors(), _client(url) as client:
+        client.reset_limits()
+    Console().print("limits reset to the node's defaults")
 
 
 @instances_app.command("start")

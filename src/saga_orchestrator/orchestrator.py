@@ -46,6 +46,7 @@ from saga_orchestrator.engine.participants import ParticipantRegistry
 from saga_orchestrator.engine.relay import OutboxRelay
 from saga_orchestrator.engine.runtime import Engine, EngineOptions, StartResult
 from saga_orchestrator.errors import ConfigurationError, SagaError
+from saga_orchestrator.security.tenant_limits import TenantLimitsBook
 from saga_orchestrator.store import PostgresStore, Store, open_store
 from saga_orchestrator.store.encryption import EventCipher
 from saga_orchestrator.transports.amqp import AmqpPublisher, AmqpSettings, ReplyConsumer
@@ -101,6 +102,9 @@ class Orchestrator:
                 "serves a single node"
             )
         self.participants = ParticipantRegistry(self.store)
+        self.tenant_limits = TenantLimitsBook(self.store)
+        self.max_running_sagas_per_tenant = max_running_sagas_per_tenant
+        """The node's default cap; a tenant's overrides (:attr:`tenant_limits`) may change it."""
         self.definitions = DefinitionRegistry(
             self.store,
             known_handlers=self.handlers.names if require_known_handlers else lambda: None,
@@ -152,9 +156,7 @@ class Orchestrator:
             clock=self.clock,
             options=EngineOptions(
                 max_concurrent_sagas=max_concurrent_sagas,
-                running_quota=None
-                if max_running_sagas_per_tenant is None
-                else lambda _tenant: max_running_sagas_per_tenant,
+                running_quota=self.running_quota,
                 leases=LeaseOptions(
                     node_id=node_id,
                     ttl=lease_ttl,
@@ -249,6 +251,12 @@ class Orchestrator:
             else ParticipantService.model_validate(service)
         )
         return (await self.participants.put(self.tenant_id, name, model)).record
+
+    async def running_quota(self, tenant_id: str) -> int | None:
+        """The tenant's cap on its sagas running on this node at once (None: no cap)."""
+        overrides = await self.tenant_limits.overrides(tenant_id)
+        default = self.max_running_sagas_per_tenant
+        return default if overrides is None else overrides.running_cap(default)
 
     def breaker_snapshots(self) -> list[BreakerSnapshot]:
         return self.breakers.snapshot()

@@ -348,3 +348,28 @@ def test_cluster_status_lists_this_node_as_leader(server: str) -> None:
     assert "yes" in shown  # the only node leads
     listed = as_json(saga("cluster", "status", "-o", "json", url=server))
     assert [node["leader"] for node in listed["items"]] == [True]
+
+
+def test_limits_set_show_and_reset(server: str) -> None:
+    saved = as_json(
+        saga(
+            "limits", "set", "--starts-per-second", "20", "--max-running-sagas", "40",
+            "-o", "json", url=server,
+        )
+    )  # fmt: skip
+    assert (saved["version"], saved["limits"]["max_running_sagas"]) == (1, 40)
+    assert saved["applied"]["starts"] == {"per_second": 20.0, "burst": 40}
+    shown = ok(saga("limits", "show", url=server))
+    assert "Limits of tenant default (version 1)" in shown
+    rows = {line.strip().split("  ")[0]: line.split() for line in shown.splitlines()}
+    assert rows["starts per second"][-4:] == ["20.0", "20.0", "(burst", "40)"]  # own, applied
+    assert rows["max running sagas"][-2:] == ["40", "40"]
+    refused = saga("limits", "set", "--requests-per-second", "0", url=server)
+    assert refused.returncode == 1
+    assert "requests.per_second" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    usage = saga("limits", "set", "--starts-burst", "3", url=server)
+    assert usage.returncode == 2
+    assert "--starts-per-second" in usage.stderr
+    assert "limits reset" in ok(saga("limits", "reset", url=server))
+    assert as_json(saga("limits", "show", "-o", "json", url=server))["version"] is None

@@ -1,7 +1,8 @@
 """Who may call what: every route's rule, in one table you can read (semantics §6).
 
 ``viewer`` reads, ``operator`` also starts and acts on instances, ``admin`` also manages
-definitions and participant services (each role includes the ones before it). Completion
+definitions, participant services and the tenant's settings (each role includes the ones
+before it). Completion
 callbacks are authorized by the attempt's own completion token, not by a bearer token; health
 checks and the API's description are public. A route missing from :data:`ACCESS` is refused
 to everyone (and a test fails), so a new route cannot be left open by accident.
@@ -10,6 +11,7 @@ to everyone (and a test fails), so a new route cannot be left open by accident.
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -17,7 +19,8 @@ from fastapi import Request
 
 from saga_orchestrator.api.audit import current_context
 from saga_orchestrator.errors import Forbidden, RateLimited, Unauthenticated
-from saga_orchestrator.security.limits import RateLimiter, TenantLimits, combined_headers
+from saga_orchestrator.security.limits import RateLimiter, RequestLimits, combined_headers
+from saga_orchestrator.security.tenant_limits import TenantLimits
 from saga_orchestrator.security.tokens import Authenticator, Principal, Role
 
 
@@ -32,6 +35,7 @@ Rule = Role | Public
 
 V, OP, A = Role.VIEWER, Role.OPERATOR, Role.ADMIN
 INSTANCE = "/api/v1/sagas/instances/{instance_id}"
+SETTINGS = "/api/v1/tenant/limits"
 
 ACCESS: Final[dict[tuple[str, str], Rule]] = {
     ("GET", "/health"): Public.ANYONE,
@@ -65,6 +69,12 @@ ACCESS: Final[dict[tuple[str, str], Rule]] = {
     ("DELETE", "/api/v1/participants/{name}"): A,
     ("GET", "/api/v1/audit"): A,
     ("GET", "/api/v1/cluster/nodes"): A,
+    # Tenant settings are changed by admins. Reading the limits is a viewer's read: they hold
+    # no secret, every caller learns them from the RateLimit-Policy of a 429 anyway, and a
+    # client that knows them can pace itself instead of being refused.
+    ("GET", SETTINGS): V,
+    ("PUT", SETTINGS): A,
+    ("DELETE", SETTINGS): A,
 }
 
 
@@ -83,7 +93,10 @@ class Access:
     default_tenant: str
     default_actor: str = "api"
     limiter: RateLimiter | None = None
-    limits: TenantLimits | None = None
+    limits: RequestLimits | None = None
+    """The node's defaults."""
+    overrides: Callable[[str], Awaitable[TenantLimits | None]] | None = None
+    """A tenant's own limits, if it has any (cached: asked on every limited request)."""
 
     async def __call__(self, request: Request) -> Principal | None:
         route = getattr(request.scope.get("route"), "path", None)
@@ -112,16 +125,24 @@ class Access:
 
     async def _limit(self, principal: Principal, method: str, route: str | None) -> None:
         """Each tenant's requests, and its starts, come out of token buckets of their own:
-        one tenant flooding the API is refused without slowing another's."""
+        one tenant flooding the API is refused without slowing another's. The tenant's own
+        limits, if it set any, replace the node's defaults."""
         if self.limiter is None or self.limits is None:
             return
-        decisions = [
-            await self.limiter.check(principal.tenant_id, "requests", self.limits.requests)
-        ]
-        if method == "POST" and route == "/api/v1/sagas/instances":
-            decisions.append(
-                await self.limiter.check(principal.tenant_id, "starts", self.limits.starts)
+        tenant = principal.tenant_id
+        if route == SETTINGS:
+            # Never the tenant's own limits here: one set too low must not lock its admins out
+            # of raising it; and a bucket per caller, so no one else can drain theirs.
+            settings = await self.limiter.check(
+                tenant, "settings", self.limits.requests, partition=principal.subject
             )
+            decisions = [settings]
+        else:
+            own = None if self.overrides is None else await self.overrides(tenant)
+            limits = self.limits if own is None else own.request_limits(self.limits)
+            decisions = [await self.limiter.check(tenant, "requests", limits.requests)]
+            if method == "POST" and route == "/api/v1/sagas/instances":
+                decisions.append(await self.limiter.check(tenant, "starts", limits.starts))
         refused = [d for d in decisions if not d.allowed]
         if refused:
             raise RateLimited(

@@ -36,8 +36,10 @@ from saga_orchestrator.api.routes import (
     operations,
     participants,
     stream,
+    tenant,
 )
 from saga_orchestrator.api.services import DefinitionService, HealthService, InstanceService
+from saga_orchestrator.api.tenant import TenantLimitsApi
 from saga_orchestrator.core.state import SagaState
 from saga_orchestrator.orchestrator import Orchestrator
 
@@ -78,6 +80,7 @@ def create_app(orchestrator: Orchestrator, options: ApiOptions | None = None) ->
                     options.actor,
                     options.rate_limiter,
                     options.limits,
+                    orchestrator.tenant_limits.overrides,
                 )
             )
         ],
@@ -92,6 +95,7 @@ def create_app(orchestrator: Orchestrator, options: ApiOptions | None = None) ->
         participants,
         audit,
         cluster,
+        tenant,
         health,
     )
     routers = [module.router for module in modules]
@@ -134,6 +138,11 @@ def build_services(orchestrator: Orchestrator, options: ApiOptions) -> Services:
         health=HealthService(orchestrator.store),
         participants=ParticipantsApi(orchestrator.participants, orchestrator.breaker_snapshots),
         callbacks=CallbackApi(orchestrator.engine),
+        tenant_limits=TenantLimitsApi(
+            orchestrator.tenant_limits,
+            request_defaults=options.limits if options.rate_limiter is not None else None,
+            running_quota=orchestrator.running_quota,
+        ),
         cluster=orchestrator.member,
         metrics=metrics,
         options=options,

@@ -55,6 +55,8 @@ class Audited:
     target_type: str
     target_param: str | None
     """The path parameter naming the target (None: the target is known after the change)."""
+    of_tenant: bool = False
+    """The target is the caller's tenant itself (its settings)."""
 
 
 AUDITED: Final[dict[tuple[str, str], Audited]] = {
@@ -86,6 +88,12 @@ AUDITED: Final[dict[tuple[str, str], Audited]] = {
     ),
     ("PUT", "/api/v1/participants/{name}"): Audited("participant.put", "participant", "name"),
     ("DELETE", "/api/v1/participants/{name}"): Audited("participant.delete", "participant", "name"),
+    ("PUT", "/api/v1/tenant/limits"): Audited(
+        "tenant_limits.put", "tenant_limits", None, of_tenant=True
+    ),
+    ("DELETE", "/api/v1/tenant/limits"): Audited(
+        "tenant_limits.delete", "tenant_limits", None, of_tenant=True
+    ),
 }
 
 
@@ -167,6 +175,8 @@ class AuditFailuresMiddleware:
             return
         params = scope.get("path_params", {})
         target = str(params.get(audited.target_param, "")) if audited.target_param else ""
+        if audited.of_tenant:
+            target = context.tenant_id
         entry = audit_entry(
             context.tenant_id,
             audited.action,

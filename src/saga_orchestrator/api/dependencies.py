@@ -11,6 +11,7 @@ from saga_orchestrator.api.metrics import ApiMetrics
 from saga_orchestrator.api.options import ApiOptions
 from saga_orchestrator.api.participants import CallbackApi, ParticipantsApi
 from saga_orchestrator.api.services import DefinitionService, HealthService, InstanceService
+from saga_orchestrator.api.tenant import TenantLimitsApi
 from saga_orchestrator.engine.cluster import ClusterMember
 
 
@@ -23,6 +24,7 @@ class Services:
     health: HealthService
     participants: ParticipantsApi
     callbacks: CallbackApi
+    tenant_limits: TenantLimitsApi
     cluster: ClusterMember
     metrics: ApiMetrics
     options: ApiOptions
@@ -63,6 +65,10 @@ async def participants_api(request: Request) -> ParticipantsApi:
 
 async def callback_api(request: Request) -> CallbackApi:
     return _services(request).callbacks
+
+
+async def tenant_limits_api(request: Request) -> TenantLimitsApi:
+    return _services(request).tenant_limits
 
 
 def _services(request: Request) -> Services:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from saga_orchestrator.security.limits import RateLimiter, TenantLimits
+    from saga_orchestrator.security.limits import RateLimiter, RequestLimits
     from saga_orchestrator.security.tokens import Authenticator
 
 
@@ -30,5 +30,6 @@ class ApiOptions:
     node's tenant (embedding, tests); ``saga serve`` always sets one."""
     rate_limiter: RateLimiter | None = None
     """Per-tenant request and start limits (None: unlimited)."""
-    limits: TenantLimits | None = None
-    """The limits of every tenant (per-tenant overrides come from the admin API)."""
+    limits: RequestLimits | None = None
+    """The node's default request and start limits of every tenant (None: unlimited); a
+    tenant's admins may override them (``PUT /api/v1/tenant/limits``)."""

@@ -33,6 +33,7 @@ __all__ = ["DEFAULT_URL", "SagaClient", "Unreachable", "media_type_of"]
 DEFAULT_URL: Final = "http://127.0.0.1:8000"
 API: Final = "/api/v1/sagas"
 PARTICIPANTS: Final = "/api/v1/participants"
+TENANT_LIMITS: Final = "/api/v1/tenant/limits"
 EVENTS_PAGE: Final = 1000
 _YAML_SUFFIXES: Final = frozenset({".yaml", ".yml"})
 
@@ -119,6 +120,19 @@ class SagaClient:
 
     def delete_participant(self, name: str) -> None:
         self._json("DELETE", f"{PARTICIPANTS}/{name}", empty=True)
+
+    # --- the tenant's own limits ------------------------------------------------------------
+
+    def get_limits(self) -> dict[str, Any]:
+        """The overrides stored for the caller's tenant, and what the node applies."""
+        return self._json("GET", TENANT_LIMITS)
+
+    def put_limits(self, limits: Mapping[str, Any]) -> dict[str, Any]:
+        """Replace the tenant's overrides; a limit left out goes back to the node's default."""
+        return self._json("PUT", TENANT_LIMITS, json=limits)
+
+    def reset_limits(self) -> None:
+        self._json("DELETE", TENANT_LIMITS, empty=True)
 
     def cluster_nodes(self) -> dict[str, Any]:
         return self._json("GET", "/api/v1/cluster/nodes")

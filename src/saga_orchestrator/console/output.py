@@ -101,6 +101,42 @@ def print_participants(console: Console, participants: Sequence[Mapping[str, Any
     console.print(table if participants else Text("no participant services", style="dim"))
 
 
+# --- the tenant's own limits --------------------------------------------------------------------
+
+
+def print_limits(console: Console, shown: Mapping[str, Any]) -> None:
+    version = shown.get("version")
+    stored = "the node's defaults" if version is None else f"version {version}"
+    title = f"Limits of tenant {shown.get('tenant_id')} ({stored})"
+    table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left")
+    for column in ("limit", "tenant's own", "applied"):
+        table.add_column(column)
+    own: Mapping[str, Any] = shown.get("limits") or {}
+    applied: Mapping[str, Any] = shown.get("applied") or {}
+    for name in ("requests", "starts"):
+        table.add_row(
+            f"{name} per second",
+            _bucket(own.get(name), "-"),
+            _bucket(applied.get(name), "not limited"),
+        )
+    running = "max running sagas"
+    table.add_row(
+        running, _cap(own.get("max_running_sagas"), "-"), _cap(applied.get("max_running_sagas"))
+    )
+    console.print(table)
+
+
+def _bucket(bucket: Mapping[str, Any] | None, missing: str) -> str:
+    if bucket is None:
+        return missing
+    burst = bucket.get("burst")
+    return f"{bucket.get('per_second')}" + ("" if burst is None else f" (burst {burst})")
+
+
+def _cap(value: object, missing: str = "no cap") -> str:
+    return missing if value is None else str(value)
+
+
 def print_cluster(console: Console, cluster: Mapping[str, Any]) -> None:
     title = f"Cluster nodes (leader epoch {cluster.get('leader_epoch')})"
     table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left")

@@ -18,7 +18,7 @@ import uvicorn
 from saga_orchestrator.api import ApiOptions, create_app
 from saga_orchestrator.errors import ConfigurationError
 from saga_orchestrator.orchestrator import Orchestrator
-from saga_orchestrator.security.limits import Limit, RateLimiter, TenantLimits
+from saga_orchestrator.security.limits import Limit, RateLimiter, RequestLimits
 from saga_orchestrator.security.tokens import (
     Authenticator,
     AuthSettings,
@@ -90,9 +90,9 @@ async def serve(
         options = ApiOptions(
             authenticator=authenticator,
             rate_limiter=limiter,
-            limits=TenantLimits(
-                requests=_limit(settings.rate_limit_requests),
-                starts=_limit(settings.rate_limit_starts),
+            limits=RequestLimits(
+                requests=Limit.per_second(settings.rate_limit_requests),
+                starts=Limit.per_second(settings.rate_limit_starts),
             ),
         )
         if newcomer_token is not None:
@@ -117,10 +117,6 @@ async def serve(
         await limiter.aclose()
         if token_file is not None:
             token_file.unlink(missing_ok=True)  # the token dies with the run's secret
-
-
-def _limit(per_second: float) -> Limit:
-    return Limit(rate=per_second, burst=max(1, int(2 * per_second)))
 
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})

@@ -15,7 +15,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -136,9 +136,10 @@ class EngineOptions:
     """Instances driven at once; further starts wait for a slot (back-pressure)."""
     max_batch: int = 500
     """Instances' appends per group-commit transaction."""
-    running_quota: Callable[[str], int | None] | None = None
-    """A tenant's cap on its sagas running on this node at once (None: no cap): a start over
-    it is refused (429) instead of waiting, so one tenant cannot take every slot."""
+    running_quota: Callable[[str], Awaitable[int | None]] | None = None
+    """A tenant's cap on its sagas running on this node at once (None: no cap), asked at every
+    start (so it should answer from memory): a start over it is refused (429) instead of
+    waiting, so one tenant cannot take every slot."""
     leases: LeaseOptions | None = None
     """Several nodes share the database (PostgreSQL): each drives only the instances it holds
     a lease on. None: this is the only node, and it drives every unfinished instance."""
@@ -249,7 +250,13 @@ class Engine:
         _check_size(context)
         definition = await self.definitions.resolve(tenant_id, name, version)
         validate_input(definition.definition, context)
-        self._check_quota(tenant_id)
+        quota = (
+            None
+            if self.options.running_quota is None
+            else await self.options.running_quota(tenant_id)
+        )
+        # No await between the check and the count below while a slot is free.
+        self._check_quota(tenant_id, quota)
         await self._slots.acquire()
         self._per_tenant[tenant_id] += 1
         try:
@@ -269,10 +276,7 @@ class Engine:
             self._release_slot(tenant_id)
             raise
 
-    def _check_quota(self, tenant_id: str) -> None:
-        quota = (
-            None if self.options.running_quota is None else self.options.running_quota(tenant_id)
-        )
+    def _check_quota(self, tenant_id: str, quota: int | None) -> None:
         if quota is not None and self._per_tenant[tenant_id] >= quota:
             raise RateLimited(
                 f"tenant {tenant_id!r} has {self._per_tenant[tenant_id]} sagas running, its quota",

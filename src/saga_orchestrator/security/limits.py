@@ -40,7 +40,6 @@ from typing import Final, Literal
 from urllib.parse import quote
 
 import redis.asyncio as aioredis
-from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
@@ -52,13 +51,11 @@ __all__ = [
     "Decision",
     "FallbackPolicy",
     "Limit",
-    "LimitBody",
     "LimiterCounters",
     "MemoryBuckets",
     "RateLimiter",
     "RedisBuckets",
-    "TenantLimits",
-    "TenantLimitsBody",
+    "RequestLimits",
     "bucket_key",
     "combined_headers",
 ]
@@ -82,6 +79,12 @@ class Limit:
         if self.burst < 1:
             raise InvalidInput(f"burst must be at least 1 (got {self.burst})")
 
+    @classmethod
+    def per_second(cls, rate: float) -> Limit:
+        """``rate`` tokens per second in bursts of twice as many (at least 1): the rule of the
+        ``RATE_LIMIT_*`` settings."""
+        return cls(rate=rate, burst=max(1, int(2 * rate)))
+
     @property
     def window(self) -> int:
         """Seconds an empty bucket takes to fill (at least 1): the policy's ``w``."""
@@ -89,66 +92,14 @@ class Limit:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TenantLimits:
-    """Everything one tenant may do; the admin API sets it per tenant."""
+class RequestLimits:
+    """The API's buckets of one tenant: the node's defaults, or those with the tenant's
+    overrides applied (:meth:`.TenantLimits.request_limits`)."""
 
     requests: Limit = Limit(rate=100.0, burst=200)
-    """API requests of the tenant (also applied per principal, under its own partition)."""
+    """API requests of the tenant."""
     starts: Limit = Limit(rate=50.0, burst=100)
-    """Saga starts of the tenant."""
-    running_sagas: int | None = None
-    """Sagas of the tenant running at once on one node; ``None``: no cap."""
-    participant_calls: Limit | None = None
-    """Outbound calls to each participant, one bucket per participant; ``None``: no limit."""
-
-
-class LimitBody(BaseModel):
-    """A :class:`Limit` in the admin API."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    rate: float = Field(gt=0, le=1_000_000, allow_inf_nan=False, description="tokens per second")
-    burst: int = Field(ge=1, le=1_000_000, description="bucket size")
-
-    @classmethod
-    def of(cls, limit: Limit) -> LimitBody:
-        return cls(rate=limit.rate, burst=limit.burst)
-
-    def to_limit(self) -> Limit:
-        return Limit(rate=self.rate, burst=self.burst)
-
-
-_DEFAULTS: Final = TenantLimits()
-
-
-class TenantLimitsBody(BaseModel):
-    """The admin API's body for a tenant's limits; a field left out takes its default."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    requests: LimitBody = LimitBody.of(_DEFAULTS.requests)
-    starts: LimitBody = LimitBody.of(_DEFAULTS.starts)
-    running_sagas: int | None = Field(default=_DEFAULTS.running_sagas, ge=1)
-    participant_calls: LimitBody | None = None
-
-    @classmethod
-    def of(cls, limits: TenantLimits) -> TenantLimitsBody:
-        calls = limits.participant_calls
-        return cls(
-            requests=LimitBody.of(limits.requests),
-            starts=LimitBody.of(limits.starts),
-            running_sagas=limits.running_sagas,
-            participant_calls=None if calls is None else LimitBody.of(calls),
-        )
-
-    def to_limits(self) -> TenantLimits:
-        calls = self.participant_calls
-        return TenantLimits(
-            requests=self.requests.to_limit(),
-            starts=self.starts.to_limit(),
-            running_sagas=self.running_sagas,
-            participant_calls=None if calls is None else calls.to_limit(),
-        )
+    """Saga starts of the tenant (each also counts as a request)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -41,6 +41,7 @@ from saga_orchestrator.store.protocol import (
     QuarantinedInstance,
     Store,
     StoredEvent,
+    TenantLimitsEntry,
 )
 from saga_orchestrator.store.sqlite import SqliteOptions, SqliteStore
 
@@ -77,6 +78,7 @@ __all__ = [
     "SqliteStore",
     "Store",
     "StoredEvent",
+    "TenantLimitsEntry",
     "open_store",
 ]
 

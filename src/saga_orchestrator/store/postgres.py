@@ -59,6 +59,7 @@ from saga_orchestrator.store.protocol import (
     PutDefinitionOutcome,
     QuarantinedInstance,
     StoredEvent,
+    TenantLimitsEntry,
 )
 
 if TYPE_CHECKING:
@@ -394,6 +395,27 @@ class PostgresStore:
     ) -> bool:
         async with self._connection() as conn, conn.transaction():
             deleted = await extras.delete_participant(conn, tenant_id, name)
+            if deleted and audit is not None:
+                await audit_log.write_audit(conn, [audit])
+            return deleted
+
+    # -- tenant limit overrides --
+    async def get_tenant_limits(self, tenant_id: str) -> TenantLimitsEntry | None:
+        async with self._connection() as conn:
+            return await extras.get_tenant_limits(conn, tenant_id)
+
+    async def put_tenant_limits(
+        self, tenant_id: str, config: dict[str, Any], audit: AuditEntry | None = None
+    ) -> int:
+        async with self._connection() as conn, conn.transaction():
+            version = await extras.put_tenant_limits(conn, tenant_id, config)
+            if audit is not None:
+                await audit_log.write_audit(conn, [audit])
+            return version
+
+    async def delete_tenant_limits(self, tenant_id: str, audit: AuditEntry | None = None) -> bool:
+        async with self._connection() as conn, conn.transaction():
+            deleted = await extras.delete_tenant_limits(conn, tenant_id)
             if deleted and audit is not None:
                 await audit_log.write_audit(conn, [audit])
             return deleted

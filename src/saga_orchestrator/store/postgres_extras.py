@@ -1,4 +1,5 @@
-"""PostgreSQL statements for the outbox claims, participant services and shared secrets.
+"""PostgreSQL statements for the outbox claims, participant services, tenant limit overrides
+and shared secrets.
 
 A claim is a short transaction: ``FOR UPDATE SKIP LOCKED`` inside a CTE with ``LIMIT`` (as a
 plain subquery the planner may run it more than once and claim more than the limit) stamps
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import orjson
 
-from saga_orchestrator.store.protocol import OutboxRow, ParticipantEntry
+from saga_orchestrator.store.protocol import OutboxRow, ParticipantEntry, TenantLimitsEntry
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -60,6 +61,18 @@ LIST_PARTICIPANTS = (
     f"SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE tenant_id = $1 ORDER BY name"
 )
 DELETE_PARTICIPANT = "DELETE FROM participants WHERE tenant_id = $1 AND name = $2"
+
+UPSERT_TENANT_LIMITS = """
+INSERT INTO tenant_limits (tenant_id, config, version, updated_at)
+VALUES ($1, $2::jsonb, 1, now())
+ON CONFLICT (tenant_id) DO UPDATE
+SET config = excluded.config, version = tenant_limits.version + 1, updated_at = now()
+RETURNING version
+"""
+GET_TENANT_LIMITS = (
+    "SELECT tenant_id, config::text, version, updated_at FROM tenant_limits WHERE tenant_id = $1"
+)
+DELETE_TENANT_LIMITS = "DELETE FROM tenant_limits WHERE tenant_id = $1"
 
 INSERT_SECRET = """
 INSERT INTO shared_secrets (name, value, created_at) VALUES ($1, $2, now())
@@ -120,6 +133,23 @@ async def list_participants(conn: Connection, tenant_id: str) -> list[Participan
 
 async def delete_participant(conn: Connection, tenant_id: str, name: str) -> bool:
     return str(await conn.execute(DELETE_PARTICIPANT, tenant_id, name)) != "DELETE 0"
+
+
+async def put_tenant_limits(conn: Connection, tenant_id: str, config: dict[str, Any]) -> int:
+    return int(await conn.fetchval(UPSERT_TENANT_LIMITS, tenant_id, orjson.dumps(config).decode()))
+
+
+async def get_tenant_limits(conn: Connection, tenant_id: str) -> TenantLimitsEntry | None:
+    row = await conn.fetchrow(GET_TENANT_LIMITS, tenant_id)
+    if row is None:
+        return None
+    return TenantLimitsEntry(
+        tenant_id=row[0], config=orjson.loads(row[1]), version=row[2], updated_at=row[3]
+    )
+
+
+async def delete_tenant_limits(conn: Connection, tenant_id: str) -> bool:
+    return str(await conn.execute(DELETE_TENANT_LIMITS, tenant_id)) != "DELETE 0"
 
 
 async def shared_secret(conn: Connection, name: str, candidate: bytes) -> bytes:

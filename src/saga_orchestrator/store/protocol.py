@@ -287,6 +287,17 @@ class ParticipantEntry:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TenantLimitsEntry:
+    """A tenant's limit overrides as stored: JSON the caller validates."""
+
+    tenant_id: str
+    config: dict[str, Any]
+    version: int
+    """1 when first stored, bumped by every change (a reset starts over at 1)."""
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeRecord:
     node_id: str
     address: str
@@ -460,6 +471,20 @@ class Store(Protocol):
         self, tenant_id: str, name: str, audit: AuditEntry | None = None
     ) -> bool:
         """Return False if there was no such entry (``audit`` is then not recorded)."""
+        ...
+
+    # -- tenant limit overrides (one document per tenant) --
+    async def get_tenant_limits(self, tenant_id: str) -> TenantLimitsEntry | None: ...
+
+    async def put_tenant_limits(
+        self, tenant_id: str, config: dict[str, Any], audit: AuditEntry | None = None
+    ) -> int:
+        """Create or replace, with ``audit`` in the same transaction; return the new version
+        (1 when created)."""
+        ...
+
+    async def delete_tenant_limits(self, tenant_id: str, audit: AuditEntry | None = None) -> bool:
+        """Return False if the tenant had none (``audit`` is then not recorded)."""
         ...
 
     # -- the audit log (entries of appends are written by ``append``) --

@@ -59,6 +59,7 @@ from saga_orchestrator.store.protocol import (
     PutDefinitionOutcome,
     QuarantinedInstance,
     StoredEvent,
+    TenantLimitsEntry,
 )
 from saga_orchestrator.store.sqlite_append import append_batch, write_transaction
 from saga_orchestrator.store.sqlite_audit import write_audit
@@ -332,6 +333,18 @@ class SqliteStore:
         self, tenant_id: str, name: str, audit: AuditEntry | None = None
     ) -> bool:
         return await self._run(extras.delete_participant, tenant_id, name, audit)
+
+    # -- tenant limit overrides --
+    async def get_tenant_limits(self, tenant_id: str) -> TenantLimitsEntry | None:
+        return await self._run(extras.get_tenant_limits, tenant_id)
+
+    async def put_tenant_limits(
+        self, tenant_id: str, config: dict[str, Any], audit: AuditEntry | None = None
+    ) -> int:
+        return await self._run(extras.put_tenant_limits, tenant_id, config, audit)
+
+    async def delete_tenant_limits(self, tenant_id: str, audit: AuditEntry | None = None) -> bool:
+        return await self._run(extras.delete_tenant_limits, tenant_id, audit)
 
     async def shared_secret(self, name: str, candidate: bytes) -> bytes:
         return await self._run(extras.shared_secret, name, candidate)

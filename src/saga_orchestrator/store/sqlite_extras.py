@@ -1,4 +1,5 @@
-"""SQLite statements for the outbox claims, participant services and shared secrets.
+"""SQLite statements for the outbox claims, participant services, tenant limit overrides and
+shared secrets.
 
 Each function runs on the store's thread (see :mod:`.sqlite`). SQLite has a single writer, so
 a claim is one ``UPDATE ... RETURNING`` under ``BEGIN IMMEDIATE``: no two claimers can take
@@ -15,7 +16,13 @@ from typing import Any
 import orjson
 
 from saga_orchestrator.store.codec import from_micros, to_micros
-from saga_orchestrator.store.protocol import AuditEntry, AuditRecord, OutboxRow, ParticipantEntry
+from saga_orchestrator.store.protocol import (
+    AuditEntry,
+    AuditRecord,
+    OutboxRow,
+    ParticipantEntry,
+    TenantLimitsEntry,
+)
 from saga_orchestrator.store.sqlite_append import write_transaction
 from saga_orchestrator.store.sqlite_audit import write_audit
 
@@ -52,6 +59,18 @@ LIST_PARTICIPANTS = (
     f"SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE tenant_id = ? ORDER BY name"
 )
 DELETE_PARTICIPANT = "DELETE FROM participants WHERE tenant_id = ? AND name = ?"
+
+UPSERT_TENANT_LIMITS = """
+INSERT INTO tenant_limits (tenant_id, config, version, updated_at)
+VALUES (?1, ?2, 1, ?3)
+ON CONFLICT (tenant_id) DO UPDATE
+SET config = excluded.config, version = tenant_limits.version + 1, updated_at = excluded.updated_at
+RETURNING version
+"""
+GET_TENANT_LIMITS = (
+    "SELECT tenant_id, config, version, updated_at FROM tenant_limits WHERE tenant_id = ?"
+)
+DELETE_TENANT_LIMITS = "DELETE FROM tenant_limits WHERE tenant_id = ?"
 
 INSERT_SECRET = """
 INSERT INTO shared_secrets (name, value, created_at) VALUES (?, ?, ?)
@@ -143,6 +162,40 @@ def delete_participant(
 ) -> bool:
     with write_transaction(conn):
         deleted = conn.execute(DELETE_PARTICIPANT, (tenant_id, name)).rowcount > 0
+        if deleted and audit is not None:
+            write_audit(conn, [audit])
+    return deleted
+
+
+def put_tenant_limits(
+    conn: sqlite3.Connection, tenant_id: str, config: dict[str, Any], audit: AuditEntry | None
+) -> int:
+    with write_transaction(conn):
+        row = conn.execute(
+            UPSERT_TENANT_LIMITS, (tenant_id, orjson.dumps(config).decode(), _now())
+        ).fetchone()
+        if audit is not None:
+            write_audit(conn, [audit])
+    return int(row[0])
+
+
+def get_tenant_limits(conn: sqlite3.Connection, tenant_id: str) -> TenantLimitsEntry | None:
+    row = conn.execute(GET_TENANT_LIMITS, (tenant_id,)).fetchone()
+    if row is None:
+        return None
+    return TenantLimitsEntry(
+        tenant_id=row[0],
+        config=orjson.loads(row[1]),
+        version=row[2],
+        updated_at=from_micros(row[3]),
+    )
+
+
+def delete_tenant_limits(
+    conn: sqlite3.Connection, tenant_id: str, audit: AuditEntry | None
+) -> bool:
+    with write_transaction(conn):
+        deleted = conn.execute(DELETE_TENANT_LIMITS, (tenant_id,)).rowcount > 0
         if deleted and audit is not None:
             write_audit(conn, [audit])
     return deleted

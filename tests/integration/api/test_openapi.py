@@ -49,6 +49,9 @@ EXPECTED = {
     ("delete", "/api/v1/participants/{name}"): {"204", "400", "404", "413", "422", "503"},
     ("get", "/api/v1/audit"): {"200", "422", "503"},
     ("get", "/api/v1/cluster/nodes"): {"200", "503"},
+    ("get", "/api/v1/tenant/limits"): {"200", "503"},
+    ("put", "/api/v1/tenant/limits"): {"200", "400", "413", "422", "503"},
+    ("delete", "/api/v1/tenant/limits"): {"204", "503"},
     ("get", "/health"): {"200"},
     ("get", "/ready"): {"200", "503"},
     ("get", "/metrics"): {"200"},
@@ -99,6 +102,7 @@ async def test_every_route_and_status_is_documented(client: httpx.AsyncClient) -
             routes.operations,
             routes.participants,
             routes.stream,
+            routes.tenant,
         )
         for route in module.router.routes
         if isinstance(route, APIRoute)

@@ -24,7 +24,7 @@ from fastapi import FastAPI
 
 from saga_orchestrator.api import create_app
 from saga_orchestrator.orchestrator import Orchestrator
-from saga_orchestrator.security.limits import Limit, RateLimiter, TenantLimits
+from saga_orchestrator.security.limits import Limit, RateLimiter, RequestLimits
 from saga_orchestrator.security.tokens import (
     Authenticator,
     AuthSettings,
@@ -38,7 +38,7 @@ from tests.integration.engine.support import Participants
 SECRET = generate_secret()
 FLOOD, CALM = "flood", "calm"
 ORDER = {"name": "order", "version": "1.0.0", "steps": [{"name": "a", "action": "reserve"}]}
-LIMITS = TenantLimits(requests=Limit(rate=1000, burst=1000), starts=Limit(rate=0.01, burst=10))
+LIMITS = RequestLimits(requests=Limit(rate=1000, burst=1000), starts=Limit(rate=0.01, burst=10))
 """Starts refill one token per 100 s: however slowly a run goes, what is admitted is the burst."""
 
 

@@ -90,6 +90,9 @@ def served_app(database_url: str) -> FastAPI:
     async def lifespan(served: Any) -> AsyncIterator[None]:
         async with node, own_lifespan(served):
             await node.register(ORDER)
+            # Limits a fuzzed PUT /tenant/limits stored (a cap of one running saga, say) would
+            # turn the next operation's starts into 429s: each operation starts on defaults.
+            await node.tenant_limits.reset(node.tenant_id)
             yield
 
     app.router.lifespan_context = lifespan

@@ -10,6 +10,7 @@ from saga_orchestrator.core.events import AttemptScheduled, Phase, SagaStarted
 from saga_orchestrator.core.status import InstanceStatus, StepStatus
 from saga_orchestrator.errors import InvalidInput, InvalidTransition, RateLimited
 from saga_orchestrator.orchestrator import Orchestrator
+from saga_orchestrator.security.tenant_limits import TenantLimits
 from saga_orchestrator.store import InstanceFilter
 from tests.integration.engine.support import FAST_RETRY, Participants, saga, steps
 
@@ -396,6 +397,37 @@ async def test_a_tenant_over_its_running_quota_is_refused_while_another_starts(
         assert node.engine.running("busy") == node.engine.running("calm") == 0
         node.tenant_id = "busy"
         await node.start("order", {})  # room again once they finished
+
+
+async def test_a_tenants_own_cap_replaces_the_nodes_and_a_reset_restores_it(
+    store_url: str, participants: Participants
+) -> None:
+    participants.gates["reserve"] = asyncio.Event()  # every saga waits at its first step
+    async with Orchestrator(
+        store_url, handlers=participants.registry(), max_running_sagas_per_tenant=3
+    ) as node:
+        for tenant in ("low", "high"):
+            node.tenant_id = tenant
+            await node.register(saga("order", steps("reserve")))
+        await node.tenant_limits.put("low", TenantLimits(max_running_sagas=1))
+        await node.tenant_limits.put("high", TenantLimits(max_running_sagas=5))
+        node.tenant_id = "low"
+        await node.start("order", {})
+        with pytest.raises(RateLimited):
+            await node.start("order", {})
+        node.tenant_id = "high"
+        for _ in range(5):  # past the node's cap of 3
+            await node.start("order", {})
+        with pytest.raises(RateLimited):
+            await node.start("order", {})
+        assert await node.tenant_limits.reset("low")
+        node.tenant_id = "low"
+        await node.start("order", {})
+        await node.start("order", {})  # the node's cap again: 3
+        with pytest.raises(RateLimited):
+            await node.start("order", {})
+        assert (node.engine.running("low"), node.engine.running("high")) == (3, 5)
+        participants.gates["reserve"].set()
 
 
 async def test_a_node_with_encryption_keys_runs_sagas_on_sealed_histories(

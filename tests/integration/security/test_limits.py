@@ -251,6 +251,35 @@ async def test_partitions_of_a_tenant_are_independent(shared_redis_url: str, ten
         await limiter.aclose()
 
 
+async def test_each_tenant_takes_from_a_bucket_of_its_own_shape(
+    buckets: RedisBuckets, tenant: str
+) -> None:
+    """One script, per-call parameters: tenants with different limits at the same moment
+    (both keys start with the ``tenant`` fixture's name, which deletes them afterwards)."""
+    low, default = Limit(rate=0.0001, burst=2), SLOW
+    keys = {low: bucket_key(tenant, "starts"), default: bucket_key(f"{tenant}-b", "starts")}
+    decisions = await asyncio.gather(
+        *(buckets.take(keys[limit], limit, policy="starts") for limit in (low, default) * 8)
+    )
+    admitted = {
+        limit: sum(d.allowed for d in decisions[i::2]) for i, limit in enumerate((low, default))
+    }
+    assert admitted == {low: 2, default: 5}
+    policies = {d.headers()["RateLimit-Policy"] for d in decisions[0::2]}
+    assert policies == {'"starts";q=2;w=20000'}
+
+
+async def test_a_bucket_takes_a_changed_limit_at_its_next_take(
+    buckets: RedisBuckets, tenant: str
+) -> None:
+    key = bucket_key(tenant, "requests")
+    assert (await buckets.take(key, SLOW)).remaining == 4
+    lowered = await buckets.take(key, Limit(rate=0.0001, burst=2))  # 4 tokens, capped at 2
+    assert (lowered.allowed, lowered.remaining, lowered.limit) == (True, 1, 2)
+    raised = Limit(rate=0.0001, burst=10)  # a bigger bucket fills at the rate, not at once
+    assert [(await buckets.take(key, raised)).allowed for _ in range(3)] == [True, False, False]
+
+
 # Headers and keys
 
 

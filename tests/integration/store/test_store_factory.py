@@ -54,6 +54,7 @@ def test_exported_members() -> None:
         "SqliteStore",
         "Store",
         "StoredEvent",
+        "TenantLimitsEntry",
         "open_store",
     ]
     for name in store_package.__all__:

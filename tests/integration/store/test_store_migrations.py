@@ -9,22 +9,23 @@ import asyncpg
 import pytest
 
 from saga_orchestrator.store import InstanceStatus, Store, open_store
-from saga_orchestrator.store.migrator import latest_version
+from saga_orchestrator.store.migrator import latest_version, parse_migrations
 
 from .support import TENANT, RawDatabase, create, update
 
 TABLES = {
     "definitions", "instances", "events", "timers", "start_keys", "outbox", "participants",
-    "audit_log", "audit_heads",
+    "audit_log", "audit_heads", "tenant_limits",
 }  # fmt: skip
 """Tenant-owned tables (``shared_secrets`` is node-wide: keys every node of a cluster shares)."""
-LATEST = 5
+LATEST = 6
 MIGRATIONS = [
     (1, "initial"),
     (2, "participants_outbox_claims"),
     (3, "audit_log"),
     (4, "cluster"),
     (5, "instance_leases"),
+    (6, "tenant_limits"),
 ]
 
 
@@ -54,11 +55,7 @@ async def test_second_migrate_is_a_no_op(empty_store_url: str) -> None:
         assert (await store.get_instance(TENANT, "i-1")) is not None
         async with RawDatabase(empty_store_url) as db:
             assert await db.fetch("SELECT version FROM schema_migrations") == [
-                (1,),
-                (2,),
-                (3,),
-                (4,),
-                (5,),
+                (version,) for version, _ in MIGRATIONS
             ]
     finally:
         await store.close()
@@ -71,11 +68,7 @@ async def test_concurrent_migrate_applies_each_version_once(empty_store_url: str
         assert list(versions) == [LATEST, LATEST]
         async with RawDatabase(empty_store_url) as db:
             assert await db.fetch("SELECT version FROM schema_migrations") == [
-                (1,),
-                (2,),
-                (3,),
-                (4,),
-                (5,),
+                (version,) for version, _ in MIGRATIONS
             ]
     finally:
         await first.close()
@@ -117,3 +110,14 @@ async def test_events_are_append_only(store: Store, store_url: str) -> None:
                 await db.execute(statement)
     [stored] = await store.load_events(TENANT, "i-1")
     assert (stored.seq, stored.type) == (1, "SagaStarted")
+
+
+def test_versions_may_skip_numbers_but_never_repeat() -> None:
+    found = parse_migrations(
+        [("0002_b.sql", "B"), ("0007_c.sql", "C"), ("0001_a.sql", "A"), ("README.md", "")]
+    )
+    assert [(m.version, m.name) for m in found] == [(1, "a"), (2, "b"), (7, "c")]
+    with pytest.raises(RuntimeError, match="distinct versions"):
+        parse_migrations([("0001_a.sql", ""), ("0001_b.sql", "")])
+    with pytest.raises(RuntimeError, match="from 1 up"):
+        parse_migrations([("0000_zero.sql", ""), ("0001_a.sql", "")])

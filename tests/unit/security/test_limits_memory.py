@@ -1,10 +1,9 @@
-"""In-memory token buckets, decisions and their headers, the concurrency quota and the admin
-body, all on a fake clock: nothing here waits or talks to Redis."""
+"""In-memory token buckets, decisions and their headers and the concurrency quota, all on a
+fake clock: nothing here waits or talks to Redis (a tenant's own limits: test_tenant_limits)."""
 
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
 
 from saga_orchestrator.errors import InvalidInput
 from saga_orchestrator.security.limits import (
@@ -12,11 +11,8 @@ from saga_orchestrator.security.limits import (
     Decision,
     FallbackPolicy,
     Limit,
-    LimitBody,
     MemoryBuckets,
     RateLimiter,
-    TenantLimits,
-    TenantLimitsBody,
     bucket_key,
     combined_headers,
 )
@@ -69,42 +65,9 @@ def test_the_window_is_the_time_an_empty_bucket_takes_to_fill(
     assert Limit(rate=rate, burst=burst).window == window
 
 
-def test_the_admin_body_defaults_to_the_default_limits_and_round_trips() -> None:
-    assert TenantLimitsBody().to_limits() == TenantLimits()
-    limits = TenantLimits(
-        requests=Limit(rate=5.0, burst=10),
-        starts=Limit(rate=1.0, burst=2),
-        running_sagas=3,
-        participant_calls=Limit(rate=20.0, burst=20),
-    )
-    assert TenantLimitsBody.of(limits).to_limits() == limits
-    assert TenantLimitsBody.model_validate(TenantLimitsBody.of(limits).model_dump()) == (
-        TenantLimitsBody.of(limits)
-    )
-
-
-def test_the_admin_body_takes_a_partial_document() -> None:
-    body = TenantLimitsBody.model_validate({"starts": {"rate": 0.5, "burst": 1}})
-    assert body.to_limits() == TenantLimits(starts=Limit(rate=0.5, burst=1))
-
-
-@pytest.mark.parametrize(
-    "document",
-    [
-        {"requests": {"rate": 0, "burst": 1}},
-        {"requests": {"rate": 1, "burst": 0}},
-        {"running_sagas": 0},
-        {"starts": {"rate": 1, "burst": 1, "extra": 1}},
-        {"unknown": 1},
-    ],
-)
-def test_the_admin_body_rejects_invalid_limits(document: dict[str, object]) -> None:
-    with pytest.raises(ValidationError):
-        TenantLimitsBody.model_validate(document)
-
-
-def test_a_limit_body_converts_both_ways() -> None:
-    assert LimitBody.of(Limit(rate=2.5, burst=3)).to_limit() == Limit(rate=2.5, burst=3)
+@pytest.mark.parametrize(("rate", "burst"), [(100.0, 200), (0.5, 1), (0.001, 1), (2.7, 5)])
+def test_a_limit_per_second_bursts_twice_as_many(rate: float, burst: int) -> None:
+    assert Limit.per_second(rate) == Limit(rate=rate, burst=burst)
 
 
 # Memory buckets
@@ -167,6 +130,16 @@ def test_a_zero_cost_peeks_and_a_cost_above_the_burst_is_a_caller_error() -> Non
         buckets.take_now("k", limit, 4)
     with pytest.raises(InvalidInput):
         buckets.take_now("k", limit, -1)
+
+
+def test_a_bucket_takes_a_changed_limit_at_its_next_take() -> None:
+    buckets = MemoryBuckets(clock=FakeClock())
+    assert buckets.take_now("k", Limit(rate=0.001, burst=5)).remaining == 4
+    lowered = buckets.take_now("k", Limit(rate=0.001, burst=2), policy="starts")
+    assert (lowered.allowed, lowered.remaining, lowered.limit) == (True, 1, 2)
+    assert lowered.headers()["RateLimit-Policy"] == '"starts";q=2;w=2000'
+    raised = Limit(rate=0.001, burst=10)  # a bigger bucket fills at the rate, not at once
+    assert [buckets.take_now("k", raised).allowed for _ in range(3)] == [True, False, False]
 
 
 def test_keys_are_independent() -> None:
