@@ -69,6 +69,8 @@ ACCESS: Final[dict[tuple[str, str], Rule]] = {
     ("DELETE", "/api/v1/participants/{name}"): A,
     ("GET", "/api/v1/audit"): A,
     ("GET", "/api/v1/cluster/nodes"): A,
+    ("GET", "/api/v1/cluster/quarantine"): A,
+    ("POST", "/api/v1/cluster/quarantine/{instance_id}/release"): A,
     # Tenant settings are changed by admins. Reading the limits is a viewer's read: they hold
     # no secret, every caller learns them from the RateLimit-Policy of a 429 anyway, and a
     # client that knows them can pace itself instead of being refused.

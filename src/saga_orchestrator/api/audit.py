@@ -86,6 +86,9 @@ AUDITED: Final[dict[tuple[str, str], Audited]] = {
     ("POST", "/api/v1/sagas/instances/{instance_id}/steps/{step}/heartbeat"): Audited(
         "attempt.heartbeat", "instance", "instance_id"
     ),
+    ("POST", "/api/v1/cluster/quarantine/{instance_id}/release"): Audited(
+        "instance.release_quarantine", "instance", "instance_id"
+    ),
     ("PUT", "/api/v1/participants/{name}"): Audited("participant.put", "participant", "name"),
     ("DELETE", "/api/v1/participants/{name}"): Audited("participant.delete", "participant", "name"),
     ("PUT", "/api/v1/tenant/limits"): Audited(

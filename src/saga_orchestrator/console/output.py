@@ -140,8 +140,9 @@ def _cap(value: object, missing: str = "no cap") -> str:
 def print_cluster(console: Console, cluster: Mapping[str, Any]) -> None:
     title = f"Cluster nodes (leader epoch {cluster.get('leader_epoch')})"
     table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left")
-    for column in ("node", "address", "version", "started", "last heartbeat", "leader"):
-        table.add_column(column)
+    columns = ("node", "address", "version", "started", "last heartbeat", "instances", "leader")
+    for column in columns:
+        table.add_column(column, justify="right" if column == "instances" else "left")
     for node in cluster.get("items", []):
         table.add_row(
             str(node.get("id", "")) + (" (this)" if node.get("this_node") else ""),
@@ -149,6 +150,7 @@ def print_cluster(console: Console, cluster: Mapping[str, Any]) -> None:
             str(node.get("version", "")),
             _time(node.get("started_at")),
             _time(node.get("last_heartbeat")),
+            str(node.get("instances", "")),
             "yes" if node.get("leader") else "",
         )
     console.print(table if cluster.get("items") else Text("no nodes", style="dim"))

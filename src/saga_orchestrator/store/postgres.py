@@ -182,13 +182,18 @@ class PostgresStore:
         async with self._connection() as conn:
             await leases.release_leases(conn, owner, held)
 
-    async def list_quarantined(self) -> list[QuarantinedInstance]:
+    async def list_quarantined(self, tenant_id: str) -> list[QuarantinedInstance]:
         async with self._connection() as conn:
-            return await leases.list_quarantined(conn)
+            return await leases.list_quarantined(conn, tenant_id)
 
-    async def release_quarantine(self, tenant_id: str, instance_id: str) -> bool:
-        async with self._connection() as conn:
-            return await leases.release_quarantine(conn, tenant_id, instance_id)
+    async def release_quarantine(
+        self, tenant_id: str, instance_id: str, audit: AuditEntry | None = None
+    ) -> bool:
+        async with self._connection() as conn, conn.transaction():
+            released = await leases.release_quarantine(conn, tenant_id, instance_id)
+            if released and audit is not None:
+                await audit_log.write_audit(conn, [audit])
+            return released
 
     # -- other nodes --
     def watch(

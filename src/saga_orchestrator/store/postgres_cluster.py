@@ -21,9 +21,13 @@ ON CONFLICT (node_id) DO UPDATE
 SET address = excluded.address, version = excluded.version,
     started_at = excluded.started_at, heartbeat_at = now()
 """
-LIST_NODES = (
-    "SELECT node_id, address, version, started_at, heartbeat_at FROM nodes ORDER BY node_id"
-)
+LIST_NODES = """
+SELECT n.node_id, n.address, n.version, n.started_at, n.heartbeat_at,
+       (SELECT count(*) FROM instances i
+        WHERE i.owner_id = n.node_id AND i.lease_expires_at > now()
+          AND i.status IN ('running', 'compensating'))
+FROM nodes n ORDER BY n.node_id
+"""
 REMOVE_NODE = "DELETE FROM nodes WHERE node_id = $1"
 
 # The conflict branch only fires for the holder (a renewal) or over an expired lease (a
@@ -53,7 +57,12 @@ async def heartbeat_node(conn: Connection, node: NodeRecord) -> None:
 async def list_nodes(conn: Connection) -> list[NodeRecord]:
     return [
         NodeRecord(
-            node_id=row[0], address=row[1], version=row[2], started_at=row[3], heartbeat_at=row[4]
+            node_id=row[0],
+            address=row[1],
+            version=row[2],
+            started_at=row[3],
+            heartbeat_at=row[4],
+            instances=int(row[5]),
         )
         for row in await conn.fetch(LIST_NODES)
     ]

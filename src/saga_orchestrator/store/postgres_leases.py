@@ -93,7 +93,7 @@ WHERE i.instance_id = u.instance_id AND i.owner_id = $1 AND i.lease_epoch = u.ep
 """
 LIST_QUARANTINED = """
 SELECT tenant_id, instance_id, takeovers, quarantined_at FROM instances
-WHERE quarantined_at IS NOT NULL
+WHERE tenant_id = $1 AND quarantined_at IS NOT NULL
 ORDER BY quarantined_at, instance_id
 """
 RELEASE_QUARANTINE = """
@@ -150,18 +150,17 @@ async def release_leases(conn: Connection, owner: str, leases: Sequence[tuple[st
         await conn.execute("SELECT pg_notify($1, $2)", CLAIMS_CHANNEL, owner)
 
 
-async def list_quarantined(conn: Connection) -> list[QuarantinedInstance]:
+async def list_quarantined(conn: Connection, tenant_id: str) -> list[QuarantinedInstance]:
     return [
         QuarantinedInstance(
             tenant_id=row[0], instance_id=row[1], takeovers=int(row[2]), quarantined_at=row[3]
         )
-        for row in await conn.fetch(LIST_QUARANTINED)
+        for row in await conn.fetch(LIST_QUARANTINED, tenant_id)
     ]
 
 
 async def release_quarantine(conn: Connection, tenant_id: str, instance_id: str) -> bool:
-    async with conn.transaction():
-        found = await conn.fetchval(RELEASE_QUARANTINE, tenant_id, instance_id)
-        if found is not None:
-            await conn.execute("SELECT pg_notify($1, $2)", CLAIMS_CHANNEL, instance_id)
+    found = await conn.fetchval(RELEASE_QUARANTINE, tenant_id, instance_id)
+    if found is not None:
+        await conn.execute("SELECT pg_notify($1, $2)", CLAIMS_CHANNEL, instance_id)
     return found is not None

@@ -304,6 +304,8 @@ class NodeRecord:
     version: str
     started_at: datetime
     heartbeat_at: datetime
+    instances: int = 0
+    """Unfinished instances the node holds a current lease on (an embedded node: all)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -555,10 +557,15 @@ class Store(Protocol):
         shutdown), and wake the other nodes' claims."""
         ...
 
-    async def list_quarantined(self) -> list[QuarantinedInstance]: ...
+    async def list_quarantined(self, tenant_id: str) -> list[QuarantinedInstance]:
+        """The tenant's instances parked as poison, oldest first."""
+        ...
 
-    async def release_quarantine(self, tenant_id: str, instance_id: str) -> bool:
-        """Let the cluster claim a quarantined instance again; False if it is not quarantined."""
+    async def release_quarantine(
+        self, tenant_id: str, instance_id: str, audit: AuditEntry | None = None
+    ) -> bool:
+        """Let the cluster claim a quarantined instance again; False if it is not quarantined
+        (``audit`` is then not recorded)."""
         ...
 
     # -- other nodes --

@@ -176,10 +176,12 @@ class SqliteStore:
     async def release_leases(self, owner: str, leases: Sequence[tuple[str, int]]) -> None:
         raise _NO_LEASES
 
-    async def list_quarantined(self) -> list[QuarantinedInstance]:
+    async def list_quarantined(self, tenant_id: str) -> list[QuarantinedInstance]:
         return []  # nothing is claimed, so nothing is ever quarantined
 
-    async def release_quarantine(self, tenant_id: str, instance_id: str) -> bool:
+    async def release_quarantine(
+        self, tenant_id: str, instance_id: str, audit: AuditEntry | None = None
+    ) -> bool:
         return False
 
     # -- schema --

@@ -41,8 +41,11 @@ def heartbeat_node(conn: sqlite3.Connection, node: NodeRecord) -> None:
 
 
 def list_nodes(conn: sqlite3.Connection) -> list[NodeRecord]:
+    # One node per file drives every unfinished instance.
     rows = conn.execute(
-        "SELECT node_id, address, version, started_at, heartbeat_at FROM nodes ORDER BY node_id"
+        "SELECT node_id, address, version, started_at, heartbeat_at, "
+        "(SELECT count(*) FROM instances WHERE status IN ('running', 'compensating')) "
+        "FROM nodes ORDER BY node_id"
     )
     return [
         NodeRecord(
@@ -51,8 +54,9 @@ def list_nodes(conn: sqlite3.Connection) -> list[NodeRecord]:
             version=version,
             started_at=from_micros(started),
             heartbeat_at=from_micros(beat),
+            instances=owned,
         )
-        for node_id, address, version, started, beat in rows
+        for node_id, address, version, started, beat, owned in rows
     ]
 
 

@@ -49,6 +49,8 @@ EXPECTED = {
     ("delete", "/api/v1/participants/{name}"): {"204", "400", "404", "413", "422", "503"},
     ("get", "/api/v1/audit"): {"200", "422", "503"},
     ("get", "/api/v1/cluster/nodes"): {"200", "503"},
+    ("get", "/api/v1/cluster/quarantine"): {"200", "503"},
+    ("post", "/api/v1/cluster/quarantine/{instance_id}/release"): {"204", "404", "422", "503"},
     ("get", "/api/v1/tenant/limits"): {"200", "503"},
     ("put", "/api/v1/tenant/limits"): {"200", "400", "413", "422", "503"},
     ("delete", "/api/v1/tenant/limits"): {"204", "503"},

@@ -379,7 +379,7 @@ async def test_concurrent_claimers_never_share_an_instance(pg_url: str, pg: Stor
     claimers = [open_store(pg_url), open_store(pg_url)]
     try:
         for claimer in claimers:  # open both pools first, so the claims really race
-            await claimer.list_quarantined()
+            await claimer.list_quarantined(TENANT)
         owners: dict[str, str] = {}
         remaining = total
         while True:
@@ -439,7 +439,7 @@ async def test_an_instance_orphaned_too_often_is_quarantined(pg: Store, db: RawD
     assert claims.quarantined == [InstanceRef(tenant_id=TENANT, instance_id="poison")]
     assert await row(db, "poison") == Row(None, 3, None, 3, True)
     assert await pg.append([leased(append("poison", 1, [event(1)]), "node-2", 3)]) == [lost(1)]
-    [parked] = await pg.list_quarantined()
+    [parked] = await pg.list_quarantined(TENANT)
     assert (parked.tenant_id, parked.instance_id, parked.takeovers) == (TENANT, "poison", 3)
     [(quarantined_at,)] = await db.fetch(
         "SELECT quarantined_at FROM instances WHERE instance_id = 'poison'"
@@ -453,7 +453,7 @@ async def test_an_instance_orphaned_too_often_is_quarantined(pg: Store, db: RawD
     assert await pg.release_quarantine(OTHER_TENANT, "poison") is False
     assert await pg.release_quarantine(TENANT, "poison") is True
     assert await pg.release_quarantine(TENANT, "poison") is False
-    assert await pg.list_quarantined() == []
+    assert await pg.list_quarantined(TENANT) == []
     again = await pg.claim_instances("node-4", LONG, 10, max_takeovers=2)
     assert [c.instance_id for c in again.claimed] == ["poison"]
     assert await row(db, "poison") == Row("node-4", again.claimed[0].epoch, True, 0, False)
@@ -468,7 +468,7 @@ async def test_release_quarantine_of_an_unknown_or_healthy_instance(pg: Store) -
     await pg.append([unowned("healthy")])
     assert await pg.release_quarantine(TENANT, "healthy") is False
     assert await pg.release_quarantine(TENANT, "missing") is False
-    assert await pg.list_quarantined() == []
+    assert await pg.list_quarantined(TENANT) == []
 
 
 # -- 5. claiming one instance --
@@ -711,7 +711,7 @@ async def test_sqlite_refuses_every_lease(lite: Store) -> None:
 
 async def test_sqlite_has_nothing_quarantined_and_no_watch(lite: Store) -> None:
     await lite.append([unowned("i-1")])
-    assert await lite.list_quarantined() == []
+    assert await lite.list_quarantined(TENANT) == []
     assert await lite.release_quarantine(TENANT, "i-1") is False
     assert lite.watch(lambda _changed: None, lambda: None) is None
     assert await lite.get_instance(TENANT, "i-1") is not None
