@@ -137,6 +137,7 @@ class Orchestrator:
         )
         if self.relay is not None:
             relay = self.relay
+            relay.fence = self.member.fence
             self.member.chores.append(
                 Chore(name="outbox relay", start=relay.start, stop=relay.stop)
             )

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from saga_orchestrator.errors import SagaError
-from saga_orchestrator.store import Leadership, NodeRecord, Store
+from saga_orchestrator.store import LeaderFence, Leadership, NodeRecord, Store
 
 log = logging.getLogger("saga_orchestrator.cluster")
 
@@ -61,6 +61,12 @@ class ClusterMember:
             and self.leadership.holder == self.node_id
             and time.monotonic() < self._sure_until
         )
+
+    def fence(self) -> LeaderFence | None:
+        """The leader lease the chores' writes are fenced by; None unless surely leading."""
+        if not self.is_leader or self.leadership is None:
+            return None
+        return LeaderFence(name=CHORES, holder=self.node_id, epoch=self.leadership.epoch)
 
     def start(self) -> None:
         if self._task is None:

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from saga_orchestrator.store.protocol import OutboxRow, Store
+from saga_orchestrator.store.protocol import LeaderFence, OutboxRow, Store
 from saga_orchestrator.transports.amqp import BrokerUnavailable
 from saga_orchestrator.transports.amqp_messages import PROPERTY_EXPIRATION, AmqpMessage
 
@@ -87,8 +87,13 @@ class OutboxRelay:
         lease_seconds: float = 30.0,
         poll_interval: float = 1.0,
         refused_retry: float = 1.0,
+        fence: Callable[[], LeaderFence | None] | None = None,
     ) -> None:
         self.store = store
+        self.fence = fence
+        """The leader lease this relay works under (a cluster chore): a claim is refused in
+        the database unless that lease is still current, so a deposed leader publishes
+        nothing new even before it notices. None: not a chore (one node)."""
         self.publisher = publisher
         self.batch = batch
         self.lease_seconds = lease_seconds
@@ -127,7 +132,12 @@ class OutboxRelay:
     async def run_once(self) -> tuple[int, int]:
         """One round: claim, publish, settle. Returns (claimed, confirmed); raises what
         failed the round as a whole (:class:`BrokerUnavailable`, a store error)."""
-        rows = await self.store.claim_outbox(self.batch, self.lease_seconds)
+        leader = None
+        if self.fence is not None:
+            leader = self.fence()
+            if leader is None:
+                return 0, 0  # not (or no longer surely) the leader
+        rows = await self.store.claim_outbox(self.batch, self.lease_seconds, leader)
         self.counters.claims += 1
         if not rows:
             return 0, 0

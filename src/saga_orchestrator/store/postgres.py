@@ -52,6 +52,7 @@ from saga_orchestrator.store.protocol import (
     InstanceRecord,
     InstanceRef,
     InstanceStatus,
+    LeaderFence,
     Leadership,
     NodeRecord,
     OutboxRow,
@@ -355,9 +356,11 @@ class PostgresStore:
         return value
 
     # -- outbox --
-    async def claim_outbox(self, limit: int, lease_seconds: float) -> list[OutboxRow]:
+    async def claim_outbox(
+        self, limit: int, lease_seconds: float, leader: LeaderFence | None = None
+    ) -> list[OutboxRow]:
         async with self._connection() as conn:
-            return await extras.claim_outbox(conn, limit, lease_seconds)
+            return await extras.claim_outbox(conn, limit, lease_seconds, leader)
 
     async def mark_outbox_published(self, ids: Sequence[int]) -> None:
         if ids:

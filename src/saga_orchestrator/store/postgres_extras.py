@@ -15,17 +15,26 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import orjson
 
-from saga_orchestrator.store.protocol import OutboxRow, ParticipantEntry, TenantLimitsEntry
+from saga_orchestrator.store.protocol import (
+    LeaderFence,
+    OutboxRow,
+    ParticipantEntry,
+    TenantLimitsEntry,
+)
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
     Connection = PoolConnectionProxy[asyncpg.Record]
 
+# $3..$5 fence the claim by a leader lease (all NULL: no fence).
 CLAIM_OUTBOX = """
 WITH claimable AS (
     SELECT id FROM outbox
     WHERE published_at IS NULL AND (claimed_until IS NULL OR claimed_until <= now())
+      AND ($3::text IS NULL OR EXISTS (
+          SELECT 1 FROM leader_leases
+          WHERE name = $3 AND holder = $4 AND epoch = $5 AND expires_at > now()))
     ORDER BY id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -81,8 +90,11 @@ ON CONFLICT (name) DO NOTHING
 GET_SECRET = "SELECT value FROM shared_secrets WHERE name = $1"
 
 
-async def claim_outbox(conn: Connection, limit: int, lease_seconds: float) -> list[OutboxRow]:
-    rows = await conn.fetch(CLAIM_OUTBOX, limit, float(lease_seconds))
+async def claim_outbox(
+    conn: Connection, limit: int, lease_seconds: float, leader: LeaderFence | None = None
+) -> list[OutboxRow]:
+    fence = (None, None, None) if leader is None else (leader.name, leader.holder, leader.epoch)
+    rows = await conn.fetch(CLAIM_OUTBOX, limit, float(lease_seconds), *fence)
     claimed = [
         OutboxRow(
             id=row[0],

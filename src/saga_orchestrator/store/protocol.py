@@ -340,6 +340,15 @@ class QuarantinedInstance:
     quarantined_at: datetime
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaderFence:
+    """A leader lease as its holder believes it is: writes it fences need it unchanged."""
+
+    name: str
+    holder: str
+    epoch: int
+
+
 class Watch(Protocol):
     def start(self) -> None: ...
 
@@ -436,10 +445,14 @@ class Store(Protocol):
         ...
 
     # -- the transactional outbox (rows are written by ``append``) --
-    async def claim_outbox(self, limit: int, lease_seconds: float) -> list[OutboxRow]:
+    async def claim_outbox(
+        self, limit: int, lease_seconds: float, leader: LeaderFence | None = None
+    ) -> list[OutboxRow]:
         """Claim up to ``limit`` unpublished messages, oldest first, for ``lease_seconds``
         (judged by the database's clock): no other claimer gets them until the lease ends.
-        Rows whose claim expired unpublished (a relay died) are claimed again."""
+        Rows whose claim expired unpublished (a relay died) are claimed again. With a
+        ``leader`` fence, nothing is claimed unless that leader lease is still current (a
+        deposed leader's relay gets nothing, checked in the same statement)."""
         ...
 
     async def mark_outbox_published(self, ids: Sequence[int]) -> None:

@@ -52,6 +52,7 @@ from saga_orchestrator.store.protocol import (
     InstanceRecord,
     InstanceRef,
     InstanceStatus,
+    LeaderFence,
     Leadership,
     NodeRecord,
     OutboxRow,
@@ -301,7 +302,10 @@ class SqliteStore:
         return None if value is None else from_micros(value)
 
     # -- outbox --
-    async def claim_outbox(self, limit: int, lease_seconds: float) -> list[OutboxRow]:
+    async def claim_outbox(
+        self, limit: int, lease_seconds: float, leader: LeaderFence | None = None
+    ) -> list[OutboxRow]:
+        # One node per file: it is always the leader, so there is no one to fence off.
         return await self._run(extras.claim_outbox, limit, lease_seconds)
 
     async def mark_outbox_published(self, ids: Sequence[int]) -> None:

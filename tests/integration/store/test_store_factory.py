@@ -39,6 +39,7 @@ def test_exported_members() -> None:
         "InstanceRef",
         "InstanceStatus",
         "InstanceUpdate",
+        "LeaderFence",
         "Leadership",
         "Lease",
         "NewInstance",

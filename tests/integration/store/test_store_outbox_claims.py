@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from saga_orchestrator.store import Store, open_store
+import pytest
+
+from saga_orchestrator.store import LeaderFence, Store, open_store
 
 from .support import OTHER_TENANT, TENANT, RawDatabase, append, create, event, message
 
@@ -117,3 +119,22 @@ async def test_shared_secrets_keep_the_first_value(store_url: str, store: Store)
         await other.close()
     assert first == second == b"A" * 32
     assert await store.shared_secret("another", b"C") == b"C"
+
+
+@pytest.mark.postgres
+async def test_a_deposed_leaders_claims_get_nothing(pg_url: str) -> None:
+    store = open_store(pg_url)
+    try:
+        ids = await _fill(store, 3)
+        old = await store.acquire_leadership("chores", "node-a", ttl=0.05)
+        fence = LeaderFence(name="chores", holder="node-a", epoch=old.epoch)
+        await asyncio.sleep(0.1)  # node-a's lease lapses; node-b leads now
+        new = await store.acquire_leadership("chores", "node-b", ttl=60)
+        assert (new.holder, new.epoch) == ("node-b", old.epoch + 1)
+
+        assert await store.claim_outbox(10, lease_seconds=60, leader=fence) == []
+        current = LeaderFence(name="chores", holder="node-b", epoch=new.epoch)
+        claimed = await store.claim_outbox(10, lease_seconds=60, leader=current)
+        assert [row.message_id for row in claimed] == ids
+    finally:
+        await store.close()
