@@ -132,14 +132,41 @@ def serve(  # Typer reads the options by name
     tls_key: Annotated[
         str | None, typer.Option(help="Its PEM private key; env TLS_KEY_FILE.")
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Node processes sharing the port (more than 1 needs CLUSTER_ENABLED and "
+            "PostgreSQL).",
+            min=1,
+            max=64,
+        ),
+    ] = 1,
 ) -> None:
     """Run a node: the engine and the REST API (docs at /docs) on the configured database."""
     from saga_orchestrator.console.serve import serve as run_node
+    from saga_orchestrator.console.workers import Supervisor, check_workers
+    from saga_orchestrator.orchestrator import default_node_id
 
     with _reported_errors():
         settings = _settings(
             database_url=database_url, tls_cert_file=tls_cert, tls_key_file=tls_key
         )
+        check_workers(settings, workers)
+        if workers > 1:
+            forwarded = [f"--handlers={module}" for module in handlers or []]
+            forwarded += [f"--grace={grace}"]
+            forwarded += [f"--tls-cert={tls_cert}"] if tls_cert else []
+            forwarded += [f"--tls-key={tls_key}"] if tls_key else []
+            supervisor = Supervisor(
+                settings=settings,
+                host=host,
+                port=port,
+                workers=workers,
+                worker_args=forwarded,
+                grace=grace,
+                node_id_base=settings.node_id or default_node_id(),
+            )
+            raise typer.Exit(supervisor.run())
         asyncio.run(
             run_node(settings, host=host, port=port, handler_modules=handlers or [], grace=grace)
         )

@@ -16,6 +16,7 @@ from pathlib import Path
 import uvicorn
 
 from saga_orchestrator.api import ApiOptions, create_app
+from saga_orchestrator.console.workers import inherited_socket
 from saga_orchestrator.errors import ConfigurationError
 from saga_orchestrator.orchestrator import Orchestrator
 from saga_orchestrator.security.limits import Limit, RateLimiter, RequestLimits
@@ -111,7 +112,8 @@ async def serve(
             access_log=False,
         )
         log.info("serving on http://%s:%d with %d handlers", host, port, len(handlers))
-        await _Server(config).serve()
+        listener = inherited_socket()
+        await _Server(config).serve(sockets=None if listener is None else [listener])
     finally:
         await orchestrator.close(grace=grace)
         await limiter.aclose()
