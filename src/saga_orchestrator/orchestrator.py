@@ -16,6 +16,7 @@ import logging
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from types import TracebackType
@@ -44,6 +45,7 @@ from saga_orchestrator.engine.integration import IntegrationEvents
 from saga_orchestrator.engine.leases import LeaseOptions
 from saga_orchestrator.engine.participants import ParticipantRegistry
 from saga_orchestrator.engine.relay import OutboxRelay
+from saga_orchestrator.engine.retention import RetentionChore
 from saga_orchestrator.engine.runtime import Engine, EngineOptions, StartResult
 from saga_orchestrator.errors import ConfigurationError, SagaError
 from saga_orchestrator.security.tenant_limits import TenantLimitsBook
@@ -88,6 +90,7 @@ class Orchestrator:
         lease_ttl: float = 10.0,
         claim_poll_interval: float = 1.0,
         max_takeovers: int = 3,
+        retention_days: float | None = None,
     ) -> None:
         self.handlers = (
             handlers if isinstance(handlers, HandlerRegistry) else HandlerRegistry(handlers)
@@ -141,6 +144,11 @@ class Orchestrator:
             self.member.chores.append(
                 Chore(name="outbox relay", start=relay.start, stop=relay.stop)
             )
+        self.retention: RetentionChore | None = None
+        if retention_days is not None:
+            self.retention = RetentionChore(self.store, timedelta(days=retention_days))
+            chore = self.retention
+            self.member.chores.append(Chore(name="retention", start=chore.start, stop=chore.stop))
         tenants = list(integration_event_tenants)
         if tenants and self.amqp is None:
             raise ConfigurationError("integration events are published to RabbitMQ: set AMQP_URL")

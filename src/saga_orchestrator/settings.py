@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     """Seconds between two looks for orphaned instances (notifications also wake the look)."""
     max_takeovers: int = Field(default=3, ge=1, le=100)
     """Take-overs after which an instance that keeps crashing its owners is quarantined."""
+    retention_days: float | None = Field(default=None, gt=0)
+    """Delete terminal instances (and their histories; not the audit log) this many days after
+    they ended: a chore of the cluster's leader. Unset: keep them forever."""
     tls_cert_file: str | None = None
     """Serve the API over HTTPS with this PEM certificate chain (with ``TLS_KEY_FILE``)."""
     tls_key_file: str | None = None

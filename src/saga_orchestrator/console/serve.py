@@ -83,6 +83,7 @@ async def serve(
         lease_ttl=settings.lease_ttl,
         claim_poll_interval=settings.claim_poll_interval,
         max_takeovers=settings.max_takeovers,
+        retention_days=settings.retention_days,
     )
     await orchestrator.open()
     limiter = RateLimiter(settings.redis_url)

@@ -23,6 +23,7 @@ from saga_orchestrator.store import postgres_audit as audit_log
 from saga_orchestrator.store import postgres_cluster as cluster
 from saga_orchestrator.store import postgres_extras as extras
 from saga_orchestrator.store import postgres_leases as leases
+from saga_orchestrator.store import postgres_retention as retention
 from saga_orchestrator.store import postgres_sql as sql
 from saga_orchestrator.store.batch import validate
 from saga_orchestrator.store.codec import (
@@ -155,6 +156,10 @@ class PostgresStore:
     async def release_leadership(self, name: str, holder: str) -> None:
         async with self._connection() as conn:
             await cluster.release_leadership(conn, name, holder)
+
+    async def purge_terminal(self, before: datetime, limit: int) -> int:
+        async with self._connection() as conn:
+            return await retention.purge_terminal(conn, before, limit)
 
     # -- instance leases --
     async def claim_instances(

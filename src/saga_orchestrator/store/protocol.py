@@ -537,6 +537,12 @@ class Store(Protocol):
         """Give the lease up at once (if ``holder`` has it) so another node takes over."""
         ...
 
+    async def purge_terminal(self, before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` terminal instances (all tenants) last changed before
+        ``before``, oldest first, with their whole histories: the retention chore. Returns how
+        many went; the audit log is kept."""
+        ...
+
     # -- instance leases (clustering; expiry judged by the database's clock) --
     async def claim_instances(
         self, owner: str, ttl: float, limit: int, max_takeovers: int

@@ -24,6 +24,7 @@ from saga_orchestrator.errors import ConfigurationError, SagaError, StoreError, 
 from saga_orchestrator.store import sqlite_audit as audit
 from saga_orchestrator.store import sqlite_cluster as cluster
 from saga_orchestrator.store import sqlite_extras as extras
+from saga_orchestrator.store import sqlite_retention as retention
 from saga_orchestrator.store import sqlite_sql as sql
 from saga_orchestrator.store.batch import validate
 from saga_orchestrator.store.codec import (
@@ -154,6 +155,9 @@ class SqliteStore:
     ) -> None:
         """One node per SQLite file: the engine's own bus sees every append."""
         return
+
+    async def purge_terminal(self, before: datetime, limit: int) -> int:
+        return await self._run(retention.purge_terminal, before, limit)
 
     # -- instance leases: one node per file owns everything, so there is nothing to lease --
     async def claim_instances(

@@ -247,3 +247,27 @@ async def test_instances_are_shared_between_idle_nodes(node: Node, pg_url: str) 
         gate.set()
     for instance_id in ids:
         assert (await nodes[0].wait(instance_id, timeout=30)).status == "completed"
+
+
+async def test_the_leaders_retention_chore_purges_old_terminal_instances(pg_url: str) -> None:
+    participants = Participants(NAMES)
+    async with Orchestrator(pg_url, handlers=participants.registry(), retention_days=30) as node:
+        await node.register(ORDER)
+        done = [(await node.start("order", {"n": n})).instance_id for n in range(3)]
+        for instance_id in done:
+            await node.wait(instance_id, timeout=30)
+        conn = await asyncpg.connect(pg_url)
+        try:  # two of them ended 31 days ago
+            await conn.execute(
+                "UPDATE instances SET updated_at = now() - interval '31 days' "
+                "WHERE instance_id = ANY($1::text[])",
+                done[:2],
+            )
+            assert node.retention is not None and node.member.is_leader
+            assert await node.retention.run_once() == 2
+            left = await conn.fetch("SELECT instance_id FROM instances")
+            events = await conn.fetchval("SELECT count(DISTINCT instance_id) FROM events")
+        finally:
+            await conn.close()
+        assert [row[0] for row in left] == done[2:]
+        assert events == 1

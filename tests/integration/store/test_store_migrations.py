@@ -18,7 +18,7 @@ TABLES = {
     "audit_log", "audit_heads", "tenant_limits",
 }  # fmt: skip
 """Tenant-owned tables (``shared_secrets`` is node-wide: keys every node of a cluster shares)."""
-LATEST = 6
+LATEST = 7
 MIGRATIONS = [
     (1, "initial"),
     (2, "participants_outbox_claims"),
@@ -26,6 +26,7 @@ MIGRATIONS = [
     (4, "cluster"),
     (5, "instance_leases"),
     (6, "tenant_limits"),
+    (7, "retention"),
 ]
 
 
