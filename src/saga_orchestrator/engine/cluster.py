@@ -1,5 +1,5 @@
 """This node's membership of the cluster: its heartbeat in the node registry, and the leader
-lease of the cluster chores (the outbox relay today).
+lease of the cluster chores (outbox relay, retention, reaping of dead nodes).
 
 The lease is a row with a rising epoch, renewed by short transactions and judged by the
 database's clock (semantics §5) — never a session advisory lock, which a killed backend frees
@@ -25,6 +25,9 @@ from saga_orchestrator.store import LeaderFence, Leadership, NodeRecord, Store
 log = logging.getLogger("saga_orchestrator.cluster")
 
 CHORES = "chores"
+REAP_AFTER_TTLS = 6
+"""A node silent for this many leader-lease lengths is taken for dead and leaves the registry
+(its instance leases expired long before and were taken over)."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -101,6 +104,9 @@ class ClusterMember:
         if self.leadership.holder == self.node_id:
             self._sure_until = began + self.ttl - self.margin
             await self._start_chores()
+            # Reaping: nodes silent for several lease lengths died without leaving.
+            for node_id in await self.store.reap_nodes(self.ttl * REAP_AFTER_TTLS):
+                log.warning("node %s stopped heartbeating: removed from the registry", node_id)
         else:
             self._sure_until = 0.0
             await self._stop_chores()

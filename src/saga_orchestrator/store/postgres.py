@@ -149,6 +149,10 @@ class PostgresStore:
         async with self._connection() as conn:
             await cluster.remove_node(conn, node_id)
 
+    async def reap_nodes(self, silent_for: float) -> list[str]:
+        async with self._connection() as conn:
+            return await cluster.reap_nodes(conn, silent_for)
+
     async def acquire_leadership(self, name: str, holder: str, ttl: float) -> Leadership:
         async with self._connection() as conn:
             return await cluster.acquire_leadership(conn, name, holder, ttl)

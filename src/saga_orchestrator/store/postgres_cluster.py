@@ -29,6 +29,9 @@ SELECT n.node_id, n.address, n.version, n.started_at, n.heartbeat_at,
 FROM nodes n ORDER BY n.node_id
 """
 REMOVE_NODE = "DELETE FROM nodes WHERE node_id = $1"
+REAP_NODES = """
+DELETE FROM nodes WHERE heartbeat_at < now() - make_interval(secs => $1) RETURNING node_id
+"""
 
 # The conflict branch only fires for the holder (a renewal) or over an expired lease (a
 # take-over, which raises the epoch); otherwise nothing is returned and the lease is read.
@@ -70,6 +73,10 @@ async def list_nodes(conn: Connection) -> list[NodeRecord]:
 
 async def remove_node(conn: Connection, node_id: str) -> None:
     await conn.execute(REMOVE_NODE, node_id)
+
+
+async def reap_nodes(conn: Connection, silent_for: float) -> list[str]:
+    return sorted(row[0] for row in await conn.fetch(REAP_NODES, float(silent_for)))
 
 
 async def acquire_leadership(conn: Connection, name: str, holder: str, ttl: float) -> Leadership:

@@ -528,6 +528,11 @@ class Store(Protocol):
 
     async def remove_node(self, node_id: str) -> None: ...
 
+    async def reap_nodes(self, silent_for: float) -> list[str]:
+        """Forget the nodes whose last heartbeat is older than ``silent_for`` seconds (they
+        died without leaving); return their ids."""
+        ...
+
     async def acquire_leadership(self, name: str, holder: str, ttl: float) -> Leadership:
         """Take the lease if it is free or expired (the epoch rises), renew it if ``holder``
         has it; either way return who holds it now."""

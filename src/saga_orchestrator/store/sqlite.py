@@ -142,6 +142,9 @@ class SqliteStore:
     async def remove_node(self, node_id: str) -> None:
         await self._run(cluster.remove_node, node_id)
 
+    async def reap_nodes(self, silent_for: float) -> list[str]:
+        return await self._run(cluster.reap_nodes, silent_for)
+
     async def acquire_leadership(self, name: str, holder: str, ttl: float) -> Leadership:
         return await self._run(cluster.acquire_leadership, name, holder, ttl)
 

@@ -65,6 +65,15 @@ def remove_node(conn: sqlite3.Connection, node_id: str) -> None:
         conn.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
 
 
+def reap_nodes(conn: sqlite3.Connection, silent_for: float) -> list[str]:
+    with write_transaction(conn):
+        cutoff = _now() - int(silent_for * 1_000_000)
+        rows = conn.execute(
+            "DELETE FROM nodes WHERE heartbeat_at < ? RETURNING node_id", (cutoff,)
+        ).fetchall()
+    return sorted(row[0] for row in rows)
+
+
 def acquire_leadership(conn: sqlite3.Connection, name: str, holder: str, ttl: float) -> Leadership:
     now = _now()
     with write_transaction(conn):

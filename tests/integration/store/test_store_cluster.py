@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 
 from saga_orchestrator.store import NodeRecord, Store, open_store
 
+from .support import RawDatabase
+
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -66,3 +68,25 @@ async def test_concurrent_contenders_elect_exactly_one(store_url: str, store: St
             await opened.close()
     assert len({r.holder for r in results}) == 1
     assert {r.epoch for r in results} == {1}
+
+
+async def test_silent_nodes_are_reaped(store: Store, store_url: str) -> None:
+    started = datetime.now(UTC)
+    for node_id in ("alive", "dead"):
+        await store.heartbeat_node(
+            NodeRecord(
+                node_id=node_id,
+                address="x",
+                version="1",
+                started_at=started,
+                heartbeat_at=started,
+            )
+        )
+    async with RawDatabase(store_url) as db:  # "dead" last beat an hour ago
+        back = "3600000000" if db.dialect == "sqlite" else "interval '1 hour'"
+        await db.execute(
+            f"UPDATE nodes SET heartbeat_at = heartbeat_at - {back} WHERE node_id = ?", "dead"
+        )
+    assert await store.reap_nodes(silent_for=600) == ["dead"]
+    assert [node.node_id for node in await store.list_nodes()] == ["alive"]
+    assert await store.reap_nodes(silent_for=600) == []
