@@ -17,6 +17,7 @@ This is the one place where the project's error hierarchy meets HTTP status code
     SequenceConflict     409   concurrent-update
     NotReady             503   not-ready (with ``Retry-After``)
     StoreUnavailable     503   store-unavailable (with ``Retry-After``)
+    LeaseLost            503   instance-moved (with ``Retry-After``): another node took it over
     anything else        500   internal-error (no internals in the answer)
 
 plus FastAPI's request validation (422 with ``violations``), routing (404, 405) and the body
@@ -48,6 +49,7 @@ from saga_orchestrator.errors import (
     InvalidCompletionToken,
     InvalidInput,
     InvalidTransition,
+    LeaseLost,
     NotFound,
     RateLimited,
     SagaError,
@@ -92,6 +94,7 @@ _SAGA_ERRORS: Final[tuple[tuple[type[SagaError], Kind], ...]] = (
     (StartInProgress, Kind(status=409, slug="start-in-progress", title="Start in progress")),
     (SequenceConflict, Kind(status=409, slug="concurrent-update", title="Concurrent update")),
     (NotReady, Kind(status=503, slug="not-ready", title="Not ready")),
+    (LeaseLost, Kind(status=503, slug="instance-moved", title="Instance moved to another node")),
     (
         StoreUnavailable,
         Kind(status=503, slug="store-unavailable", title="Unavailable", expose_detail=False),
