@@ -143,7 +143,9 @@ class Access:
             own = None if self.overrides is None else await self.overrides(tenant)
             limits = self.limits if own is None else own.request_limits(self.limits)
             decisions = [await self.limiter.check(tenant, "requests", limits.requests)]
-            if method == "POST" and route == "/api/v1/sagas/instances":
+            # A request already refused must not spend a start as well.
+            starting = method == "POST" and route == "/api/v1/sagas/instances"
+            if starting and decisions[0].allowed:
                 decisions.append(await self.limiter.check(tenant, "starts", limits.starts))
         refused = [d for d in decisions if not d.allowed]
         if refused:

@@ -170,6 +170,10 @@ class AuditFailuresMiddleware:
         audited = AUDITED.get((scope["method"], route)) if route else None
         if audited is None:
             return
+        if status == 429:
+            # A flood is refused without touching the store: recording each refusal would let
+            # the flooder write at its own rate (counted in /metrics instead).
+            return
         if context.tenant_id is None:
             log.info(
                 "unauthenticated %s %s answered %d (request %s)",

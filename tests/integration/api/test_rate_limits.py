@@ -32,7 +32,7 @@ from saga_orchestrator.security.tokens import (
     generate_secret,
     mint_token,
 )
-from tests.integration.api.support import FAST_OPTIONS
+from tests.integration.api.support import FAST_OPTIONS, INSTANCES, register, saga, steps
 from tests.integration.engine.support import Participants
 
 SECRET = generate_secret()
@@ -161,3 +161,25 @@ async def test_redis_dying_mid_run_falls_back_without_a_500(
     assert limiter.mode == "memory"  # the documented fallback: this node's own buckets
     assert not [s for s in statuses if s >= 500]
     assert statuses[201] >= LIMITS.starts.burst  # starts went on (within the node's buckets)
+
+
+TWO_STARTS = RequestLimits(requests=Limit(rate=1000, burst=1000), starts=Limit(rate=0.01, burst=2))
+
+
+async def test_rate_limited_calls_leave_no_audit_record_each(node: Orchestrator) -> None:
+    """A flood must not become writes: a 429 is refused before the store is touched."""
+    options = replace(FAST_OPTIONS, rate_limiter=RateLimiter(None), limits=TWO_STARTS)
+    app = create_app(node, options)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://a") as client:
+            await register(client, saga("flood", steps("reserve")))
+            answers = [
+                (await client.post(INSTANCES, json={"saga_name": "flood", "context": {}}))
+                for _ in range(6)
+            ]
+            codes = [answer.status_code for answer in answers]
+            assert codes.count(201) == 2 and codes.count(429) == 4, codes
+            audit = (await client.get("/api/v1/audit")).json()["items"]
+    starts = [a["outcome"] for a in audit if a["action"] == "instance.start"]
+    assert starts == ["succeeded", "succeeded"]
