@@ -29,6 +29,7 @@ from tenant_isolation_report import (
     split_at,
     verdict,
 )
+from tenant_isolation_table import render, summary
 
 LIMITS = Limits(quota=50, burst=100, flood_rate=500)
 GOOD_429 = {
@@ -319,3 +320,19 @@ def test_a_fallback_that_fails_open_or_closed_invalidates_the_run(
 def test_limits_allow_a_full_bucket_and_the_refill() -> None:
     assert LIMITS.allowance(10.0) == 600.0
     assert LIMITS.allowance(10.0, buckets=2) == 700.0
+
+
+def test_the_report_names_the_state_of_the_bar_and_every_caveat() -> None:
+    phases = pair(1, 10.0, 30.0)
+    phases[1] = replace(phases[1], noisy=noisy(sent=2000))
+    result = verdict(phases, LIMITS)
+
+    text = summary(result, phases, LIMITS)
+    table = render(phases, LIMITS)
+
+    assert "median of the per-round ratios 3.00 (bar <= 1.2): MISSED" in text
+    assert "caveat: round 1 flood: the flood reached 118/s" in text
+    assert [line.split()[:2] for line in table.splitlines()[2:4]] == [
+        ["1", "baseline"],
+        ["1", "flood"],
+    ]
