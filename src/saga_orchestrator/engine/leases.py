@@ -13,8 +13,9 @@ extends (semantics §5). This module keeps the leases of the instances this node
   time, so nodes share the orphans instead of one node hoarding them.
 - **doubt**: before each participant call the engine asks :meth:`LeaseKeeper.sure` whether the
   lease is certainly still valid — on this node's monotonic clock, counted from the start of the
-  last write or renewal that extended it, with a safety margin — and if it cannot be sure, it
-  renews first. A node paused past its lease (a zombie) thus calls no participant after waking.
+  claim, create or renewal that last extended it, with a safety margin — and if it cannot be
+  sure, it renews first. A node paused past its lease (a zombie) thus calls no participant
+  after waking.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class Driver(Protocol):
 
     def lost(self, live: Live) -> None: ...
 
-    def moved_elsewhere(self, live: Live) -> None: ...
+    def moved_elsewhere(self, live: Live, last_seq: int) -> None: ...
 
     def quarantined(self, refs: Sequence[InstanceRef]) -> None: ...
 
@@ -171,7 +172,7 @@ class LeaseKeeper:
                 continue
             live.sure_until = max(live.sure_until, sure_until)
             if last_seq > live.state.seq:
-                self.driver.moved_elsewhere(live)
+                self.driver.moved_elsewhere(live, last_seq)
 
     # -- claims --
     async def _claim_forever(self) -> None:

@@ -24,7 +24,7 @@ class RetentionChore:
         store: Store,
         keep: timedelta,
         *,
-        interval: float = 60.0,
+        interval: float = 3600.0,
         batch: int = 500,
     ) -> None:
         self.store = store

@@ -479,9 +479,12 @@ class Engine:
         *,
         redecide: bool = False,
         catch_up: bool = False,
+        unless_at: int | None = None,
         audit: AuditEntry | None = None,
     ) -> SagaState:
         async with live.lock:
+            if unless_at is not None and live.state.seq >= unless_at:
+                return live.state  # e.g. our own commit, heard before its writer returned
             for _ in range(CONFLICT_RETRIES):
                 if live.lost:
                     raise LeaseLost(f"instance {live.state.instance_id} is driven elsewhere")
@@ -512,7 +515,6 @@ class Engine:
                         audit=audit,
                         lease=None if self.leases is None else self.leases.lease(live.epoch),
                     )
-                    began = time.monotonic()
                     result = await self.writer.submit(request)
                     if result.status is AppendStatus.LEASE_LOST:
                         self.lost(live)
@@ -520,8 +522,6 @@ class Engine:
                     if result.status is not AppendStatus.APPENDED:
                         catch_up = True  # an input recorded elsewhere: apply ours after it
                         continue
-                    if self.leases is not None:
-                        live.sure_until = max(live.sure_until, self.leases.sure_until(began))
                     live.state = decision.state
                     self._publish(request, now)
                     self._cancel_settled_attempts(before.instance_id, events)
@@ -573,7 +573,8 @@ class Engine:
         if last_seq is not None and live.state.seq >= last_seq:
             return  # our own commit, heard before its writer returned
         try:
-            await self._advance(live, lambda _state: [], catch_up=True)
+            # Checked again under the lock: our own append may be committing right now.
+            await self._advance(live, lambda _state: [], catch_up=True, unless_at=last_seq)
         except SagaError as error:
             log.info("could not act on input to %s: %s", live.state.instance_id, error)
 
@@ -640,8 +641,8 @@ class Engine:
             if key[0] == instance_id and task is not asyncio.current_task():
                 task.cancel()
 
-    def moved_elsewhere(self, live: Live) -> None:
-        self._spawn(self._decide_after(live), f"saga-input-{live.state.instance_id}")
+    def moved_elsewhere(self, live: Live, last_seq: int) -> None:
+        self._spawn(self._decide_after(live, last_seq), f"saga-input-{live.state.instance_id}")
 
     def quarantined(self, refs: Sequence[InstanceRef]) -> None:
         for ref in refs:
@@ -695,6 +696,8 @@ class Engine:
             self._spawn(self._perform(effect, live), f"saga-effect-{state.instance_id}")
 
     def _settle(self, live: Live) -> None:
+        if live.settled.is_set():
+            return  # announced already (a re-decision that changed nothing)
         live.settled.set()
         for listener in self.settled_listeners:
             try:

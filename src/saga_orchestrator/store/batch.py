@@ -59,8 +59,6 @@ class Plan:
     created: dict[str, CreatedRow] = field(default_factory=dict)
     updated: dict[str, tuple[InstanceUpdate, int]] = field(default_factory=dict)
     """Existing instance -> its final (update, last_seq)."""
-    renewals: dict[str, float] = field(default_factory=dict)
-    """Existing instance -> seconds its lease is extended by (written under a lease)."""
     start_keys: list[NewInstance] = field(default_factory=list)
     events: list[EventRow] = field(default_factory=list)
     outbox: list[tuple[OutboxMessage, datetime]] = field(default_factory=list)
@@ -173,8 +171,6 @@ class _Planner:
             created.update, created.last_seq = request.update, last_seq
         else:
             self.plan.updated[request.instance_id] = (request.update, last_seq)
-            if lease is not None:
-                self.plan.renewals[request.instance_id] = lease.ttl
         return self._write(request)
 
     def _conflict(self, request: AppendRequest) -> AppendResult:

@@ -133,7 +133,6 @@ async def _write_rest(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> 
             [_json(list(u.current_nodes)) for u, _ in updates],
             [utc(u.updated_at) for u, _ in updates],
             [last_seq for _, last_seq in updates],
-            [plan.renewals.get(iid) for iid in ids],
         )
     if plan.events:
         events = plan.events

@@ -125,15 +125,14 @@ UPDATE_INSTANCES: Final = """
 UPDATE instances AS i
 SET status = u.status, current_nodes = u.current_nodes::jsonb, updated_at = u.updated_at,
     last_seq = u.last_seq,
-    -- A write under a lease renews it; settling gives it up (the next actor claims it).
+    -- Settling gives the lease up (whoever acts next claims it). Appends leave the expiry
+    -- alone (renewals extend it in batches), so an update that changes no indexed column
+    -- stays a HOT update.
     owner_id = CASE WHEN u.status IN ('running', 'compensating') THEN i.owner_id END,
-    lease_expires_at = CASE
-        WHEN u.status NOT IN ('running', 'compensating') THEN NULL
-        WHEN u.lease_ttl IS NULL THEN i.lease_expires_at
-        ELSE now() + make_interval(secs => u.lease_ttl) END
-FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[],
-            $6::float8[])
-     AS u (instance_id, status, current_nodes, updated_at, last_seq, lease_ttl)
+    lease_expires_at = CASE WHEN u.status IN ('running', 'compensating')
+                            THEN i.lease_expires_at END
+FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[])
+     AS u (instance_id, status, current_nodes, updated_at, last_seq)
 WHERE i.instance_id = u.instance_id"""
 INSERT_EVENTS: Final = """
 INSERT INTO events (tenant_id, instance_id, seq, type, data, recorded_at)

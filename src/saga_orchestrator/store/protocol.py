@@ -159,8 +159,8 @@ class Lease:
     """Who writes an append, under which ownership (clustering, semantics §5).
 
     The append commits only if the instance is still owned by ``owner`` at ``epoch`` (the
-    fencing token: every take-over raises it), and then extends the lease by ``ttl`` seconds
-    of the database's clock. A create makes ``owner`` the owner at epoch 1."""
+    fencing token: every take-over raises it). A create makes ``owner`` the owner at epoch 1
+    for ``ttl`` seconds of the database's clock; renewals extend it."""
 
     owner: str
     epoch: int

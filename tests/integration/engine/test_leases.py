@@ -271,3 +271,27 @@ async def test_the_leaders_retention_chore_purges_old_terminal_instances(pg_url:
             await conn.close()
         assert [row[0] for row in left] == done[2:]
         assert events == 1
+
+
+async def test_a_clustered_node_settles_each_instance_once_without_rereading_its_own_commits(
+    node: Node,
+) -> None:
+    participants = Participants(NAMES)
+    a = await node(participants, "a").open()
+    settled: list[str] = []
+    a.engine.settled_listeners.append(lambda state: settled.append(state.instance_id))
+    reads: list[str] = []
+    load_events = a.store.load_events
+
+    async def counting(tenant_id: str, instance_id: str, *args: Any, **kw: Any) -> Any:
+        reads.append(instance_id)
+        return await load_events(tenant_id, instance_id, *args, **kw)
+
+    a.store.load_events = counting  # type: ignore[method-assign]
+    await a.register(ORDER)
+    ids = [(await a.start("order", {"n": n})).instance_id for n in range(20)]
+    await until(lambda: len(settled) >= len(ids), "every instance to settle")
+    await asyncio.sleep(0.5)  # late notifications of its own commits have arrived
+    assert sorted(settled) == sorted(ids)
+    assert reads == []  # every instance was driven from memory: its own commits not re-read
+    assert participants.counts() == {"reserve": 20, "charge": 20, "ship": 20}

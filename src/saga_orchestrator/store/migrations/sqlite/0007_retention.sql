@@ -11,6 +11,3 @@ WHEN NOT EXISTS (SELECT 1 FROM retention_purge WHERE active = 1)
 BEGIN
     SELECT RAISE(ABORT, 'events are append-only: DELETE is not allowed');
 END;
-
-CREATE INDEX instances_terminal_updated_idx ON instances (updated_at)
-    WHERE status IN ('completed', 'compensated', 'cancelled', 'timed_out');
