@@ -17,6 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -73,6 +74,7 @@ from saga_orchestrator.errors import (
     RateLimited,
     SagaError,
     SequenceConflict,
+    StoreError,
 )
 from saga_orchestrator.store import (
     AppendRequest,
@@ -100,6 +102,8 @@ MakeEvents = Callable[[SagaState], list[Event]]
 
 RECOVERY_CONCURRENCY = 64
 """Instances resumed at once after a restart (their appends share group commits)."""
+TIMER_RETRY = 1.0
+"""Seconds after which a wake-up that could not be written (database away) fires again."""
 CONFLICT_RETRIES = 5
 """Times an input is re-applied on a newer history after another writer moved it first."""
 
@@ -217,12 +221,17 @@ class Engine:
             await self._watch.close()
             self._watch = None
         await self.timers.stop()
-        pending = [task for task in self._tasks if not task.done()]
-        if pending:
-            _, still = await asyncio.wait(pending, timeout=grace)
-            for task in still:
-                task.cancel()
-            await asyncio.gather(*still, return_exceptions=True)
+        # Effects decided while stopping are not started (_after_commit): they are durable,
+        # and whoever resumes the instance performs them. Tasks already running get the grace.
+        deadline = asyncio.get_running_loop().time() + grace
+        while pending := [task for task in self._tasks if not task.done()]:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                break
+            await asyncio.wait(pending, timeout=left)
         await self.writer.stop()
         if self.keeper is not None:
             await self.keeper.stop()
@@ -692,6 +701,8 @@ class Engine:
             live.settled.clear()  # an operator may have resumed a parked instance
             if wake_at is not None:
                 self.timers.schedule(state.tenant_id, state.instance_id, wake_at)
+        if not self._running:
+            return  # stopping: the effects are durable; the next driver performs them
         for effect in effects:
             self._spawn(self._perform(effect, live), f"saga-effect-{state.instance_id}")
 
@@ -907,7 +918,17 @@ class Engine:
         live = self._live.get(instance_id)
         if live is None:
             return
-        await self._advance(live, lambda _state: [], redecide=True)
+        try:
+            await self._advance(live, lambda _state: [], redecide=True)
+        except LeaseLost:
+            return  # another node drives it now, with its own timers
+        except StoreError as error:
+            # The database is away: the wake-up is not lost, it comes again shortly.
+            log.warning(
+                "timer of %s failed (%s): retrying in %s s", instance_id, error, TIMER_RETRY
+            )
+            retry_at = self.clock.now() + timedelta(seconds=TIMER_RETRY)
+            self.timers.schedule(tenant_id, instance_id, retry_at)
 
     async def _recover_all(self) -> None:
         """Resume every unfinished instance, many at once so their appends share commits."""

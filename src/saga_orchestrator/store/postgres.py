@@ -74,6 +74,10 @@ _UNAVAILABLE = (
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     asyncpg.exceptions.OperatorInterventionError,
+    # A session that dies mid-statement (server restarted, backend terminated) surfaces as
+    # these client-side errors rather than as a connection error.
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
 )
 
 
