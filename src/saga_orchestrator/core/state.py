@@ -182,10 +182,17 @@ def _with_node(state: SagaState, name: str, node: NodeState) -> SagaState:
 
 
 def _with_phase(
-    state: SagaState, name: str, phase: Phase, progress: PhaseProgress, **node_changes: Any
+    state: SagaState,
+    name: str,
+    node: NodeState,
+    phase: Phase,
+    progress: PhaseProgress,
+    **node_changes: Any,
 ) -> SagaState:
-    key = "action" if phase is Phase.ACTION else "compensation"
-    return _with_node(state, name, replace(state.node(name), **{key: progress}, **node_changes))
+    """``state`` with ``node`` (as it was) carrying ``progress`` for ``phase``, and changed."""
+    if phase is Phase.ACTION:
+        return _with_node(state, name, replace(node, action=progress, **node_changes))
+    return _with_node(state, name, replace(node, compensation=progress, **node_changes))
 
 
 def _node_skipped(state: SagaState, event: NodeSkipped) -> SagaState:
@@ -210,22 +217,37 @@ def _node_completed(state: SagaState, event: NodeCompleted) -> SagaState:
 
 def _attempt_scheduled(state: SagaState, event: AttemptScheduled) -> SagaState:
     node = state.node(event.node)
+    before = node.phase(event.phase)
     progress = replace(
-        node.phase(event.phase),
+        before,
         attempts=event.attempt,
         in_flight=True,
         accepted=False,
         deadline=event.deadline,
         retry_due=None,
-        started_at=node.phase(event.phase).started_at or event.at,
+        started_at=before.started_at or event.at,
     )
+    child = node.child_instance_id if event.child_instance_id is None else event.child_instance_id
     if event.phase is Phase.ACTION:
-        changes: dict[str, Any] = {"status": StepStatus.RUNNING, "input": event.input}
-    else:
-        changes = {"status": StepStatus.COMPENSATING}
-    if event.child_instance_id is not None:
-        changes["child_instance_id"] = event.child_instance_id
-    return _with_phase(state, event.node, event.phase, progress, **changes)
+        return _with_phase(
+            state,
+            event.node,
+            node,
+            event.phase,
+            progress,
+            status=StepStatus.RUNNING,
+            input=event.input,
+            child_instance_id=child,
+        )
+    return _with_phase(
+        state,
+        event.node,
+        node,
+        event.phase,
+        progress,
+        status=StepStatus.COMPENSATING,
+        child_instance_id=child,
+    )
 
 
 def _attempt_succeeded(state: SagaState, event: AttemptSucceeded) -> SagaState:
@@ -241,12 +263,15 @@ def _attempt_succeeded(state: SagaState, event: AttemptSucceeded) -> SagaState:
         return _with_phase(
             state,
             event.node,
+            node,
             event.phase,
             progress,
             status=StepStatus.SUCCEEDED,
             output=event.output,
         )
-    return _with_phase(state, event.node, event.phase, progress, status=StepStatus.COMPENSATED)
+    return _with_phase(
+        state, event.node, node, event.phase, progress, status=StepStatus.COMPENSATED
+    )
 
 
 def _attempt_failed(state: SagaState, event: AttemptFailed) -> SagaState:
@@ -263,25 +288,25 @@ def _attempt_failed(state: SagaState, event: AttemptFailed) -> SagaState:
         last_error=event.error,
         budget_start=budget_start,
     )
-    return _with_phase(state, event.node, event.phase, progress)
+    return _with_phase(state, event.node, node, event.phase, progress)
 
 
 def _attempt_accepted(state: SagaState, event: AttemptAccepted) -> SagaState:
     node = state.node(event.node)
     progress = replace(node.phase(event.phase), accepted=True)
-    return _with_phase(state, event.node, event.phase, progress)
+    return _with_phase(state, event.node, node, event.phase, progress)
 
 
 def _attempt_heartbeat(state: SagaState, event: AttemptHeartbeat) -> SagaState:
     node = state.node(event.node)
     progress = replace(node.phase(event.phase), deadline=event.deadline)
-    return _with_phase(state, event.node, event.phase, progress)
+    return _with_phase(state, event.node, node, event.phase, progress)
 
 
 def _retry_scheduled(state: SagaState, event: RetryScheduled) -> SagaState:
     node = state.node(event.node)
     progress = replace(node.phase(event.phase), retry_due=event.due)
-    return _with_phase(state, event.node, event.phase, progress)
+    return _with_phase(state, event.node, node, event.phase, progress)
 
 
 def _step_failed(state: SagaState, event: StepFailed) -> SagaState:
