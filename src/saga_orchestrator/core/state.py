@@ -44,7 +44,7 @@ from saga_orchestrator.core.events import (
     SkipReason,
     StepFailed,
 )
-from saga_orchestrator.core.records import replace
+from saga_orchestrator.core.records import fast_init, replace
 from saga_orchestrator.core.status import InstanceStatus, StepStatus
 from saga_orchestrator.errors import InvalidTransition
 
@@ -131,6 +131,8 @@ class SagaState:
             if node.action.in_flight or node.compensation.in_flight
         ]
 
+
+fast_init(PhaseProgress, NodeState, SagaState)
 
 _PENDING = NodeState()
 
