@@ -178,6 +178,8 @@ _DONE = frozenset({StepStatus.SUCCEEDED, StepStatus.SKIPPED})
 class _Forward:
     """Walks the definition's tree and starts or advances whatever may run now."""
 
+    __slots__ = ("definition", "events", "now", "state")
+
     def __init__(self, definition: CompiledDefinition, state: SagaState, now: datetime) -> None:
         self.definition = definition
         self.state = state
@@ -347,6 +349,8 @@ def _compensation_exhausted(
 
 class _Compensator:
     """Undoes what succeeded, in the reverse of the graph actually taken."""
+
+    __slots__ = ("definition", "now", "state")
 
     def __init__(self, definition: CompiledDefinition, state: SagaState, now: datetime) -> None:
         self.definition = definition

@@ -44,7 +44,7 @@ from saga_orchestrator.core.events import (
     SkipReason,
     StepFailed,
 )
-from saga_orchestrator.core.records import fast_init, replace
+from saga_orchestrator.core.records import fast_init, replace, replacer
 from saga_orchestrator.core.status import InstanceStatus, StepStatus
 from saga_orchestrator.errors import InvalidTransition
 
@@ -134,6 +134,12 @@ class SagaState:
 
 fast_init(PhaseProgress, NodeState, SagaState)
 
+# ``replace`` for the records copied on every event, bound once: the copies of the hot
+# transitions below skip ``replace``'s look-up of the class and its re-packing of arguments.
+_copy_state = replacer(SagaState)
+_copy_node = replacer(NodeState)
+_copy_progress = replacer(PhaseProgress)
+
 _PENDING = NodeState()
 
 
@@ -170,7 +176,7 @@ def evolve(state: SagaState, event: Event) -> SagaState:
         raise InvalidTransition(f"cannot apply {type(event).__name__} to a saga's state")
     applied: SagaState = apply(state, event)
     if applied is state:
-        return replace(state, seq=state.seq + 1)
+        return _copy_state(state, seq=state.seq + 1)
     # ``applied`` was built by this call and is seen by no one yet: stamping its sequence in
     # place spares a second copy of the whole state on every event (the hot path).
     object.__setattr__(applied, "seq", state.seq + 1)
@@ -180,7 +186,7 @@ def evolve(state: SagaState, event: Event) -> SagaState:
 def _with_node(state: SagaState, name: str, node: NodeState) -> SagaState:
     nodes = dict(state.nodes)
     nodes[name] = node
-    return replace(state, nodes=nodes)
+    return _copy_state(state, nodes=nodes)
 
 
 def _with_phase(
@@ -193,8 +199,8 @@ def _with_phase(
 ) -> SagaState:
     """``state`` with ``node`` (as it was) carrying ``progress`` for ``phase``, and changed."""
     if phase is Phase.ACTION:
-        return _with_node(state, name, replace(node, action=progress, **node_changes))
-    return _with_node(state, name, replace(node, compensation=progress, **node_changes))
+        return _with_node(state, name, _copy_node(node, action=progress, **node_changes))
+    return _with_node(state, name, _copy_node(node, compensation=progress, **node_changes))
 
 
 def _node_skipped(state: SagaState, event: NodeSkipped) -> SagaState:
@@ -220,7 +226,7 @@ def _node_completed(state: SagaState, event: NodeCompleted) -> SagaState:
 def _attempt_scheduled(state: SagaState, event: AttemptScheduled) -> SagaState:
     node = state.node(event.node)
     before = node.phase(event.phase)
-    progress = replace(
+    progress = _copy_progress(
         before,
         attempts=event.attempt,
         in_flight=True,
@@ -254,7 +260,7 @@ def _attempt_scheduled(state: SagaState, event: AttemptScheduled) -> SagaState:
 
 def _attempt_succeeded(state: SagaState, event: AttemptSucceeded) -> SagaState:
     node = state.node(event.node)
-    progress = replace(
+    progress = _copy_progress(
         node.phase(event.phase),
         in_flight=False,
         accepted=False,
@@ -282,7 +288,7 @@ def _attempt_failed(state: SagaState, event: AttemptFailed) -> SagaState:
     # An attempt that never reached the participant (its circuit breaker was open) leaves the
     # retry budget as it was: the budget starts one attempt later.
     budget_start = before.budget_start + (0 if event.error.budgeted else 1)
-    progress = replace(
+    progress = _copy_progress(
         before,
         in_flight=False,
         accepted=False,
