@@ -546,7 +546,7 @@ async def main_async(args: argparse.Namespace) -> int:
     failures: list[str] = []
     steps: list[tuple[str, str, str, Callable[[], Any]]] = []
     for backend in backends:
-        runs = [(scenario, False) for scenario in SCENARIOS]
+        runs = [(scenario, False) for scenario in args.scenarios]
         if args.latency_sagas:
             runs.append(("A", True))
         for scenario, unloaded in runs:
@@ -627,6 +627,12 @@ def main() -> None:
     parser.add_argument("--peer-pool", type=int, default=32, help="DBOS sys_db_pool_size")
     parser.add_argument("--concurrency", type=int, default=1000, help="client tasks in flight")
     parser.add_argument(
+        "--scenarios",
+        type=lambda value: [s for s in value.upper().split(",") if s],
+        default=list(SCENARIOS),
+        help="which scenarios to run, e.g. A or A,B (default: A,B)",
+    )
+    parser.add_argument(
         "--latency-sagas",
         type=int,
         default=200,
@@ -651,6 +657,8 @@ def main() -> None:
     )
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
+    if not args.scenarios or set(args.scenarios) - set(SCENARIOS):
+        parser.error(f"--scenarios: choose from {','.join(SCENARIOS)}")
     if args.profile:
         out = Path(args.profile_out)
         backend = "postgres" if args.backend == "postgres" else "sqlite"

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from saga_orchestrator.core.events import ErrorInfo, Event, Phase
+from saga_orchestrator.core.records import fast_init
 from saga_orchestrator.core.state import SagaState
 from saga_orchestrator.definition.models import AmqpCall, HandlerCall, HttpCall
 
@@ -80,3 +81,6 @@ class Decision:
     effects: tuple[Effect, ...]
     state: SagaState
     wake_at: datetime | None
+
+
+fast_init(Dispatch, StartChild, CompensateChild, ReportToParent, Decision)

@@ -67,7 +67,7 @@ def decide(definition: CompiledDefinition, state: SagaState, now: datetime) -> D
             break
         for event in events:
             state = evolve(state, event)
-            emitted.append(event)
+        emitted.extend(events)
     else:  # pragma: no cover - a rule bug, never a user error
         raise RuntimeError("decide did not reach a fixpoint")
     effects = tuple(effects_of(definition, state, emitted))
@@ -82,12 +82,17 @@ def wake_at(state: SagaState) -> datetime | None:
     if state.deadline is not None and not state.deadline_passed:
         moments.append(state.deadline)
     for node in state.nodes.values():
-        for progress in (node.action, node.compensation):
-            if progress.in_flight and progress.deadline is not None:
-                moments.append(progress.deadline)
-            elif progress.retry_due is not None:
-                moments.append(progress.retry_due)
+        _add_moment(moments, node.action)
+        _add_moment(moments, node.compensation)
     return min(moments, default=None)
+
+
+def _add_moment(moments: list[datetime], progress: PhaseProgress) -> None:
+    if progress.in_flight:
+        if progress.deadline is not None:
+            moments.append(progress.deadline)
+    elif progress.retry_due is not None:
+        moments.append(progress.retry_due)
 
 
 def _next_events(definition: CompiledDefinition, state: SagaState, now: datetime) -> list[Event]:
@@ -112,21 +117,22 @@ def _next_events(definition: CompiledDefinition, state: SagaState, now: datetime
 def _timeouts(state: SagaState, now: datetime) -> list[Event]:
     events: list[Event] = []
     for name, node in state.nodes.items():
-        for phase in (Phase.ACTION, Phase.COMPENSATION):
-            progress = node.phase(phase)
-            if progress.in_flight and progress.deadline is not None and now >= progress.deadline:
-                error = ErrorInfo(
-                    type="Timeout",
-                    message=f"attempt {progress.attempts} timed out",
-                    retryable=True,
-                    unknown=True,
-                )
-                events.append(
-                    AttemptFailed(
-                        at=now, node=name, phase=phase, attempt=progress.attempts, error=error
-                    )
-                )
+        if _overdue(node.action, now):
+            events.append(_timed_out(name, Phase.ACTION, node.action.attempts, now))
+        if _overdue(node.compensation, now):
+            events.append(_timed_out(name, Phase.COMPENSATION, node.compensation.attempts, now))
     return events
+
+
+def _overdue(progress: PhaseProgress, now: datetime) -> bool:
+    return progress.in_flight and progress.deadline is not None and now >= progress.deadline
+
+
+def _timed_out(name: str, phase: Phase, attempt: int, now: datetime) -> AttemptFailed:
+    error = ErrorInfo(
+        type="Timeout", message=f"attempt {attempt} timed out", retryable=True, unknown=True
+    )
+    return AttemptFailed(at=now, node=name, phase=phase, attempt=attempt, error=error)
 
 
 def _succeeded_pivot(definition: CompiledDefinition, state: SagaState) -> str | None:
@@ -165,8 +171,14 @@ def _turn_back(definition: CompiledDefinition, state: SagaState, now: datetime) 
     return events
 
 
+_DONE = frozenset({StepStatus.SUCCEEDED, StepStatus.SKIPPED})
+"""A sequence moves past nodes in these states."""
+
+
 class _Forward:
     """Walks the definition's tree and starts or advances whatever may run now."""
+
+    __slots__ = ("definition", "events", "now", "state")
 
     def __init__(self, definition: CompiledDefinition, state: SagaState, now: datetime) -> None:
         self.definition = definition
@@ -185,11 +197,12 @@ class _Forward:
         """Advance a sequence; True when every node in it has finished."""
         for name in names:
             node = self.state.node(name)
-            if node.status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED):
+            status = node.status
+            if status in _DONE:
                 continue
-            if node.status is StepStatus.PENDING:
+            if status is StepStatus.PENDING:
                 self.enter(self.definition.nodes[name])
-            elif node.status is StepStatus.RUNNING:
+            elif status is StepStatus.RUNNING:
                 self.progress(self.definition.nodes[name], node)
             return False
         return True
@@ -225,7 +238,7 @@ class _Forward:
             assert node.case is not None
             if self.sequence(spec.cases[node.case].nodes) and not self.events:
                 self.events.append(NodeCompleted(at=self.now, node=spec.name))
-        else:
+        elif not node.action.in_flight:  # in flight: nothing to do before its outcome
             self.events.extend(
                 _next_attempt(
                     spec,
@@ -336,6 +349,8 @@ def _compensation_exhausted(
 
 class _Compensator:
     """Undoes what succeeded, in the reverse of the graph actually taken."""
+
+    __slots__ = ("definition", "now", "state")
 
     def __init__(self, definition: CompiledDefinition, state: SagaState, now: datetime) -> None:
         self.definition = definition

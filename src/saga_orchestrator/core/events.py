@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from saga_orchestrator.core.records import fast_init
+
 
 class Phase(enum.StrEnum):
     ACTION = "action"
@@ -273,3 +275,4 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     OperatorSkipped,
     OperatorResolved,
 )
+fast_init(ErrorInfo, *EVENT_TYPES)

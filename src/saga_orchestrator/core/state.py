@@ -44,7 +44,7 @@ from saga_orchestrator.core.events import (
     SkipReason,
     StepFailed,
 )
-from saga_orchestrator.core.records import replace
+from saga_orchestrator.core.records import fast_init, replace, replacer
 from saga_orchestrator.core.status import InstanceStatus, StepStatus
 from saga_orchestrator.errors import InvalidTransition
 
@@ -132,6 +132,14 @@ class SagaState:
         ]
 
 
+fast_init(PhaseProgress, NodeState, SagaState)
+
+# ``replace`` for the records copied on every event, bound once: the copies of the hot
+# transitions below skip ``replace``'s look-up of the class and its re-packing of arguments.
+_copy_state = replacer(SagaState)
+_copy_node = replacer(NodeState)
+_copy_progress = replacer(PhaseProgress)
+
 _PENDING = NodeState()
 
 
@@ -168,7 +176,7 @@ def evolve(state: SagaState, event: Event) -> SagaState:
         raise InvalidTransition(f"cannot apply {type(event).__name__} to a saga's state")
     applied: SagaState = apply(state, event)
     if applied is state:
-        return replace(state, seq=state.seq + 1)
+        return _copy_state(state, seq=state.seq + 1)
     # ``applied`` was built by this call and is seen by no one yet: stamping its sequence in
     # place spares a second copy of the whole state on every event (the hot path).
     object.__setattr__(applied, "seq", state.seq + 1)
@@ -178,14 +186,21 @@ def evolve(state: SagaState, event: Event) -> SagaState:
 def _with_node(state: SagaState, name: str, node: NodeState) -> SagaState:
     nodes = dict(state.nodes)
     nodes[name] = node
-    return replace(state, nodes=nodes)
+    return _copy_state(state, nodes=nodes)
 
 
 def _with_phase(
-    state: SagaState, name: str, phase: Phase, progress: PhaseProgress, **node_changes: Any
+    state: SagaState,
+    name: str,
+    node: NodeState,
+    phase: Phase,
+    progress: PhaseProgress,
+    **node_changes: Any,
 ) -> SagaState:
-    key = "action" if phase is Phase.ACTION else "compensation"
-    return _with_node(state, name, replace(state.node(name), **{key: progress}, **node_changes))
+    """``state`` with ``node`` (as it was) carrying ``progress`` for ``phase``, and changed."""
+    if phase is Phase.ACTION:
+        return _with_node(state, name, _copy_node(node, action=progress, **node_changes))
+    return _with_node(state, name, _copy_node(node, compensation=progress, **node_changes))
 
 
 def _node_skipped(state: SagaState, event: NodeSkipped) -> SagaState:
@@ -210,27 +225,42 @@ def _node_completed(state: SagaState, event: NodeCompleted) -> SagaState:
 
 def _attempt_scheduled(state: SagaState, event: AttemptScheduled) -> SagaState:
     node = state.node(event.node)
-    progress = replace(
-        node.phase(event.phase),
+    before = node.phase(event.phase)
+    progress = _copy_progress(
+        before,
         attempts=event.attempt,
         in_flight=True,
         accepted=False,
         deadline=event.deadline,
         retry_due=None,
-        started_at=node.phase(event.phase).started_at or event.at,
+        started_at=before.started_at or event.at,
     )
+    child = node.child_instance_id if event.child_instance_id is None else event.child_instance_id
     if event.phase is Phase.ACTION:
-        changes: dict[str, Any] = {"status": StepStatus.RUNNING, "input": event.input}
-    else:
-        changes = {"status": StepStatus.COMPENSATING}
-    if event.child_instance_id is not None:
-        changes["child_instance_id"] = event.child_instance_id
-    return _with_phase(state, event.node, event.phase, progress, **changes)
+        return _with_phase(
+            state,
+            event.node,
+            node,
+            event.phase,
+            progress,
+            status=StepStatus.RUNNING,
+            input=event.input,
+            child_instance_id=child,
+        )
+    return _with_phase(
+        state,
+        event.node,
+        node,
+        event.phase,
+        progress,
+        status=StepStatus.COMPENSATING,
+        child_instance_id=child,
+    )
 
 
 def _attempt_succeeded(state: SagaState, event: AttemptSucceeded) -> SagaState:
     node = state.node(event.node)
-    progress = replace(
+    progress = _copy_progress(
         node.phase(event.phase),
         in_flight=False,
         accepted=False,
@@ -241,12 +271,15 @@ def _attempt_succeeded(state: SagaState, event: AttemptSucceeded) -> SagaState:
         return _with_phase(
             state,
             event.node,
+            node,
             event.phase,
             progress,
             status=StepStatus.SUCCEEDED,
             output=event.output,
         )
-    return _with_phase(state, event.node, event.phase, progress, status=StepStatus.COMPENSATED)
+    return _with_phase(
+        state, event.node, node, event.phase, progress, status=StepStatus.COMPENSATED
+    )
 
 
 def _attempt_failed(state: SagaState, event: AttemptFailed) -> SagaState:
@@ -255,7 +288,7 @@ def _attempt_failed(state: SagaState, event: AttemptFailed) -> SagaState:
     # An attempt that never reached the participant (its circuit breaker was open) leaves the
     # retry budget as it was: the budget starts one attempt later.
     budget_start = before.budget_start + (0 if event.error.budgeted else 1)
-    progress = replace(
+    progress = _copy_progress(
         before,
         in_flight=False,
         accepted=False,
@@ -263,25 +296,25 @@ def _attempt_failed(state: SagaState, event: AttemptFailed) -> SagaState:
         last_error=event.error,
         budget_start=budget_start,
     )
-    return _with_phase(state, event.node, event.phase, progress)
+    return _with_phase(state, event.node, node, event.phase, progress)
 
 
 def _attempt_accepted(state: SagaState, event: AttemptAccepted) -> SagaState:
     node = state.node(event.node)
     progress = replace(node.phase(event.phase), accepted=True)
-    return _with_phase(state, event.node, event.phase, progress)
+    return _with_phase(state, event.node, node, event.phase, progress)
 
 
 def _attempt_heartbeat(state: SagaState, event: AttemptHeartbeat) -> SagaState:
     node = state.node(event.node)
     progress = replace(node.phase(event.phase), deadline=event.deadline)
-    return _with_phase(state, event.node, event.phase, progress)
+    return _with_phase(state, event.node, node, event.phase, progress)
 
 
 def _retry_scheduled(state: SagaState, event: RetryScheduled) -> SagaState:
     node = state.node(event.node)
     progress = replace(node.phase(event.phase), retry_due=event.due)
-    return _with_phase(state, event.node, event.phase, progress)
+    return _with_phase(state, event.node, node, event.phase, progress)
 
 
 def _step_failed(state: SagaState, event: StepFailed) -> SagaState:

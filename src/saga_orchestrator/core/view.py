@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from saga_orchestrator.core.events import ErrorInfo, FailureCause
+from saga_orchestrator.core.records import fast_init
 from saga_orchestrator.core.state import SagaState
 from saga_orchestrator.core.status import InstanceStatus, StepStatus
 
@@ -45,6 +46,9 @@ class InstanceView:
     in_flight: tuple[str, ...]
     events: int
     parent_instance_id: str | None
+
+
+fast_init(StepView, InstanceView)
 
 
 def describe(state: SagaState) -> InstanceView:

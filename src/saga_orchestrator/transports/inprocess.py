@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import orjson
 
@@ -14,6 +15,10 @@ from saga_orchestrator.transports.base import StepOutcome, StepRequest
 from saga_orchestrator.transports.handlers import HandlerRegistry, StepContext, invoke
 
 MAX_OUTPUT_BYTES = 1_000_000
+
+_NO_TIMEOUT = contextlib.nullcontext()
+"""Stands in for ``asyncio.timeout(None)``, which would still cost a ``Timeout`` object and a
+look-up of the current task on every call."""
 
 
 class InProcessTransport:
@@ -44,7 +49,8 @@ class InProcessTransport:
             action_output=request.action_output,
         )
         try:
-            async with asyncio.timeout(request.timeout if self.enforce_timeout else None):
+            limit = asyncio.timeout(request.timeout) if self.enforce_timeout else _NO_TIMEOUT
+            async with limit:
                 output = await invoke(function, context)
         except TimeoutError:
             return _failure("Timeout", f"handler exceeded {request.timeout}s", True, unknown=True)
