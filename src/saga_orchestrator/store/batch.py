@@ -88,6 +88,8 @@ def validate(requests: Sequence[AppendRequest]) -> None:
     Naive datetimes are refused here too, so no backend ever has to guess a time zone.
     """
     for request in requests:
+        if not request.tenant_id:
+            raise InvalidInput(f"append to {request.instance_id} names no tenant")
         utc(request.update.updated_at)
         if request.update.wake_at is not None:
             utc(request.update.wake_at)

@@ -1,4 +1,13 @@
-"""The clustered store: PostgreSQL through an asyncpg pool.
+"""The clustered store: PostgreSQL through asyncpg pools.
+
+Row-level security (migration 0008) is a second wall between tenants: the store never works
+as the login of its URL. Work done for tenants runs on a pool whose sessions are the role
+``saga_app`` and name, before each use, the tenants the work is for (``saga.tenants``; a
+session naming none sees no rows); the chores that span tenants (claims, renewals, timers,
+the outbox relay, retention, the node registry) run on a small pool of role ``saga_cluster``.
+Only migrations run as the login itself. The role is a startup parameter of each connection,
+so switching costs no round trip, and ``RESET ALL`` (the pool's reset between uses) clears
+the tenants but keeps the role.
 
 Driver errors are translated once, here: a lost or refused connection becomes
 :class:`~saga_orchestrator.errors.StoreUnavailable`, any other database error
@@ -81,12 +90,20 @@ _UNAVAILABLE = (
 )
 
 
+APP_ROLE = "saga_app"
+"""The role of every session that works for tenants (no BYPASSRLS; see migration 0008)."""
+CLUSTER_ROLE = "saga_cluster"
+"""The role of the chores that span tenants."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PostgresOptions:
     min_size: int = 1
-    """Connections the pool opens up front and keeps."""
+    """Connections the tenants' pool opens up front and keeps."""
     max_size: int = 10
-    """Upper bound on concurrent connections from this process."""
+    """Upper bound on concurrent connections for tenants' work from this process."""
+    cluster_max_size: int = 3
+    """Upper bound on concurrent connections for the chores that span tenants."""
     command_timeout: float | None = 60.0
     """Seconds before a single statement is abandoned (None: no limit)."""
 
@@ -105,105 +122,156 @@ class PostgresStore:
         self._options = options or PostgresOptions()
         if not 0 <= self._options.min_size <= self._options.max_size:
             raise ConfigurationError("PostgreSQL pool sizes need 0 <= min_size <= max_size")
-        self._pool: Pool[asyncpg.Record] | None = None
+        if self._options.cluster_max_size < 1:
+            raise ConfigurationError("PostgreSQL's cluster pool needs at least one connection")
+        self._pools: dict[str, Pool[asyncpg.Record]] = {}
         self._pool_lock = asyncio.Lock()
         self._closed = False
 
-    async def _get_pool(self) -> Pool[asyncpg.Record]:
-        if self._pool is not None:
-            return self._pool
+    # The roles the two pools' sessions take; a test build sets them to None to show what a
+    # store without row-level security would leak.
+    app_role: str | None = APP_ROLE
+    cluster_role: str | None = CLUSTER_ROLE
+
+    async def _get_pool(self, role: str | None, max_size: int) -> Pool[asyncpg.Record]:
+        key = role or ""
+        pool = self._pools.get(key)
+        if pool is not None:
+            return pool
         async with self._pool_lock:
             if self._closed:
                 raise StoreError("the store is closed")
-            if self._pool is None:
-                self._pool = await asyncpg.create_pool(
-                    self._dsn,
-                    min_size=self._options.min_size,
-                    max_size=self._options.max_size,
-                    command_timeout=self._options.command_timeout,
-                    server_settings={"application_name": "saga-orchestrator"},
-                )
-            return self._pool
+            pool = self._pools.get(key)
+            if pool is None:
+                settings = {"application_name": "saga-orchestrator"}
+                if role is not None:
+                    settings["role"] = role
+                try:
+                    pool = await asyncpg.create_pool(
+                        self._dsn,
+                        min_size=min(self._options.min_size, max_size),
+                        max_size=max_size,
+                        command_timeout=self._options.command_timeout,
+                        server_settings=settings,
+                    )
+                except asyncpg.InvalidParameterValueError as exc:
+                    raise ConfigurationError(
+                        f"PostgreSQL has no role {role!r}: migrate the database first "
+                        f"(saga migrate) ({exc})"
+                    ) from exc
+                except asyncpg.InsufficientPrivilegeError as exc:
+                    raise ConfigurationError(
+                        f"the database login may not act as {role!r}; as the schema owner or "
+                        f"a superuser run: GRANT {APP_ROLE}, {CLUSTER_ROLE} TO <login> ({exc})"
+                    ) from exc
+                self._pools[key] = pool
+            return pool
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+    async def _tenants(
+        self, *tenant_ids: str
+    ) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+        """A session that sees and writes the rows of ``tenant_ids`` and of no other tenant."""
         with _translate_errors():
-            pool = await self._get_pool()
+            pool = await self._get_pool(self.app_role, self._options.max_size)
+            async with pool.acquire() as conn:
+                await conn.execute(sql.SET_TENANTS, list(tenant_ids))
+                yield conn
+
+    @asynccontextmanager
+    async def _cluster(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+        """A session for the chores that span tenants."""
+        with _translate_errors():
+            pool = await self._get_pool(self.cluster_role, self._options.cluster_max_size)
             async with pool.acquire() as conn:
                 yield conn
+
+    @asynccontextmanager
+    async def _owner(self) -> AsyncIterator[asyncpg.Connection[asyncpg.Record]]:
+        """A session as the URL's login itself: only for changing the schema."""
+        with _translate_errors():
+            conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(
+                self._dsn,
+                command_timeout=self._options.command_timeout,
+                server_settings={"application_name": "saga-orchestrator"},
+            )
+            try:
+                yield conn
+            finally:
+                await conn.close()
 
     async def close(self) -> None:
         async with self._pool_lock:
             self._closed = True
-            pool, self._pool = self._pool, None
-        if pool is not None:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
             with _translate_errors():
                 await pool.close()
 
     # -- cluster --
     async def heartbeat_node(self, node: NodeRecord) -> None:
-        async with self._connection() as conn:
+        async with self._cluster() as conn:
             await cluster.heartbeat_node(conn, node)
 
     async def list_nodes(self) -> list[NodeRecord]:
-        async with self._connection() as conn:
+        async with self._cluster() as conn:
             return await cluster.list_nodes(conn)
 
     async def remove_node(self, node_id: str) -> None:
-        async with self._connection() as conn:
+        async with self._cluster() as conn:
             await cluster.remove_node(conn, node_id)
 
     async def reap_nodes(self, silent_for: float) -> list[str]:
-        async with self._connection() as conn:
+        async with self._cluster() as conn:
             return await cluster.reap_nodes(conn, silent_for)
 
     async def acquire_leadership(self, name: str, holder: str, ttl: float) -> Leadership:
-        async with self._connection() as conn:
+        async with self._cluster() as conn:
             return await cluster.acquire_leadership(conn, name, holder, ttl)
 
     async def release_leadership(self, name: str, holder: str) -> None:
-        async with self._connection() as conn:
+        async with self._cluster() as conn:
             await cluster.release_leadership(conn, name, holder)
 
     async def purge_terminal(self, before: datetime, limit: int) -> int:
-        async with self._connection() as conn:
+        async with self._cluster() as conn:
             return await retention.purge_terminal(conn, before, limit)
 
     # -- instance leases --
     async def claim_instances(
         self, owner: str, ttl: float, limit: int, max_takeovers: int
     ) -> Claims:
-        async with self._connection() as conn:
+        async with self._cluster() as conn:
             return await leases.claim_instances(conn, owner, ttl, limit, max_takeovers)
 
     async def claim_instance(
         self, owner: str, ttl: float, tenant_id: str, instance_id: str
     ) -> int | None:
-        async with self._connection() as conn:
+        async with self._tenants(tenant_id) as conn:
             return await leases.claim_instance(conn, owner, ttl, tenant_id, instance_id)
 
     async def reclaim_own(self, owner: str, ttl: float) -> list[ClaimedInstance]:
-        async with self._connection() as conn:
+        async with self._cluster() as conn:
             return await leases.reclaim_own(conn, owner, ttl)
 
     async def renew_leases(
         self, owner: str, ttl: float, held: Sequence[tuple[str, int]]
     ) -> dict[str, int]:
-        async with self._connection() as conn:
+        async with self._cluster() as conn:
             return await leases.renew_leases(conn, owner, ttl, held)
 
     async def release_leases(self, owner: str, held: Sequence[tuple[str, int]]) -> None:
-        async with self._connection() as conn:
+        async with self._cluster() as conn:
             await leases.release_leases(conn, owner, held)
 
     async def list_quarantined(self, tenant_id: str) -> list[QuarantinedInstance]:
-        async with self._connection() as conn:
+        async with self._tenants(tenant_id) as conn:
             return await leases.list_quarantined(conn, tenant_id)
 
     async def release_quarantine(
         self, tenant_id: str, instance_id: str, audit: AuditEntry | None = None
     ) -> bool:
-        async with self._connection() as conn, conn.transaction():
+        async with self._tenants(tenant_id) as conn, conn.transaction():
             released = await leases.release_quarantine(conn, tenant_id, instance_id)
             if released and audit is not None:
                 await audit_log.write_audit(conn, [audit])
@@ -219,7 +287,7 @@ class PostgresStore:
 
     # -- schema --
     async def migrate(self) -> int:
-        async with self._connection() as conn, conn.transaction():
+        async with self._owner() as conn, conn.transaction():
             # Transaction-scoped: released by commit or rollback, even if this process dies.
             await conn.execute(sql.TAKE_MIGRATION_LOCK, sql.MIGRATION_LOCK_KEY)
             await conn.execute(sql.CREATE_SCHEMA_MIGRATIONS)
@@ -231,10 +299,13 @@ class PostgresStore:
             return int(await conn.fetchval(sql.SCHEMA_VERSION))
 
     async def schema_version(self) -> int:
-        async with self._connection() as conn:
-            if not await conn.fetchval(sql.HAS_SCHEMA_MIGRATIONS):
-                return 0
-            return int(await conn.fetchval(sql.SCHEMA_VERSION))
+        try:
+            async with self._cluster() as conn:
+                return await _schema_version(conn)
+        except ConfigurationError:
+            # A database from before row-level security has no roles yet: ask as the login.
+            async with self._owner() as owner:
+                return await _schema_version(owner)
 
     # -- definitions --
     async def put_definition(
@@ -250,7 +321,7 @@ class PostgresStore:
         major, minor, patch, prerelease = semver_columns(version)
         now = datetime.now(UTC)
         row = (tenant_id, name, version, major, minor, patch, prerelease, body, digest, now)
-        async with self._connection() as conn:
+        async with self._tenants(tenant_id) as conn:
             async with conn.transaction():
                 created = await conn.fetchval(sql.INSERT_DEFINITION, *row)
                 if created and audit is not None:
@@ -266,17 +337,17 @@ class PostgresStore:
     async def get_definition(
         self, tenant_id: str, name: str, version: str
     ) -> DefinitionRecord | None:
-        async with self._connection() as conn:
+        async with self._tenants(tenant_id) as conn:
             row = await conn.fetchrow(sql.GET_DEFINITION, tenant_id, name, version)
         return _definition(row) if row is not None else None
 
     async def list_definition_versions(self, tenant_id: str, name: str) -> list[DefinitionRecord]:
-        async with self._connection() as conn:
+        async with self._tenants(tenant_id) as conn:
             rows = await conn.fetch(sql.LIST_DEFINITION_VERSIONS, tenant_id, name)
         return sorted(map(_definition, rows), key=lambda d: semver_key(d.version))
 
     async def list_definition_names(self, tenant_id: str, prefix: str = "") -> list[str]:
-        async with self._connection() as conn:
+        async with self._tenants(tenant_id) as conn:
             rows = await conn.fetch(sql.LIST_DEFINITION_NAMES, tenant_id, prefix)
         return [row[0] for row in rows]
 
@@ -288,7 +359,7 @@ class PostgresStore:
         deprecated: bool,
         audit: AuditEntry | None = None,
     ) -> bool:
-        async with self._connection() as conn, conn.transaction():
+        async with self._tenants(tenant_id) as conn, conn.transaction():
             found = await conn.fetchval(
                 sql.SET_DEFINITION_DEPRECATED, tenant_id, name, version, deprecated
             )
@@ -301,13 +372,13 @@ class PostgresStore:
         if not requests:
             return []
         validate(requests)
-        async with self._connection() as conn:
+        async with self._tenants(*{r.tenant_id for r in requests}) as conn:
             return await append_batch(conn, requests, self._cipher)
 
     async def load_events(
         self, tenant_id: str, instance_id: str, after_seq: int = 0, limit: int | None = None
     ) -> list[StoredEvent]:
-        async with self._connection() as conn:
+        async with self._tenants(tenant_id) as conn:
             rows = await conn.fetch(sql.LOAD_EVENTS, tenant_id, instance_id, after_seq, limit)
         opened = (
             (lambda _seq, data: data)
@@ -326,14 +397,14 @@ class PostgresStore:
         ]
 
     async def get_instance(self, tenant_id: str, instance_id: str) -> InstanceRecord | None:
-        async with self._connection() as conn:
+        async with self._tenants(tenant_id) as conn:
             row = await conn.fetchrow(sql.GET_INSTANCE, tenant_id, instance_id)
         return _instance(row) if row is not None else None
 
     async def find_start(
         self, tenant_id: str, idempotency_key: str
     ) -> tuple[str, str | None] | None:
-        async with self._connection() as conn:
+        async with self._tenants(tenant_id) as conn:
             row = await conn.fetchrow(sql.FIND_START, tenant_id, idempotency_key)
         return (row[0], row[1]) if row is not None else None
 
@@ -349,22 +420,22 @@ class PostgresStore:
         after = decode_cursor(cursor) if cursor is not None else None
         where, params = listing_where(tenant_id, filters, after, utc)
         query = numbered_placeholders(sql.LIST_INSTANCES.format(where=where))
-        async with self._connection() as conn:
+        async with self._tenants(tenant_id) as conn:
             rows = await conn.fetch(query, *params, limit + 1)
         return make_page([_instance(row) for row in rows], limit)
 
     async def list_unfinished(self) -> list[InstanceRef]:
-        async with self._connection() as conn:
+        async with self._cluster() as conn:
             rows = await conn.fetch(sql.LIST_UNFINISHED)
         return [InstanceRef(tenant_id=row[0], instance_id=row[1]) for row in rows]
 
     async def due_timers(self, now: datetime, limit: int) -> list[DueTimer]:
-        async with self._connection() as conn:
+        async with self._cluster() as conn:
             rows = await conn.fetch(sql.DUE_TIMERS, utc(now), limit)
         return [DueTimer(tenant_id=row[0], instance_id=row[1], fire_at=row[2]) for row in rows]
 
     async def next_timer_at(self) -> datetime | None:
-        async with self._connection() as conn:
+        async with self._cluster() as conn:
             value: datetime | None = await conn.fetchval(sql.NEXT_TIMER_AT)
         return value
 
@@ -372,21 +443,21 @@ class PostgresStore:
     async def claim_outbox(
         self, limit: int, lease_seconds: float, leader: LeaderFence | None = None
     ) -> list[OutboxRow]:
-        async with self._connection() as conn:
+        async with self._cluster() as conn:
             return await extras.claim_outbox(conn, limit, lease_seconds, leader)
 
     async def mark_outbox_published(self, ids: Sequence[int]) -> None:
         if ids:
-            async with self._connection() as conn:
+            async with self._cluster() as conn:
                 await extras.mark_outbox_published(conn, ids)
 
     async def release_outbox(self, ids: Sequence[int]) -> None:
         if ids:
-            async with self._connection() as conn:
+            async with self._cluster() as conn:
                 await extras.release_outbox(conn, ids)
 
     async def outbox_backlog(self) -> int:
-        async with self._connection() as conn:
+        async with self._cluster() as conn:
             return await extras.outbox_backlog(conn)
 
     # -- participant services --
@@ -397,24 +468,24 @@ class PostgresStore:
         config: dict[str, Any],
         audit: AuditEntry | None = None,
     ) -> int:
-        async with self._connection() as conn, conn.transaction():
+        async with self._tenants(tenant_id) as conn, conn.transaction():
             version = await extras.put_participant(conn, tenant_id, name, config)
             if audit is not None:
                 await audit_log.write_audit(conn, [audit])
             return version
 
     async def get_participant(self, tenant_id: str, name: str) -> ParticipantEntry | None:
-        async with self._connection() as conn:
+        async with self._tenants(tenant_id) as conn:
             return await extras.get_participant(conn, tenant_id, name)
 
     async def list_participants(self, tenant_id: str) -> list[ParticipantEntry]:
-        async with self._connection() as conn:
+        async with self._tenants(tenant_id) as conn:
             return await extras.list_participants(conn, tenant_id)
 
     async def delete_participant(
         self, tenant_id: str, name: str, audit: AuditEntry | None = None
     ) -> bool:
-        async with self._connection() as conn, conn.transaction():
+        async with self._tenants(tenant_id) as conn, conn.transaction():
             deleted = await extras.delete_participant(conn, tenant_id, name)
             if deleted and audit is not None:
                 await audit_log.write_audit(conn, [audit])
@@ -422,50 +493,58 @@ class PostgresStore:
 
     # -- tenant limit overrides --
     async def get_tenant_limits(self, tenant_id: str) -> TenantLimitsEntry | None:
-        async with self._connection() as conn:
+        async with self._tenants(tenant_id) as conn:
             return await extras.get_tenant_limits(conn, tenant_id)
 
     async def put_tenant_limits(
         self, tenant_id: str, config: dict[str, Any], audit: AuditEntry | None = None
     ) -> int:
-        async with self._connection() as conn, conn.transaction():
+        async with self._tenants(tenant_id) as conn, conn.transaction():
             version = await extras.put_tenant_limits(conn, tenant_id, config)
             if audit is not None:
                 await audit_log.write_audit(conn, [audit])
             return version
 
     async def delete_tenant_limits(self, tenant_id: str, audit: AuditEntry | None = None) -> bool:
-        async with self._connection() as conn, conn.transaction():
+        async with self._tenants(tenant_id) as conn, conn.transaction():
             deleted = await extras.delete_tenant_limits(conn, tenant_id)
             if deleted and audit is not None:
                 await audit_log.write_audit(conn, [audit])
             return deleted
 
     async def shared_secret(self, name: str, candidate: bytes) -> bytes:
-        async with self._connection() as conn:
+        async with self._cluster() as conn:
             return await extras.shared_secret(conn, name, candidate)
 
     # -- the audit log --
     async def append_audit(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
         if not entries:
             return []
-        async with self._connection() as conn, conn.transaction():
+        async with self._tenants(*{e.tenant_id for e in entries}) as conn, conn.transaction():
             return await audit_log.write_audit(conn, entries)
 
     async def list_audit(
         self, tenant_id: str, filters: AuditFilter, *, limit: int = 50, after_seq: int = 0
     ) -> list[AuditRecord]:
         check_page_size(limit)
-        async with self._connection() as conn:
+        async with self._tenants(tenant_id) as conn:
             return await audit_log.list_audit(conn, tenant_id, filters, limit, after_seq)
 
     async def audit_tenants(self) -> list[str]:
-        async with self._connection() as conn:
+        async with self._cluster() as conn:
             return await audit_log.audit_tenants(conn)
 
     async def audit_chain(self, tenant_id: str) -> tuple[list[AuditRecord], tuple[int, str] | None]:
-        async with self._connection() as conn:
+        async with self._tenants(tenant_id) as conn:
             return await audit_log.audit_chain(conn, tenant_id)
+
+
+async def _schema_version(
+    conn: PoolConnectionProxy[asyncpg.Record] | asyncpg.Connection[asyncpg.Record],
+) -> int:
+    if not await conn.fetchval(sql.HAS_SCHEMA_MIGRATIONS):
+        return 0
+    return int(await conn.fetchval(sql.SCHEMA_VERSION))
 
 
 @contextmanager

@@ -9,6 +9,11 @@ Rows that do not exist yet cannot be locked, so two transactions may both plan t
 instance or claim the same start key. Those inserts use ``ON CONFLICT DO NOTHING RETURNING``:
 the loser waits for the winner's commit, sees its row missing from RETURNING, rolls back and
 plans again, and then finds the winner's row. No unique violation ever escapes.
+
+Row-level security hides other tenants' instances from the lock of step 1, so a create whose
+id another tenant already holds also loses its insert, and still finds nothing on the next
+plan: such an id is remembered as taken by someone unseen, and the create conflicts (as
+"missing", sequence 0) without learning anything about that instance.
 """
 
 from __future__ import annotations
@@ -37,10 +42,17 @@ if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
 _ATTEMPTS = 8
+_UNSEEN_TENANT = ""
+"""Stands for a tenant whose row this session cannot see (no tenant id is empty)."""
 
 
 class _RaceLost(Exception):
     """A concurrent transaction created a row this batch planned to create (never escapes)."""
+
+    def __init__(self, instance_ids: frozenset[str] = frozenset()) -> None:
+        super().__init__()
+        self.instance_ids = instance_ids
+        """Instances this batch failed to create (empty for a lost start key)."""
 
 
 async def append_batch(
@@ -49,11 +61,14 @@ async def append_batch(
     cipher: EventCipher | None = None,
 ) -> list[AppendResult]:
     """Run the batch, re-planning after a lost creation race or a deadlock."""
+    lost: set[str] = set()
     for _ in range(_ATTEMPTS):
         try:
             async with conn.transaction():
-                return await _append_once(conn, requests, cipher)
-        except (_RaceLost, asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+                return await _append_once(conn, requests, cipher, lost)
+        except _RaceLost as race:
+            lost |= race.instance_ids
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             continue
     raise StoreError(f"append gave up after {_ATTEMPTS} collisions with concurrent writers")
 
@@ -62,9 +77,12 @@ async def _append_once(
     conn: PoolConnectionProxy[asyncpg.Record],
     requests: Sequence[AppendRequest],
     cipher: EventCipher | None,
+    lost: set[str],
 ) -> list[AppendResult]:
     rows = await conn.fetch(sql.LOCK_INSTANCES, batch_instance_ids(requests))
     instances = {row[0]: (row[1], row[2]) for row in rows}
+    for instance_id in lost.difference(instances):
+        instances[instance_id] = (_UNSEEN_TENANT, 0)
     leases = {row[0]: (row[3], row[4]) for row in rows}
     keys = batch_start_keys(requests)
     taken = {}
@@ -119,7 +137,7 @@ async def _create_instances(conn: PoolConnectionProxy[asyncpg.Record], plan: Pla
         [None if r.lease is None else r.lease.ttl for r in rows],
     )
     if len(inserted) != len(rows):
-        raise _RaceLost
+        raise _RaceLost(frozenset(plan.created).difference(row[0] for row in inserted))
 
 
 async def _write_rest(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> None:

@@ -20,6 +20,10 @@ SCHEMA_VERSION: Final = "SELECT coalesce(max(version), 0) FROM schema_migrations
 RECORD_MIGRATION: Final = "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)"
 TAKE_MIGRATION_LOCK: Final = "SELECT pg_advisory_xact_lock($1)"
 
+# The tenants a saga_app session may touch (migration 0008's saga_tenants()), as a text[]
+# literal the server renders itself, so no tenant id is ever quoted by hand.
+SET_TENANTS: Final = "SELECT set_config('saga.tenants', $1::text[]::text, false)"
+
 INSERT_DEFINITION: Final = """
 INSERT INTO definitions
     (tenant_id, name, version, major, minor, patch, prerelease, body, digest, created_at)
@@ -142,8 +146,7 @@ FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::ti
 UPSERT_TIMERS: Final = """
 INSERT INTO timers (instance_id, tenant_id, fire_at)
 SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
-ON CONFLICT (instance_id) DO UPDATE SET tenant_id = excluded.tenant_id,
-                                        fire_at = excluded.fire_at"""
+ON CONFLICT (instance_id) DO UPDATE SET fire_at = excluded.fire_at"""
 DELETE_TIMERS: Final = "DELETE FROM timers WHERE instance_id = ANY($1::text[])"
 # A message id already in the outbox is the same message written again: keep the first.
 INSERT_OUTBOX: Final = """

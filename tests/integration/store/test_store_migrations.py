@@ -18,7 +18,7 @@ TABLES = {
     "audit_log", "audit_heads", "tenant_limits",
 }  # fmt: skip
 """Tenant-owned tables (``shared_secrets`` is node-wide: keys every node of a cluster shares)."""
-LATEST = 7
+LATEST = 8
 MIGRATIONS = [
     (1, "initial"),
     (2, "participants_outbox_claims"),
@@ -27,6 +27,7 @@ MIGRATIONS = [
     (5, "instance_leases"),
     (6, "tenant_limits"),
     (7, "retention"),
+    (8, "row_level_security"),
 ]
 
 
