@@ -85,6 +85,8 @@ async def node_roles(server_url: str, database_url: str) -> AsyncIterator[dict[s
     try:
         for role in roles.values():
             await server.execute(f'CREATE ROLE "{role}" LOGIN')
+            # The store's sessions act as these roles (row-level security, migration 0008).
+            await server.execute(f'GRANT saga_app, saga_cluster TO "{role}"')
             await database.execute(
                 f'GRANT USAGE, CREATE ON SCHEMA public TO "{role}";'
                 f'GRANT ALL ON ALL TABLES IN SCHEMA public TO "{role}";'

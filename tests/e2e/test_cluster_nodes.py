@@ -81,7 +81,8 @@ CREATE TABLE e2e_event_writers (
     client_port integer,
     written_at  double precision NOT NULL
 );
-CREATE FUNCTION e2e_trace_writer() RETURNS trigger LANGUAGE plpgsql AS $$
+-- SECURITY DEFINER: the nodes write events as saga_app, which has no grant on this table.
+CREATE FUNCTION e2e_trace_writer() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN
     INSERT INTO e2e_event_writers
     VALUES (NEW.instance_id, NEW.seq, pg_backend_pid(), inet_client_port(),
