@@ -19,6 +19,7 @@ plan: such an id is remembered as taken by someone unseen, and the create confli
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -94,7 +95,7 @@ async def _append_once(
     plan = plan_batch(requests, facts, cipher)
     await _claim_start_keys(conn, plan)
     await _create_instances(conn, plan)
-    await _write_rest(conn, plan)
+    await _write_rest(conn, plan, {row[0]: row[5] for row in rows})
     return plan.results
 
 
@@ -140,7 +141,9 @@ async def _create_instances(conn: PoolConnectionProxy[asyncpg.Record], plan: Pla
         raise _RaceLost(frozenset(plan.created).difference(row[0] for row in inserted))
 
 
-async def _write_rest(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> None:
+async def _write_rest(
+    conn: PoolConnectionProxy[asyncpg.Record], plan: Plan, wake_ups: dict[str, datetime | None]
+) -> None:
     if plan.updated:
         ids = list(plan.updated)
         updates = [plan.updated[iid] for iid in ids]
@@ -163,7 +166,7 @@ async def _write_rest(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> 
             [e[4].decode() for e in events],
             [utc(e[5]) for e in events],
         )
-    await _write_timers(conn, plan)
+    await _write_timers(conn, plan, wake_ups)
     await _write_outbox(conn, plan)
     await write_audit(conn, plan.audit)
     await _notify(conn, plan)
@@ -199,13 +202,20 @@ async def _notify(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> None
         )
 
 
-async def _write_timers(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> None:
-    upserts = [
-        (iid, tenant, utc(fire_at))
-        for iid, (tenant, fire_at) in plan.timers.items()
-        if fire_at is not None
-    ]
-    deletes = [iid for iid, (_, fire_at) in plan.timers.items() if fire_at is None]
+async def _write_timers(
+    conn: PoolConnectionProxy[asyncpg.Record], plan: Plan, wake_ups: dict[str, datetime | None]
+) -> None:
+    """Only the wake-ups that change: most appends neither have nor set one, and a delete of
+    a missing row still costs the server an index probe per instance."""
+    upserts = []
+    deletes = []
+    for instance_id, (tenant_id, fire_at) in plan.timers.items():
+        current = wake_ups.get(instance_id)
+        if fire_at is None:
+            if current is not None:
+                deletes.append(instance_id)
+        elif current is None or fire_at != current:
+            upserts.append((instance_id, tenant_id, utc(fire_at)))
     if upserts:
         await conn.execute(
             sql.UPSERT_TIMERS,

@@ -87,11 +87,13 @@ NEXT_TIMER_AT: Final = "SELECT min(fire_at) FROM timers"
 
 # -- append --
 # Locks are taken in instance-id order, so two batches can never deadlock on instance rows.
+# With each instance's current wake-up, so a batch writes only the timers that change.
 LOCK_INSTANCES: Final = """
-SELECT instance_id, tenant_id, last_seq, owner_id, lease_epoch FROM instances
-WHERE instance_id = ANY($1::text[])
-ORDER BY instance_id
-FOR UPDATE"""
+SELECT i.instance_id, i.tenant_id, i.last_seq, i.owner_id, i.lease_epoch, t.fire_at
+FROM instances i LEFT JOIN timers t ON t.instance_id = i.instance_id
+WHERE i.instance_id = ANY($1::text[])
+ORDER BY i.instance_id
+FOR UPDATE OF i"""
 TAKEN_START_KEYS: Final = """
 SELECT s.tenant_id, s.idempotency_key, s.instance_id, s.request_digest
 FROM start_keys s
