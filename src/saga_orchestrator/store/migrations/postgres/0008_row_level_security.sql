@@ -11,6 +11,11 @@
 --                 those chores change.
 -- Tables are forced into RLS, so even their owner sees nothing through them unless it is a
 -- superuser. Roles are shared by every database of the server, hence the guarded creation.
+--
+-- For later migrations: a new table with tenants' rows needs the same ENABLE/FORCE, both
+-- policies and its grants (tests/integration/store/test_row_level_security.py fails until it
+-- has them); a data migration run by a login that is not a superuser sees no rows of a forced
+-- table unless it lifts FORCE inside its own transaction and restores it before committing.
 
 DO $$
 BEGIN
