@@ -49,7 +49,7 @@ from saga_orchestrator.engine.retention import RetentionChore
 from saga_orchestrator.engine.runtime import Engine, EngineOptions, StartResult
 from saga_orchestrator.errors import ConfigurationError, SagaError
 from saga_orchestrator.security.tenant_limits import TenantLimitsBook
-from saga_orchestrator.store import PostgresStore, Store, open_store
+from saga_orchestrator.store import PostgresOptions, PostgresStore, Store, open_store
 from saga_orchestrator.store.encryption import EventCipher
 from saga_orchestrator.transports.amqp import AmqpPublisher, AmqpSettings, ReplyConsumer
 from saga_orchestrator.transports.amqp_messages import StepReply
@@ -88,6 +88,8 @@ class Orchestrator:
         node_address: str = "embedded",
         cluster: bool = False,
         lease_ttl: float = 10.0,
+        leader_lease_ttl: float = 10.0,
+        database_pool_size: int | None = None,
         claim_poll_interval: float = 1.0,
         max_takeovers: int = 3,
         retention_days: float | None = None,
@@ -98,7 +100,10 @@ class Orchestrator:
         self.tenant_id = tenant_id
         self.clock = clock or SystemClock()
         cipher = None if not encryption_keys else EventCipher.parse(encryption_keys)
-        self.store = store or open_store(database_url, cipher=cipher)
+        postgres = (
+            None if database_pool_size is None else PostgresOptions(max_size=database_pool_size)
+        )
+        self.store = store or open_store(database_url, cipher=cipher, postgres=postgres)
         if cluster and not isinstance(self.store, PostgresStore):
             raise ConfigurationError(
                 "CLUSTER_ENABLED needs a PostgreSQL DATABASE_URL: an embedded SQLite file "
@@ -137,6 +142,8 @@ class Orchestrator:
             node_id=node_id,
             address=node_address,
             version=_version(),
+            ttl=leader_lease_ttl,
+            margin=min(2.0, leader_lease_ttl / 4),
         )
         if self.relay is not None:
             relay = self.relay

@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     unfinished instance (refused on SQLite when on: an embedded file serves one node)."""
     lease_ttl: float = Field(default=10.0, ge=1.0, le=600.0)
     """Seconds an instance lease lasts unless renewed: how soon a dead node's work resumes."""
+    leader_lease_ttl: float = Field(default=10.0, ge=3.0, le=600.0)
+    """Seconds the cluster's leader lease lasts unless renewed (every third of it): how soon
+    another node takes over the leader's chores (outbox relay, retention, reaping)."""
+    database_pool_size: int = Field(default=10, ge=1, le=1000)
+    """PostgreSQL connections this process opens at most for tenants' work (the chores that
+    span tenants have 3 more); mind the server's max_connections times the processes."""
     claim_poll_interval: float = Field(default=1.0, gt=0.0, le=60.0)
     """Seconds between two looks for orphaned instances (notifications also wake the look)."""
     max_takeovers: int = Field(default=3, ge=1, le=100)

@@ -143,3 +143,26 @@ def test_the_database_url_never_appears_in_its_repr() -> None:
 )
 def test_mask_password_hides_only_the_password(url: str, masked: str) -> None:
     assert mask_password(url) == masked
+
+
+def test_pool_size_and_leader_lease_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    defaults = load_settings()
+    assert (defaults.database_pool_size, defaults.leader_lease_ttl) == (10, 10.0)
+    monkeypatch.setenv("DATABASE_POOL_SIZE", "4")
+    monkeypatch.setenv("LEADER_LEASE_TTL", "30")
+    settings = load_settings()
+    assert (settings.database_pool_size, settings.leader_lease_ttl) == (4, 30.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("DATABASE_POOL_SIZE", "0"), ("LEADER_LEASE_TTL", "1"), ("LEADER_LEASE_TTL", "never")],
+)
+def test_pool_size_and_leader_lease_refuse_nonsense(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match=name):
+        load_settings()

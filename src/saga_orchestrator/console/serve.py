@@ -81,6 +81,8 @@ async def serve(
         node_address=settings.public_url or _local_url(host, port, scheme),
         cluster=settings.cluster_enabled,
         lease_ttl=settings.lease_ttl,
+        leader_lease_ttl=settings.leader_lease_ttl,
+        database_pool_size=settings.database_pool_size,
         claim_poll_interval=settings.claim_poll_interval,
         max_takeovers=settings.max_takeovers,
         retention_days=settings.retention_days,

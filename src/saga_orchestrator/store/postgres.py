@@ -128,6 +128,10 @@ class PostgresStore:
         self._pool_lock = asyncio.Lock()
         self._closed = False
 
+    @property
+    def options(self) -> PostgresOptions:
+        return self._options
+
     # The roles the two pools' sessions take; a test build sets them to None to show what a
     # store without row-level security would leak.
     app_role: str | None = APP_ROLE

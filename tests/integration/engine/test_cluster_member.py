@@ -8,11 +8,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
+import pytest
 import pytest_asyncio
 
 from saga_orchestrator.engine.cluster import Chore, ClusterMember
 from saga_orchestrator.errors import StoreUnavailable
-from saga_orchestrator.store import Leadership, Store, open_store
+from saga_orchestrator.orchestrator import Orchestrator
+from saga_orchestrator.store import Leadership, PostgresStore, Store, open_store
 
 
 class Flaky:
@@ -98,3 +101,21 @@ async def test_a_follower_runs_no_chores_until_it_leads(store: Store) -> None:
     assert [k for k, _ in leader_log] == ["start", "stop"]
     assert [k for k, _ in follower_log] == ["start"]
     await follower.stop()
+
+
+@pytest.mark.postgres
+async def test_a_node_leads_for_its_configured_lease_and_pools_as_told(pg_url: str) -> None:
+    node = Orchestrator(pg_url, cluster=True, leader_lease_ttl=4.0, database_pool_size=3)
+    assert isinstance(node.store, PostgresStore)
+    assert node.store.options.max_size == 3
+    async with node:
+        assert node.member.is_leader
+        conn = await asyncpg.connect(pg_url)
+        try:
+            left = await conn.fetchval(
+                "SELECT extract(epoch FROM max(expires_at) - now()) FROM leader_leases"
+            )
+        finally:
+            await conn.close()
+    # A 4 s lease, not the default 10 s (renewals keep it within the last 4 s).
+    assert 0 < float(left) <= 4.0
