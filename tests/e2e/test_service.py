@@ -12,6 +12,7 @@ with SIGTERM. The handlers are in ``tests/e2e/service_handlers.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -302,3 +303,42 @@ async def test_the_service_over_http(server: Server, tmp_path: Path) -> None:
     assert stopped < GRACE + 5
     timings = f"202 starts {started:.2f}s, all settled {settled:.2f}s, stop {stopped:.2f}s"
     logging.getLogger(__name__).warning("%s", timings)
+
+
+async def test_sigterm_stops_within_one_grace_with_a_stream_open_and_a_step_running(
+    server: Server, tmp_path: Path
+) -> None:
+    """The server's drain and the engine's wait share one grace: an open event stream holds
+    the HTTP drain for the whole grace, and a step that never ends would hold the engine for
+    another; the stop must still take about one grace, not two."""
+    hold_file = tmp_path / "slow.hold"
+    hold_file.write_text("held")
+    async with httpx.AsyncClient(base_url=server.url, timeout=30, headers=AUTH) as client:
+        response = await client.post("/api/v1/sagas/definitions", json=SLOW)
+        assert response.status_code == 201, response.text
+        slow_id = await start(client, "service-slow", {"n": -1, "hold_file": str(hold_file)})
+        deadline = time.monotonic() + 30
+        while step_states(await show(client, slow_id)).get("slow") != "running":
+            assert time.monotonic() < deadline, "the slow step never ran"
+            await asyncio.sleep(0.05)
+        streamed = asyncio.Event()
+
+        async def hold_a_stream() -> None:
+            async with client.stream("GET", f"{INSTANCES}/{slow_id}/stream") as stream:
+                async for _ in stream.aiter_bytes():
+                    streamed.set()
+
+        stream_task = asyncio.create_task(hold_a_stream())
+        await asyncio.wait_for(streamed.wait(), 30)
+        stop = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(server.process.wait, 4 * GRACE)
+        stopped = time.monotonic() - stop
+        stream_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+            await stream_task
+    assert code == 0, server.output()
+    # Two graces (the drain's, then the engine's) would be 10 s; one is 5 s, plus the start
+    # and stop of the process.
+    assert stopped < 2 * GRACE - 1.5, f"stopped after {stopped:.1f}s\n{server.output()}"
+    assert stopped >= GRACE - 1.0, "the open stream should have held the drain for the grace"

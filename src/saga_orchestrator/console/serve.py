@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -90,6 +91,7 @@ async def serve(
     await orchestrator.open()
     limiter = RateLimiter(settings.redis_url)
     token_file = None
+    server: _Server | None = None
     try:
         options = ApiOptions(
             authenticator=authenticator,
@@ -116,9 +118,13 @@ async def serve(
         )
         log.info("serving on http://%s:%d with %d handlers", host, port, len(handlers))
         listener = inherited_socket()
-        await _Server(config).serve(sockets=None if listener is None else [listener])
+        server = _Server(config)
+        await server.serve(sockets=None if listener is None else [listener])
     finally:
-        await orchestrator.close(grace=grace)
+        # One grace for the whole stop: the engine's in-flight attempts ran on while the
+        # server drained its requests, so they get only what the drain left of it.
+        left = grace if server is None else server.grace_left(grace)
+        await orchestrator.close(grace=left)
         await limiter.aclose()
         if token_file is not None:
             token_file.unlink(missing_ok=True)  # the token dies with the run's secret
@@ -214,5 +220,16 @@ class _Server(uvicorn.Server):
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
 
+    exit_asked_at: float | None = None
+    """When a signal asked the server to exit (``time.monotonic``)."""
+
     def _ask_to_exit(self) -> None:
+        if self.exit_asked_at is None:
+            self.exit_asked_at = time.monotonic()
         self.should_exit = True
+
+    def grace_left(self, grace: float) -> float:
+        """What remains of ``grace`` since the signal (all of it if none came)."""
+        if self.exit_asked_at is None:
+            return grace
+        return max(0.0, grace - (time.monotonic() - self.exit_asked_at))
