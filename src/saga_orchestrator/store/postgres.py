@@ -559,6 +559,11 @@ def _translate_errors() -> Iterator[None]:
         raise
     except _UNAVAILABLE as exc:
         raise StoreUnavailable(f"PostgreSQL unavailable: {exc}") from exc
+    except asyncpg.InsufficientPrivilegeError as exc:
+        # The roles' grants come with the schema: a database behind this version lacks them.
+        raise StoreError(
+            f"PostgreSQL refused: {exc} (a database not migrated to this version? saga migrate)"
+        ) from exc
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise StoreError(f"PostgreSQL error: {exc}") from exc
 
