@@ -39,6 +39,7 @@ from typing import Any
 import httpx
 
 from saga_orchestrator.orchestrator import Orchestrator
+from saga_orchestrator.security.tokens import Role, generate_secret, mint_token
 from saga_orchestrator.transports.handlers import StepContext, handler
 
 HERE = Path(__file__).resolve().parent
@@ -77,6 +78,7 @@ end
 wrk.method = "POST"
 wrk.body = [[%(body)s]]
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %(token)s"
 local interval = %(interval_ms)f
 local next_send = nil
 function delay()
@@ -134,11 +136,21 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = directory / "serve.log"
+        secret = generate_secret()
+        # Every request is authenticated and rate-limited, as in production; the limits are
+        # set far above the load so that the limiter's cost is measured, never its refusals.
+        self.token = mint_token(
+            secret, subject="bench", tenant_id="default", roles=[Role.ADMIN], ttl=3600
+        )
+        self.headers = {"Authorization": f"Bearer {self.token}"}
         env = {
             **os.environ,
             "DATABASE_URL": f"sqlite:///{directory / 'http-bench.db'}?synchronous={synchronous}",
             "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
             "LOG_LEVEL": "warning",
+            "JWT_SECRET": secret,
+            "RATE_LIMIT_REQUESTS": "1000000",
+            "RATE_LIMIT_STARTS": "1000000",
         }
         command = [sys.executable, "-m", "saga_orchestrator.cli", "serve"]
         args = ["--handlers", "http_bench", "--port", str(self.port)]
@@ -164,7 +176,9 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             page = httpx.get(
-                f"{self.url}{START_PATH}", params={"status": "running", "limit": 1}
+                f"{self.url}{START_PATH}",
+                params={"status": "running", "limit": 1},
+                headers=self.headers,
             ).json()
             if not page["items"]:
                 return
@@ -177,8 +191,10 @@ class Server:
 
 
 # -- load generators (separate processes) --
-def run_wrk(url: str, rate: float, duration: float, connections: int, script: Path) -> Row:
-    script.write_text(WRK_SCRIPT % {"body": BODY, "interval_ms": 1000.0 / rate})
+def run_wrk(
+    url: str, rate: float, duration: float, connections: int, *, script: Path, token: str
+) -> Row:
+    script.write_text(WRK_SCRIPT % {"body": BODY, "interval_ms": 1000.0 / rate, "token": token})
     command = [
         "wrk",
         "-t1",
@@ -205,12 +221,14 @@ def run_wrk(url: str, rate: float, duration: float, connections: int, script: Pa
     )
 
 
-async def httpx_load(url: str, rate: float, duration: float, connections: int) -> dict[str, Any]:
+async def httpx_load(
+    url: str, rate: float, duration: float, connections: int, token: str
+) -> dict[str, Any]:
     """Open loop: request ``i`` is due at ``t0 + i / rate``; at most ``connections`` in flight."""
     latencies: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10) as client:
         slots = asyncio.Semaphore(connections)
 
@@ -247,10 +265,10 @@ async def httpx_load(url: str, rate: float, duration: float, connections: int) -
     }
 
 
-def run_httpx(url: str, rate: float, duration: float, connections: int) -> Row:
+def run_httpx(url: str, rate: float, duration: float, connections: int, token: str) -> Row:
     command = [sys.executable, str(Path(__file__).resolve()), "--loadgen-child", url]
     command += ["--rate", str(rate), "--duration", str(duration)]
-    command += ["--connections", str(connections)]
+    command += ["--connections", str(connections), "--token", token]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     stats = json.loads(result.stdout.strip().splitlines()[-1])
     return Row(mode="http (httpx)", target=rate, **stats)
@@ -326,11 +344,12 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--loadgen-child", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--token", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.loadgen_child:  # the httpx load generator's own process
         stats = asyncio.run(
-            httpx_load(args.loadgen_child, args.rate, args.duration, args.connections)
+            httpx_load(args.loadgen_child, args.rate, args.duration, args.connections, args.token)
         )
         print(json.dumps(stats))
         return 0
@@ -349,22 +368,25 @@ def main() -> int:
         try:
             server.wait_ready()
             response = httpx.post(
-                f"{server.url}/api/v1/sagas/definitions", json=definition(args.steps)
+                f"{server.url}/api/v1/sagas/definitions",
+                json=definition(args.steps),
+                headers=server.headers,
             )
             response.raise_for_status()
-            # Warm-up: connections, caches, the first SQLite pages.
-            if use_wrk:
-                run_wrk(server.url, 100, 2, args.connections, directory / "load.lua")
-            else:
-                run_httpx(server.url, 100, 2, args.connections)
+
+            def load(rate: float, duration: float) -> Row:
+                if use_wrk:
+                    script = directory / "load.lua"
+                    return run_wrk(
+                        server.url, rate, duration, args.connections, script=script, token=token
+                    )
+                return run_httpx(server.url, rate, duration, args.connections, token)
+
+            token = server.token
+            load(100, 2)  # warm-up: connections, caches, the first SQLite pages
             for rate in rates:
                 server.drain()
-                if use_wrk:
-                    row = run_wrk(
-                        server.url, rate, args.duration, args.connections, directory / "load.lua"
-                    )
-                else:
-                    row = run_httpx(server.url, rate, args.duration, args.connections)
+                row = load(rate, args.duration)
                 rows.append(row)
                 print(table([row]).splitlines()[1], flush=True)
             server.drain()
