@@ -13,10 +13,17 @@ otherwise an async httpx generator in a subprocess with the same schedule. Each 
 ``--duration`` seconds; between rates the server drains (no instance left ``running``).
 
 Reported per rate: starts/s achieved (201 responses / wall time), p50 / p99 latency of the
-``POST /api/v1/sagas/instances`` requests, and errors (non-201, timeouts). The comparison row
-calls ``Orchestrator.start`` directly (same saga, same SQLite, ``--connections`` concurrent
-callers, closed loop) and reports its starts/s and latency. In both cases the engine also runs
-the started sagas (``--steps`` no-op steps each) in the same process, as a node does.
+``POST /api/v1/sagas/instances`` requests, errors (non-201, timeouts), and the node's CPU per
+start (from ``/proc``, until the rate's backlog has run: the HTTP layer and the saga's own
+steps; on a shared machine a steadier comparison than the rates).
+
+The node authenticates every request (a JWT key of the run, an admin token) and rate-limits
+it in memory, with limits far above the load: their cost is measured, never a refusal.
+
+The comparison row calls ``Orchestrator.start`` directly (same saga, same SQLite,
+``--connections`` concurrent callers, closed loop) and reports its starts/s and latency. In
+both cases the engine also runs the started sagas (``--steps`` no-op steps each) in the same
+process, as a node does.
 """
 
 from __future__ import annotations
@@ -110,6 +117,9 @@ class Row:
     seconds: float
     p50_ms: float
     p99_ms: float
+    cpu_ms: float = float("nan")
+    """CPU of the node per start (ms), from the rate's first request until its backlog ran:
+    the HTTP layer plus running the saga; less disturbed by a busy machine than starts/s."""
 
     @property
     def rate(self) -> float:
@@ -184,6 +194,28 @@ class Server:
                 return
             time.sleep(0.2)
         raise SystemExit("the server did not drain its backlog")
+
+    def load(self, rate: float, duration: float, connections: int, script: Path | None) -> Row:
+        """One rate from a load generator (wrk with its Lua ``script``, else httpx), and the
+        node's CPU until the backlog it left has run."""
+        self.drain()
+        cpu = self.cpu_seconds()
+        if script is not None:
+            row = run_wrk(self.url, rate, duration, connections, script=script, token=self.token)
+        else:
+            row = run_httpx(self.url, rate, duration, connections, self.token)
+        self.drain()
+        row.cpu_ms = (self.cpu_seconds() - cpu) * 1000 / max(1, row.starts)
+        return row
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the node so far, from ``/proc`` (NaN elsewhere)."""
+        try:
+            stat = Path(f"/proc/{self.process.pid}/stat").read_text(encoding="ascii")
+        except OSError:
+            return float("nan")
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> int:
         self.process.terminate()
@@ -316,13 +348,13 @@ async def direct(
 def table(rows: list[Row]) -> str:
     lines = [
         f"{'mode':<22} {'target/s':>9} {'starts/s':>9} {'starts':>7} {'errors':>6} "
-        f"{'p50 ms':>8} {'p99 ms':>8}"
+        f"{'p50 ms':>8} {'p99 ms':>8} {'CPU ms/start':>12}"
     ]
     for row in rows:
         target = f"{row.target:g}" if row.target is not None else "max"
         lines.append(
             f"{row.mode:<22} {target:>9} {row.rate:>9.0f} {row.starts:>7} {row.errors:>6} "
-            f"{row.p50_ms:>8.1f} {row.p99_ms:>8.1f}"
+            f"{row.p50_ms:>8.1f} {row.p99_ms:>8.1f} {row.cpu_ms:>12.2f}"
         )
     return "\n".join(lines)
 
@@ -374,22 +406,13 @@ def main() -> int:
             )
             response.raise_for_status()
 
-            def load(rate: float, duration: float) -> Row:
-                if use_wrk:
-                    script = directory / "load.lua"
-                    return run_wrk(
-                        server.url, rate, duration, args.connections, script=script, token=token
-                    )
-                return run_httpx(server.url, rate, duration, args.connections, token)
-
-            token = server.token
-            load(100, 2)  # warm-up: connections, caches, the first SQLite pages
+            script = directory / "load.lua" if use_wrk else None
+            # Warm-up: connections, caches, the first SQLite pages.
+            server.load(100, 2, args.connections, script)
             for rate in rates:
-                server.drain()
-                row = load(rate, args.duration)
+                row = server.load(rate, args.duration, args.connections, script)
                 rows.append(row)
                 print(table([row]).splitlines()[1], flush=True)
-            server.drain()
         finally:
             code = server.stop()
         if code != 0:
