@@ -23,6 +23,13 @@ A refusal from Redis also tells when the bucket can hold the refused cost again;
 node refuses that key itself, without a round trip, which keeps a flooding tenant's load off
 Redis (and off the other tenants' requests that share it).
 
+Several buckets that apply to one request (a tenant's requests, then its starts) form a chain
+(:meth:`RateLimiter.check_chain`): one script spends them in order and stops at the first
+refusal, so a start costs one round trip, and a request refused by one bucket spends none of
+the later ones. :meth:`RateLimiter.refusal_if_known` answers a chain the node already knows is
+refused (a remembered refusal, or the fallback's own bucket) without spending anything after
+the refused bucket: cheap enough for the API to ask before routing a request.
+
 :class:`ConcurrencyQuota` caps the sagas a tenant runs at once; it counts on one node only.
 """
 
