@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
 import time
 from collections import OrderedDict
@@ -52,6 +53,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from saga_orchestrator.errors import InvalidInput
+
+log = logging.getLogger("saga_orchestrator.limits")
 
 __all__ = [
     "Bucket",
@@ -535,8 +538,15 @@ class RateLimiter:
             self._probing = True  # this caller probes; the others stay on the fallback meanwhile
         try:
             decisions = await self._take_in_slot(buckets, cost, probe=probe)
-        except (RedisError, OSError, TimeoutError):
+        except (RedisError, OSError, TimeoutError) as error:
             self._counters.redis_errors += 1
+            if self._down_until is None:
+                # Once per outage, not per check: while the fallback decides, a cluster's nodes
+                # each admit up to the limit, so an operator should know when it happens.
+                log.warning(
+                    "Redis failed (%s): rate limits fall back to %s for %g s",
+                    type(error).__name__, self._policy.value, self._cooldown,
+                )  # fmt: skip
             self._down_until = self._clock() + self._cooldown
             return self._fallback_chain(buckets, cost)
         finally:

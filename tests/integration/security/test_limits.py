@@ -14,6 +14,7 @@ simulated by moving a bucket's stamp back in Redis.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -508,7 +509,7 @@ async def test_a_refusal_of_the_first_bucket_known_from_redis_costs_no_round_tri
 
 
 async def test_a_known_refusal_survives_a_redis_outage_only_through_the_fallback(
-    own_redis: RedisProcess,
+    own_redis: RedisProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With Redis down the fallback decides, its own buckets; Redis's remembered refusals are
     not what answers then."""
@@ -520,8 +521,12 @@ async def test_a_known_refusal_survives_a_redis_outage_only_through_the_fallback
         await limiter.check_chain(chain_of("t", one, SLOW))  # refused by Redis: remembered
         assert await limiter.refusal_if_known(chain_of("t", one, SLOW)) is not None
         own_redis.kill()
-        assert (await limiter.check("probe", "requests", SLOW)).allowed  # opens the circuit
+        with caplog.at_level(logging.WARNING, logger="saga_orchestrator.limits"):
+            assert (await limiter.check("probe", "requests", SLOW)).allowed  # opens the circuit
+            await limiter.check("probe", "requests", SLOW)  # the fallback, no second warning
         assert limiter.mode == "memory"
+        warnings = [r.getMessage() for r in caplog.records if r.name == "saga_orchestrator.limits"]
+        assert len(warnings) == 1 and "fall back to memory for 60 s" in warnings[0]
         # The node's own bucket for t is full: nothing known, and the fallback admits.
         assert await limiter.refusal_if_known(chain_of("t", one, SLOW)) is None
         assert [d.allowed for d in await limiter.check_chain(chain_of("t", one, SLOW))] == [
