@@ -13,10 +13,17 @@ otherwise an async httpx generator in a subprocess with the same schedule. Each 
 ``--duration`` seconds; between rates the server drains (no instance left ``running``).
 
 Reported per rate: starts/s achieved (201 responses / wall time), p50 / p99 latency of the
-``POST /api/v1/sagas/instances`` requests, and errors (non-201, timeouts). The comparison row
-calls ``Orchestrator.start`` directly (same saga, same SQLite, ``--connections`` concurrent
-callers, closed loop) and reports its starts/s and latency. In both cases the engine also runs
-the started sagas (``--steps`` no-op steps each) in the same process, as a node does.
+``POST /api/v1/sagas/instances`` requests, errors (non-201, timeouts), and the node's CPU per
+start (from ``/proc``, until the rate's backlog has run: the HTTP layer and the saga's own
+steps; on a shared machine a steadier comparison than the rates).
+
+The node authenticates every request (a JWT key of the run, an admin token) and rate-limits
+it in memory, with limits far above the load: their cost is measured, never a refusal.
+
+The comparison row calls ``Orchestrator.start`` directly (same saga, same SQLite,
+``--connections`` concurrent callers, closed loop) and reports its starts/s and latency. In
+both cases the engine also runs the started sagas (``--steps`` no-op steps each) in the same
+process, as a node does.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from typing import Any
 import httpx
 
 from saga_orchestrator.orchestrator import Orchestrator
+from saga_orchestrator.security.tokens import Role, generate_secret, mint_token
 from saga_orchestrator.transports.handlers import StepContext, handler
 
 HERE = Path(__file__).resolve().parent
@@ -77,6 +85,7 @@ end
 wrk.method = "POST"
 wrk.body = [[%(body)s]]
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %(token)s"
 local interval = %(interval_ms)f
 local next_send = nil
 function delay()
@@ -108,6 +117,9 @@ class Row:
     seconds: float
     p50_ms: float
     p99_ms: float
+    cpu_ms: float = float("nan")
+    """CPU of the node per start (ms), from the rate's first request until its backlog ran:
+    the HTTP layer plus running the saga; less disturbed by a busy machine than starts/s."""
 
     @property
     def rate(self) -> float:
@@ -134,11 +146,21 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = directory / "serve.log"
+        secret = generate_secret()
+        # Every request is authenticated and rate-limited, as in production; the limits are
+        # set far above the load so that the limiter's cost is measured, never its refusals.
+        self.token = mint_token(
+            secret, subject="bench", tenant_id="default", roles=[Role.ADMIN], ttl=3600
+        )
+        self.headers = {"Authorization": f"Bearer {self.token}"}
         env = {
             **os.environ,
             "DATABASE_URL": f"sqlite:///{directory / 'http-bench.db'}?synchronous={synchronous}",
             "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
             "LOG_LEVEL": "warning",
+            "JWT_SECRET": secret,
+            "RATE_LIMIT_REQUESTS": "1000000",
+            "RATE_LIMIT_STARTS": "1000000",
         }
         command = [sys.executable, "-m", "saga_orchestrator.cli", "serve"]
         args = ["--handlers", "http_bench", "--port", str(self.port)]
@@ -164,12 +186,36 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             page = httpx.get(
-                f"{self.url}{START_PATH}", params={"status": "running", "limit": 1}
+                f"{self.url}{START_PATH}",
+                params={"status": "running", "limit": 1},
+                headers=self.headers,
             ).json()
             if not page["items"]:
                 return
             time.sleep(0.2)
         raise SystemExit("the server did not drain its backlog")
+
+    def load(self, rate: float, duration: float, connections: int, script: Path | None) -> Row:
+        """One rate from a load generator (wrk with its Lua ``script``, else httpx), and the
+        node's CPU until the backlog it left has run."""
+        self.drain()
+        cpu = self.cpu_seconds()
+        if script is not None:
+            row = run_wrk(self.url, rate, duration, connections, script=script, token=self.token)
+        else:
+            row = run_httpx(self.url, rate, duration, connections, self.token)
+        self.drain()
+        row.cpu_ms = (self.cpu_seconds() - cpu) * 1000 / max(1, row.starts)
+        return row
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the node so far, from ``/proc`` (NaN elsewhere)."""
+        try:
+            stat = Path(f"/proc/{self.process.pid}/stat").read_text(encoding="ascii")
+        except OSError:
+            return float("nan")
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> int:
         self.process.terminate()
@@ -177,8 +223,10 @@ class Server:
 
 
 # -- load generators (separate processes) --
-def run_wrk(url: str, rate: float, duration: float, connections: int, script: Path) -> Row:
-    script.write_text(WRK_SCRIPT % {"body": BODY, "interval_ms": 1000.0 / rate})
+def run_wrk(
+    url: str, rate: float, duration: float, connections: int, *, script: Path, token: str
+) -> Row:
+    script.write_text(WRK_SCRIPT % {"body": BODY, "interval_ms": 1000.0 / rate, "token": token})
     command = [
         "wrk",
         "-t1",
@@ -205,12 +253,14 @@ def run_wrk(url: str, rate: float, duration: float, connections: int, script: Pa
     )
 
 
-async def httpx_load(url: str, rate: float, duration: float, connections: int) -> dict[str, Any]:
+async def httpx_load(
+    url: str, rate: float, duration: float, connections: int, token: str
+) -> dict[str, Any]:
     """Open loop: request ``i`` is due at ``t0 + i / rate``; at most ``connections`` in flight."""
     latencies: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10) as client:
         slots = asyncio.Semaphore(connections)
 
@@ -247,10 +297,10 @@ async def httpx_load(url: str, rate: float, duration: float, connections: int) -
     }
 
 
-def run_httpx(url: str, rate: float, duration: float, connections: int) -> Row:
+def run_httpx(url: str, rate: float, duration: float, connections: int, token: str) -> Row:
     command = [sys.executable, str(Path(__file__).resolve()), "--loadgen-child", url]
     command += ["--rate", str(rate), "--duration", str(duration)]
-    command += ["--connections", str(connections)]
+    command += ["--connections", str(connections), "--token", token]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     stats = json.loads(result.stdout.strip().splitlines()[-1])
     return Row(mode="http (httpx)", target=rate, **stats)
@@ -298,13 +348,13 @@ async def direct(
 def table(rows: list[Row]) -> str:
     lines = [
         f"{'mode':<22} {'target/s':>9} {'starts/s':>9} {'starts':>7} {'errors':>6} "
-        f"{'p50 ms':>8} {'p99 ms':>8}"
+        f"{'p50 ms':>8} {'p99 ms':>8} {'CPU ms/start':>12}"
     ]
     for row in rows:
         target = f"{row.target:g}" if row.target is not None else "max"
         lines.append(
             f"{row.mode:<22} {target:>9} {row.rate:>9.0f} {row.starts:>7} {row.errors:>6} "
-            f"{row.p50_ms:>8.1f} {row.p99_ms:>8.1f}"
+            f"{row.p50_ms:>8.1f} {row.p99_ms:>8.1f} {row.cpu_ms:>12.2f}"
         )
     return "\n".join(lines)
 
@@ -326,11 +376,12 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--loadgen-child", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--token", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.loadgen_child:  # the httpx load generator's own process
         stats = asyncio.run(
-            httpx_load(args.loadgen_child, args.rate, args.duration, args.connections)
+            httpx_load(args.loadgen_child, args.rate, args.duration, args.connections, args.token)
         )
         print(json.dumps(stats))
         return 0
@@ -349,25 +400,19 @@ def main() -> int:
         try:
             server.wait_ready()
             response = httpx.post(
-                f"{server.url}/api/v1/sagas/definitions", json=definition(args.steps)
+                f"{server.url}/api/v1/sagas/definitions",
+                json=definition(args.steps),
+                headers=server.headers,
             )
             response.raise_for_status()
+
+            script = directory / "load.lua" if use_wrk else None
             # Warm-up: connections, caches, the first SQLite pages.
-            if use_wrk:
-                run_wrk(server.url, 100, 2, args.connections, directory / "load.lua")
-            else:
-                run_httpx(server.url, 100, 2, args.connections)
+            server.load(100, 2, args.connections, script)
             for rate in rates:
-                server.drain()
-                if use_wrk:
-                    row = run_wrk(
-                        server.url, rate, args.duration, args.connections, directory / "load.lua"
-                    )
-                else:
-                    row = run_httpx(server.url, rate, args.duration, args.connections)
+                row = server.load(rate, args.duration, args.connections, script)
                 rows.append(row)
                 print(table([row]).splitlines()[1], flush=True)
-            server.drain()
         finally:
             code = server.stop()
         if code != 0:

@@ -156,6 +156,15 @@ async def node(env: dict[str, str], directory: Path, profile: Path | None) -> As
             await asyncio.wait_for(process.wait(), timeout=120)
     if process.returncode != 0:
         raise BenchFailure(f"saga serve exited {process.returncode}: {_tail(log)}")
+    _show_limiter_warnings(log)
+
+
+def _show_limiter_warnings(log: Path) -> None:
+    """The node's warnings about its rate limiter (Redis failing, the fallback taking over):
+    they explain a run in which a tenant got more than its bucket allows."""
+    lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    for line in [line for line in lines if "rate limits fall back" in line][:20]:
+        print(f"node: {line}", file=sys.stderr)
 
 
 async def _wait_ready(running: Node) -> None:

@@ -19,7 +19,14 @@ from fastapi import Request
 
 from saga_orchestrator.api.audit import current_context
 from saga_orchestrator.errors import Forbidden, RateLimited, Unauthenticated
-from saga_orchestrator.security.limits import RateLimiter, RequestLimits, combined_headers
+from saga_orchestrator.security.limits import (
+    Bucket,
+    Decision,
+    RateLimiter,
+    RequestLimits,
+    bucket_key,
+    combined_headers,
+)
 from saga_orchestrator.security.tenant_limits import TenantLimits
 from saga_orchestrator.security.tokens import Authenticator, Principal, Role
 
@@ -34,6 +41,7 @@ class Public(enum.Enum):
 Rule = Role | Public
 
 V, OP, A = Role.VIEWER, Role.OPERATOR, Role.ADMIN
+START: Final = "/api/v1/sagas/instances"
 INSTANCE = "/api/v1/sagas/instances/{instance_id}"
 SETTINGS = "/api/v1/tenant/limits"
 
@@ -51,7 +59,7 @@ ACCESS: Final[dict[tuple[str, str], Rule]] = {
     ("GET", "/api/v1/sagas/definitions/{name}"): V,
     ("GET", "/api/v1/sagas/definitions/{name}/{version}"): V,
     ("POST", "/api/v1/sagas/definitions/{name}/{version}/deprecate"): A,
-    ("POST", "/api/v1/sagas/instances"): OP,
+    ("POST", START): OP,
     ("GET", "/api/v1/sagas/instances"): V,
     ("GET", INSTANCE): V,
     ("GET", f"{INSTANCE}/events"): V,
@@ -131,28 +139,63 @@ class Access:
         limits, if it set any, replace the node's defaults."""
         if self.limiter is None or self.limits is None:
             return
+        buckets = await self._buckets(principal, method, route, self.limits)
+        # One chain, one round trip: a request already refused must not spend a start as well.
+        decisions = await self.limiter.check_chain(buckets)
+        if not decisions[-1].allowed:
+            raise self.refusal(principal, decisions)
+
+    async def _buckets(
+        self, principal: Principal, method: str, route: str | None, defaults: RequestLimits
+    ) -> list[Bucket]:
         tenant = principal.tenant_id
         if route == SETTINGS:
             # Never the tenant's own limits here: one set too low must not lock its admins out
             # of raising it; and a bucket per caller, so no one else can drain theirs.
-            settings = await self.limiter.check(
-                tenant, "settings", self.limits.requests, partition=principal.subject
-            )
-            decisions = [settings]
-        else:
-            own = None if self.overrides is None else await self.overrides(tenant)
-            limits = self.limits if own is None else own.request_limits(self.limits)
-            decisions = [await self.limiter.check(tenant, "requests", limits.requests)]
-            # A request already refused must not spend a start as well.
-            starting = method == "POST" and route == "/api/v1/sagas/instances"
-            if starting and decisions[0].allowed:
-                decisions.append(await self.limiter.check(tenant, "starts", limits.starts))
-        refused = [d for d in decisions if not d.allowed]
-        if refused:
-            raise RateLimited(
-                f"tenant {principal.tenant_id!r} is over its {refused[0].policy} limit",
-                combined_headers(decisions),
-            )
+            key = bucket_key(tenant, "settings", principal.subject)
+            return [Bucket(key, defaults.requests, "settings")]
+        own = None if self.overrides is None else await self.overrides(tenant)
+        limits = defaults if own is None else own.request_limits(defaults)
+        buckets = [Bucket(bucket_key(tenant, "requests"), limits.requests, "requests")]
+        if method == "POST" and route == START:
+            buckets.append(Bucket(bucket_key(tenant, "starts"), limits.starts, "starts"))
+        return buckets
+
+    @staticmethod
+    def refusal(principal: Principal, decisions: list[Decision]) -> RateLimited:
+        return RateLimited(
+            f"tenant {principal.tenant_id!r} is over its {decisions[-1].policy} limit",
+            combined_headers(decisions),
+        )
+
+    async def known_refusal(
+        self, method: str, path: str, authorization: str | None
+    ) -> tuple[Principal, RateLimited] | None:
+        """The 429 of a start by a caller whose token verified before and whose tenant the
+        limiter already knows it refuses (see :meth:`.RateLimiter.refusal_if_known`), found
+        without routing, dependencies or a signature check: what :meth:`__call__` would raise
+        for that request, at a fraction of the cost. ``None``: let the request through, and
+        :meth:`__call__` decides as usual (an unknown or expired token, a missing role, a
+        tenant not known to be over its limits, any other route).
+
+        Only the start route is answered here: it is the one a flood goes for, and its rule
+        and buckets are known from the method and path alone."""
+        if (
+            method != "POST"
+            or path != START
+            or self.authenticator is None
+            or self.limiter is None
+            or self.limits is None
+        ):
+            return None
+        principal = self.authenticator.cached(authorization)
+        if principal is None or not principal.has(OP):
+            return None
+        buckets = await self._buckets(principal, method, START, self.limits)
+        decisions = await self.limiter.refusal_if_known(buckets)
+        if decisions is None:
+            return None
+        return principal, self.refusal(principal, decisions)
 
 
 def principal_of(request: Request) -> Principal:

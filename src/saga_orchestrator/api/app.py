@@ -18,10 +18,9 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.routing import APIRoute
 
 from saga_orchestrator.api.access import Access
-from saga_orchestrator.api.audit import AuditFailuresMiddleware
 from saga_orchestrator.api.dependencies import Services
-from saga_orchestrator.api.limits import BodyLimitMiddleware
-from saga_orchestrator.api.metrics import ApiMetrics, MetricsMiddleware
+from saga_orchestrator.api.edge import EdgeMiddleware
+from saga_orchestrator.api.metrics import ApiMetrics
 from saga_orchestrator.api.openapi import SagaApi
 from saga_orchestrator.api.options import ApiOptions
 from saga_orchestrator.api.participants import CallbackApi, ParticipantsApi
@@ -67,23 +66,20 @@ def create_app(orchestrator: Orchestrator, options: ApiOptions | None = None) ->
         finally:
             orchestrator.engine.settled_listeners.remove(count_settled)
 
+    access = Access(
+        options.authenticator,
+        orchestrator.tenant_id,
+        options.actor,
+        options.rate_limiter,
+        options.limits,
+        orchestrator.tenant_limits.overrides,
+    )
     app = SagaApi(
         title="Saga Orchestrator",
         version=package_version("saga-orchestrator"),
         description=DESCRIPTION,
         lifespan=lifespan,
-        dependencies=[
-            Depends(
-                Access(
-                    options.authenticator,
-                    orchestrator.tenant_id,
-                    options.actor,
-                    options.rate_limiter,
-                    options.limits,
-                    orchestrator.tenant_limits.overrides,
-                )
-            )
-        ],
+        dependencies=[Depends(access)],
     )
     app.state.services = services
     modules = (
@@ -102,11 +98,14 @@ def create_app(orchestrator: Orchestrator, options: ApiOptions | None = None) ->
     ProblemHandlers(options.retry_after, allowed_methods(routers)).install(app)
     for router in routers:
         app.include_router(router)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=options.max_body_bytes)
     app.add_middleware(
-        AuditFailuresMiddleware, store=orchestrator.store, default_actor=options.actor
+        EdgeMiddleware,
+        access=access,
+        metrics=services.metrics,
+        store=orchestrator.store,
+        default_actor=options.actor,
+        max_body_bytes=options.max_body_bytes,
     )
-    app.add_middleware(MetricsMiddleware, metrics=services.metrics)
     return app
 
 

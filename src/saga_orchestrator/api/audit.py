@@ -3,21 +3,24 @@
 Every mutating route is listed in :data:`AUDITED` with the action it performs. A change that
 succeeds is recorded by the service that makes it, in the same transaction as the change
 (:func:`audit_entry` builds the entry from the request's context). A call that is refused or
-fails changes nothing, so :class:`AuditFailuresMiddleware` records it on its own afterwards.
+fails changes nothing, so :func:`record_failure` records it on its own afterwards (called by
+:class:`~saga_orchestrator.api.edge.EdgeMiddleware`).
 Requests without a tenant (no valid credentials: 401) are not in any tenant's chain; they are
 logged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from saga_orchestrator.store import AuditEntry, AuditOutcome, Store
 
@@ -129,79 +132,57 @@ def outcome_of(status: int) -> AuditOutcome:
     return AuditOutcome.REFUSED if status in (403, 409, 410, 429) else AuditOutcome.FAILED
 
 
-class AuditFailuresMiddleware:
-    """Gives each request its context (and an ``X-Request-Id``), and records mutating calls
-    that end in an error: nothing changed, so nothing else recorded them."""
-
-    def __init__(self, app: ASGIApp, *, store: Store, default_actor: str) -> None:
-        self.app = app
-        self.store = store
-        self.default_actor = default_actor
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = _request_id(scope)
-        context = RequestContext(request_id=request_id, actor=self.default_actor)
-        token = _context.set(context)
-        status = 500
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((REQUEST_ID_HEADER.lower().encode(), request_id.encode()))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            try:
-                if status >= 400:
-                    await self._record_failure(scope, context, status)
-            finally:
-                _context.reset(token)
-
-    async def _record_failure(self, scope: Scope, context: RequestContext, status: int) -> None:
-        route = getattr(scope.get("route"), "path", None)
-        audited = AUDITED.get((scope["method"], route)) if route else None
-        if audited is None:
-            return
-        if status == 429:
-            # A flood is refused without touching the store: recording each refusal would let
-            # the flooder write at its own rate (counted in /metrics instead).
-            return
-        if context.tenant_id is None:
-            log.info(
-                "unauthenticated %s %s answered %d (request %s)",
-                scope["method"], scope["path"], status, context.request_id,
-            )  # fmt: skip
-            return
-        params = scope.get("path_params", {})
-        target = str(params.get(audited.target_param, "")) if audited.target_param else ""
-        if audited.of_tenant:
-            target = context.tenant_id
-        entry = audit_entry(
-            context.tenant_id,
-            audited.action,
-            audited.target_type,
-            target,
-            outcome=outcome_of(status),
-            details={"status": status},
-        )
-        try:
-            await self.store.append_audit([entry])
-        except Exception:  # the answer is already sent; the log keeps the trace
-            log.exception("could not record %s in the audit log", audited.action)
+@contextlib.contextmanager
+def use_context(context: RequestContext) -> Iterator[RequestContext]:
+    """``context`` is the request's (:func:`current_context`) until the block ends."""
+    token = _context.set(context)
+    try:
+        yield context
+    finally:
+        _context.reset(token)
 
 
-def _request_id(scope: Scope) -> str:
-    for name, value in scope.get("headers", []):
-        if name == b"x-request-id":
-            text = bytes(value).decode("latin-1")
-            if 0 < len(text) <= 128 and text.isprintable():
-                return text
+async def record_failure(store: Store, scope: Scope, context: RequestContext, status: int) -> None:
+    """Records a mutating call that ended in ``status`` (an error): nothing changed, so
+    nothing else recorded it. Calls without a tenant (no valid credentials: 401) are logged,
+    not recorded: they are in no tenant's chain."""
+    route = getattr(scope.get("route"), "path", None)
+    audited = AUDITED.get((scope["method"], route)) if route else None
+    if audited is None:
+        return
+    if status == 429:
+        # A flood is refused without touching the store: recording each refusal would let
+        # the flooder write at its own rate (counted in /metrics instead).
+        return
+    if context.tenant_id is None:
+        log.info(
+            "unauthenticated %s %s answered %d (request %s)",
+            scope["method"], scope["path"], status, context.request_id,
+        )  # fmt: skip
+        return
+    params = scope.get("path_params", {})
+    target = str(params.get(audited.target_param, "")) if audited.target_param else ""
+    if audited.of_tenant:
+        target = context.tenant_id
+    entry = audit_entry(
+        context.tenant_id,
+        audited.action,
+        audited.target_type,
+        target,
+        outcome=outcome_of(status),
+        details={"status": status},
+    )
+    try:
+        await store.append_audit([entry])
+    except Exception:  # the answer is already sent; the log keeps the trace
+        log.exception("could not record %s in the audit log", audited.action)
+
+
+def request_id_of(header: bytes | None) -> str:
+    """The client's ``X-Request-Id`` if it is printable and at most 128 characters, else a
+    new UUID."""
+    if header is not None:
+        text = bytes(header).decode("latin-1")
+        if 0 < len(text) <= 128 and text.isprintable():
+            return text
     return str(uuid.uuid4())

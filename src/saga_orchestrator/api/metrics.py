@@ -3,7 +3,6 @@ two apps in one process, as in tests, do not share counters)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Final
 
@@ -11,7 +10,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from saga_orchestrator.core.status import InstanceStatus
 from saga_orchestrator.transports.breaker import BreakerSnapshot, BreakerState
@@ -97,31 +95,3 @@ class BreakerCollector(Collector):
             rate.add_metric([snap.tenant_id, snap.service], snap.failure_rate)
         yield state
         yield rate
-
-
-class MetricsMiddleware:
-    """Counts and times every HTTP request, labelled with its route's path template."""
-
-    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        began = time.perf_counter()
-        status = 500  # unless a response starts: an exception becomes a 500 further out
-
-        async def send_observed(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_observed)
-        finally:
-            route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
-            elapsed = time.perf_counter() - began
-            self.metrics.observe(scope["method"], route, status, elapsed)

@@ -23,6 +23,13 @@ A refusal from Redis also tells when the bucket can hold the refused cost again;
 node refuses that key itself, without a round trip, which keeps a flooding tenant's load off
 Redis (and off the other tenants' requests that share it).
 
+Several buckets that apply to one request (a tenant's requests, then its starts) form a chain
+(:meth:`RateLimiter.check_chain`): one script spends them in order and stops at the first
+refusal, so a start costs one round trip, and a request refused by one bucket spends none of
+the later ones. :meth:`RateLimiter.refusal_if_known` answers a chain the node already knows is
+refused (a remembered refusal, or the fallback's own bucket) without spending anything after
+the refused bucket: cheap enough for the API to ask before routing a request.
+
 :class:`ConcurrencyQuota` caps the sagas a tenant runs at once; it counts on one node only.
 """
 
@@ -30,10 +37,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Final, Literal
@@ -46,7 +54,10 @@ from redis.exceptions import NoScriptError, RedisError
 
 from saga_orchestrator.errors import InvalidInput
 
+log = logging.getLogger("saga_orchestrator.limits")
+
 __all__ = [
+    "Bucket",
     "ConcurrencyQuota",
     "Decision",
     "FallbackPolicy",
@@ -226,30 +237,65 @@ class MemoryBuckets:
             self._buckets.popitem(last=False)
         return _decide(allowed, tokens, limit, cost, policy)
 
+    def refusal(
+        self, key: str, limit: Limit, cost: int = 1, *, policy: str = "default"
+    ) -> Decision | None:
+        """What :meth:`take_now` would answer if it refuses, without spending or refilling
+        anything; ``None`` when it would admit (a refusal changes no bucket anyway)."""
+        state = self._buckets.get(key)
+        if state is None:
+            return None  # a missing bucket is a full one
+        tokens, stamp = state
+        tokens = min(float(limit.burst), tokens + max(0.0, self._clock() - stamp) * limit.rate)
+        if tokens >= cost:
+            return None
+        return _decide(False, tokens, limit, cost, policy)
 
-# KEYS[1]: the bucket; ARGV: rate (tokens/s), burst, cost. Returns {allowed, tokens left}.
+
+# KEYS: the buckets, spent in order; ARGV: rate (tokens/s), burst and cost of each, in turn.
+# A refusal stops the chain: the buckets after it are neither spent nor touched (a request
+# already refused must not spend a start as well). Returns {allowed, tokens left} of each
+# bucket checked. One script, so several buckets cost one round trip and see one clock.
 # Floats travel as strings: Redis turns a Lua number reply into an integer.
 _TAKE_SCRIPT: Final = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
-local tokens = tonumber(state[1]) or burst
-local stamp = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
-local allowed = 0
-if tokens >= cost then
-  tokens = tokens - cost
-  allowed = 1
+local stamp_text = string.format('%.17g', now)
+local reply = {}
+for i, key in ipairs(KEYS) do
+  local rate = tonumber(ARGV[3 * i - 2])
+  local burst = tonumber(ARGV[3 * i - 1])
+  local cost = tonumber(ARGV[3 * i])
+  local state = redis.call('HMGET', key, 'tokens', 'stamp')
+  local tokens = tonumber(state[1]) or burst
+  local stamp = tonumber(state[2]) or now
+  tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
+  local allowed = 0
+  if tokens >= cost then
+    tokens = tokens - cost
+    allowed = 1
+  end
+  local left = string.format('%.17g', tokens)
+  redis.call('HSET', key, 'tokens', left, 'stamp', stamp_text)
+  redis.call('PEXPIRE', key, math.ceil((burst - tokens) / rate * 1000) + 1000)
+  reply[#reply + 1] = allowed
+  reply[#reply + 1] = left
+  if allowed == 0 then
+    break
+  end
 end
-local left = string.format('%.17g', tokens)
-redis.call('HSET', KEYS[1], 'tokens', left, 'stamp', string.format('%.17g', now))
-redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
-return {allowed, left}
+return reply
 """
 _TAKE_SHA: Final = hashlib.sha1(_TAKE_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One bucket of a chain (:meth:`RateLimiter.check_chain`): its key, shape and policy."""
+
+    key: str
+    limit: Limit
+    policy: str
 
 
 class RedisBuckets:
@@ -283,15 +329,29 @@ class RedisBuckets:
     ) -> Decision:
         """Spend ``cost`` tokens of ``key`` atomically; raises :class:`RedisError` or
         :class:`OSError` when Redis fails."""
-        _check_cost(limit, cost)
-        args = (repr(float(limit.rate)), limit.burst, cost)
+        (decision,) = await self.take_chain([Bucket(key, limit, policy)], cost)
+        return decision
+
+    async def take_chain(self, buckets: Sequence[Bucket], cost: int = 1) -> list[Decision]:
+        """Spend ``cost`` tokens of each bucket in turn, in one atomic script, stopping at the
+        first refusal: the decisions of the buckets checked, the refused one last."""
+        for bucket in buckets:
+            _check_cost(bucket.limit, cost)
+        keys = [bucket.key for bucket in buckets]
+        args = [
+            arg
+            for bucket in buckets
+            for arg in (repr(float(bucket.limit.rate)), bucket.limit.burst, cost)
+        ]
         try:
-            reply = await self._client.evalsha(_TAKE_SHA, 1, key, *args)
+            reply = await self._client.evalsha(_TAKE_SHA, len(keys), *keys, *args)
         except NoScriptError:
             await self._client.script_load(_TAKE_SCRIPT)
-            reply = await self._client.evalsha(_TAKE_SHA, 1, key, *args)
-        allowed, tokens = reply
-        return _decide(bool(allowed), float(tokens), limit, cost, policy)
+            reply = await self._client.evalsha(_TAKE_SHA, len(keys), *keys, *args)
+        return [
+            _decide(bool(reply[2 * i]), float(reply[2 * i + 1]), bucket.limit, cost, bucket.policy)
+            for i, bucket in enumerate(buckets[: len(reply) // 2])
+        ]
 
 
 class FallbackPolicy(StrEnum):
@@ -390,54 +450,122 @@ class RateLimiter:
     ) -> Decision:
         """Spend ``cost`` tokens of the tenant's ``scope`` bucket (one per ``partition``, such
         as a principal or a participant, when given). ``scope`` names the policy in headers."""
-        _check_cost(limit, cost)
         key = bucket_key(tenant_id, scope, partition)
-        decision = await self._check(key, limit, cost, scope)
-        if not decision.allowed:
-            self._counters.refused += 1
+        (decision,) = await self.check_chain([Bucket(key, limit, scope)], cost)
         return decision
 
-    async def _check(self, key: str, limit: Limit, cost: int, policy: str) -> Decision:
-        if not self._redis_usable():
-            return self._fallback(key, limit, cost, policy)
-        cached = self._cached_refusal(key, limit, cost)
-        if cached is not None:
-            return cached
-        return await self._ask_redis(key, limit, cost, policy)
+    async def check_chain(self, buckets: Sequence[Bucket], cost: int = 1) -> list[Decision]:
+        """Spend ``cost`` tokens of each bucket in turn (keys from :func:`bucket_key`),
+        stopping at the first refusal: the decisions of the buckets checked, the refused one
+        last. In Redis the whole chain is one script, one round trip."""
+        for bucket in buckets:
+            _check_cost(bucket.limit, cost)
+        decisions = await self._check_chain(buckets, cost)
+        if not decisions[-1].allowed:
+            self._counters.refused += 1
+        return decisions
 
-    def _redis_usable(self) -> bool:
-        if self._redis is None:
-            return False
-        if self._down_until is None:
-            return True
-        if self._probing or self._clock() < self._down_until:
-            return False
-        self._probing = True  # this caller probes; the others stay on the fallback meanwhile
-        return True
+    async def refusal_if_known(
+        self, buckets: Sequence[Bucket], cost: int = 1
+    ) -> list[Decision] | None:
+        """What :meth:`check_chain` answers when this node already knows that one of the
+        buckets refuses (``None`` otherwise: ask :meth:`check_chain`): a refusal Redis made
+        lately, remembered until the bucket could take ``cost`` again, or, while the fallback
+        decides, its own bucket's refusal. The buckets before the refused one are spent, as
+        :meth:`check_chain` spends them; with a refusal known for the first one, the answer
+        costs no round trip and spends nothing. Cheap enough to ask before any other work."""
+        if self._redis is not None and self._down_until is None:
+            known = self._first_known(buckets, cost, self._cached_refusal)
+        elif self._redis is None or (
+            self._policy is FallbackPolicy.MEMORY and not self._probe_due()
+        ):
+            known = self._first_known(buckets, cost, self._memory_refusal)
+        else:
+            return None  # a probe of Redis is due, or allow/deny: check_chain decides
+        if known is None:
+            return None
+        index, refusal = known
+        for bucket in buckets:
+            _check_cost(bucket.limit, cost)
+        before = await self._check_chain(buckets[:index], cost) if index else []
+        self._counters.refused += 1
+        return before if before and not before[-1].allowed else [*before, refusal]
 
-    async def _ask_redis(self, key: str, limit: Limit, cost: int, policy: str) -> Decision:
+    @staticmethod
+    def _first_known(
+        buckets: Sequence[Bucket],
+        cost: int,
+        refusal_of: Callable[[Bucket, int], Decision | None],
+    ) -> tuple[int, Decision] | None:
+        for index, bucket in enumerate(buckets):
+            refusal = refusal_of(bucket, cost)
+            if refusal is not None:
+                return index, refusal
+        return None
+
+    def _memory_refusal(self, bucket: Bucket, cost: int) -> Decision | None:
+        if self._policy is not FallbackPolicy.MEMORY:
+            return None
+        refusal = self._memory.refusal(bucket.key, bucket.limit, cost, policy=bucket.policy)
+        if refusal is not None:
+            self._counters.fallback_checks += 1
+        return refusal
+
+    async def _check_chain(self, buckets: Sequence[Bucket], cost: int) -> list[Decision]:
+        if self._redis is None or (self._down_until is not None and not self._probe_due()):
+            return self._fallback_chain(buckets, cost)
+        # A bucket Redis refused lately is refused here without a round trip; the buckets
+        # before it are still spent (in Redis), as a chain checked in full would spend them.
+        for index, bucket in enumerate(buckets):
+            cached = self._cached_refusal(bucket, cost)
+            if cached is None:
+                continue
+            if index == 0:
+                return [cached]
+            before = await self._check_chain(buckets[:index], cost)
+            return before if not before[-1].allowed else [*before, cached]
+        return await self._ask_redis(buckets, cost)
+
+    def _probe_due(self) -> bool:
+        """Redis is down, its cool-down is over and no other check is probing it."""
+        return (
+            self._down_until is not None and not self._probing and self._clock() >= self._down_until
+        )
+
+    async def _ask_redis(self, buckets: Sequence[Bucket], cost: int) -> list[Decision]:
         probe = self._down_until is not None
+        if probe:
+            self._probing = True  # this caller probes; the others stay on the fallback meanwhile
         try:
-            decision = await self._take_in_slot(key, limit, cost, policy, probe=probe)
-        except (RedisError, OSError, TimeoutError):
+            decisions = await self._take_in_slot(buckets, cost, probe=probe)
+        except (RedisError, OSError, TimeoutError) as error:
             self._counters.redis_errors += 1
+            if self._down_until is None:
+                # Once per outage, not per check: while the fallback decides, a cluster's nodes
+                # each admit up to the limit, so an operator should know when it happens.
+                log.warning(
+                    "Redis failed (%s): rate limits fall back to %s for %g s",
+                    type(error).__name__, self._policy.value, self._cooldown,
+                )  # fmt: skip
             self._down_until = self._clock() + self._cooldown
-            return self._fallback(key, limit, cost, policy)
+            return self._fallback_chain(buckets, cost)
         finally:
             if probe:
                 self._probing = False
-        if decision is None:
-            return self._fallback(key, limit, cost, policy)
+        if decisions is None:
+            return self._fallback_chain(buckets, cost)
         self._down_until = None
-        self._counters.redis_checks += 1
-        if not decision.allowed:
-            self._remember_refusal(key, limit, cost, decision)
-        return decision
+        self._counters.redis_checks += len(decisions)
+        last = decisions[-1]
+        if not last.allowed:
+            refused = buckets[len(decisions) - 1]
+            self._remember_refusal(refused.key, refused.limit, cost, last)
+        return decisions
 
     async def _take_in_slot(
-        self, key: str, limit: Limit, cost: int, policy: str, *, probe: bool
-    ) -> Decision | None:
-        """Redis's decision, or ``None`` when no connection came free in time or the circuit
+        self, buckets: Sequence[Bucket], cost: int, *, probe: bool
+    ) -> list[Decision] | None:
+        """Redis's decisions, or ``None`` when no connection came free in time or the circuit
         opened while this check waited for one."""
         assert self._redis is not None
         try:
@@ -450,9 +578,17 @@ class RateLimiter:
             if self._down_until is not None and not probe:
                 return None
             async with asyncio.timeout(self._timeout * 2):
-                return await self._redis.take(key, limit, cost, policy=policy)
+                return await self._redis.take_chain(buckets, cost)
         finally:
             self._slots.release()
+
+    def _fallback_chain(self, buckets: Sequence[Bucket], cost: int) -> list[Decision]:
+        decisions: list[Decision] = []
+        for bucket in buckets:
+            decisions.append(self._fallback(bucket.key, bucket.limit, cost, bucket.policy))
+            if not decisions[-1].allowed:
+                break
+        return decisions
 
     def _fallback(self, key: str, limit: Limit, cost: int, policy: str) -> Decision:
         self._counters.fallback_checks += 1
@@ -475,7 +611,8 @@ class RateLimiter:
         if len(self._refusals) > self._max_keys:
             self._refusals.popitem(last=False)
 
-    def _cached_refusal(self, key: str, limit: Limit, cost: int) -> Decision | None:
+    def _cached_refusal(self, bucket: Bucket, cost: int) -> Decision | None:
+        key, limit = bucket.key, bucket.limit
         refusal = self._refusals.get(key)
         if refusal is None:
             return None

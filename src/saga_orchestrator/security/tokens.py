@@ -20,6 +20,14 @@ forgery attempt or a misconfigured issuer.
 
 An unknown ``kid`` reloads the JWKS at most once per ``jwks_refresh_interval`` (a failed load
 counts too), so a flood of bogus key ids costs no more than one fetch per interval.
+
+A verified token is remembered (a bounded LRU keyed by the raw token, ``token_cache_size``
+entries) until it expires (``exp`` plus the leeway, on the wall clock, as PyJWT checks it), so
+a client sending the same token on every request pays for one signature check, not one per
+request. Every claim check but ``exp`` gives the same answer for as long as the token lives, so
+only expiry is re-checked on a hit; and a hit also requires that the key which verified the
+token still answers to its ``kid`` (a JWKS reload makes new key objects, so a key removed or
+replaced revokes the tokens it signed at once). Failures are never remembered.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import re
 import secrets
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +154,9 @@ class AuthSettings:
     optional); e.g. ``at+jwt`` for RFC 9068 access tokens. ``None``: ``typ`` is not checked."""
     jwks_refresh_interval: float = 300
     """Minimum seconds between two loads of the JWKS triggered by unknown key ids."""
+    token_cache_size: int = 4096
+    """Verified tokens remembered until they expire (least recently used go first past this
+    many); 0 verifies every token on every request."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +172,17 @@ class _KeySet:
 
 
 _EMPTY_SET: Final = _KeySet({}, None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A token that verified: who it names, until when, and the key that vouched for it."""
+
+    principal: Principal
+    valid_until: float
+    """Wall-clock seconds (``exp`` plus the leeway) from which PyJWT would refuse it."""
+    kid: str | None
+    key: _Key
 
 
 def check_hmac_secret(secret: str) -> None:
@@ -233,8 +255,10 @@ class Authenticator:
     """Verifies bearer tokens against the configured keys (see the module docstring).
 
     ``transport`` (an httpx transport, e.g. ``httpx.MockTransport``) serves the JWKS URL in
-    tests; ``clock`` (monotonic seconds) paces refreshes. ``jwks_fetches`` counts loads of the
-    JWKS (file reads and URL fetches, failed ones included).
+    tests; ``clock`` (monotonic seconds) paces refreshes; ``wall_clock`` (epoch seconds) tells
+    when a remembered token expires. ``jwks_fetches`` counts loads of the JWKS (file reads and
+    URL fetches, failed ones included); ``verifications`` counts signature checks (tokens not
+    answered from the cache).
     """
 
     def __init__(
@@ -243,11 +267,15 @@ class Authenticator:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         _check_settings(settings)
         self._settings = settings
         self._transport = transport
         self._clock = clock
+        self._wall_clock = wall_clock
+        self._verified: OrderedDict[str, _Verified] = OrderedDict()
+        self.verifications = 0
         self._unnamed = _unnamed_key(settings)
         self._key_set = _EMPTY_SET
         self._last_load: float | None = None
@@ -267,13 +295,64 @@ class Authenticator:
 
     async def authenticate(self, authorization_header: str | None) -> Principal:
         token = _bearer_token(authorization_header)
+        remembered = self.remembered(token)
+        if remembered is not None:
+            return remembered
         header = self._checked_header(token)
-        key = await self._key_for(header.get("kid"))
+        kid = header.get("kid")
+        key = await self._key_for(kid)
         if key is None:
             raise Unauthenticated("unknown signing key")
         if header.get("alg") != key.algorithm:
             raise Unauthenticated("algorithm not allowed for this key")
-        return self._principal(self._verified_claims(token, key))
+        self.verifications += 1
+        claims = self._verified_claims(token, key)
+        principal = self._principal(claims)
+        self._remember(token, principal, claims, kid, key)
+        return principal
+
+    def cached(self, authorization_header: str | None) -> Principal | None:
+        """The principal of the header's token if :meth:`authenticate` would answer it from
+        the cache; ``None`` for anything else (no, malformed, unknown or expired token):
+        never verifies, never raises."""
+        try:
+            token = _bearer_token(authorization_header)
+        except Unauthenticated:
+            return None
+        return self.remembered(token)
+
+    def remembered(self, token: str) -> Principal | None:
+        """The principal of ``token`` if it verified before, has not expired since, and the
+        key that verified it still answers to its ``kid``; else ``None`` (verify it)."""
+        entry = self._verified.get(token)
+        if entry is None:
+            return None
+        if self._wall_clock() >= entry.valid_until or self._select(entry.kid) is not entry.key:
+            del self._verified[token]
+            return None
+        self._verified.move_to_end(token)
+        return entry.principal
+
+    def _remember(
+        self,
+        token: str,
+        principal: Principal,
+        claims: Mapping[str, Any],
+        kid: str | None,
+        key: _Key,
+    ) -> None:
+        size = self._settings.token_cache_size
+        exp = claims.get("exp")
+        # Only a plain number is remembered (PyJWT also takes numeric strings; those tokens
+        # are verified every time); bool is an int to Python, never a real expiry.
+        if size <= 0 or isinstance(exp, bool) or not isinstance(exp, int | float):
+            return
+        # PyJWT refuses from int(exp) - now <= -leeway on: the same instant here.
+        valid_until = int(exp) + self._settings.leeway
+        self._verified[token] = _Verified(principal, valid_until, kid, key)
+        self._verified.move_to_end(token)
+        while len(self._verified) > size:
+            self._verified.popitem(last=False)
 
     def _checked_header(self, token: str) -> dict[str, Any]:
         try:
@@ -440,6 +519,7 @@ def _check_settings(settings: AuthSettings) -> None:
         ),
         (not 0 <= settings.leeway <= MAX_LEEWAY, f"leeway: must be 0 to {MAX_LEEWAY:g} seconds"),
         (not settings.jwks_refresh_interval > 0, "jwks_refresh_interval: must be positive"),
+        (settings.token_cache_size < 0, "token_cache_size: must not be negative"),
         (not settings.tenant_claim, "tenant_claim: must not be empty"),
         (not settings.roles_claim, "roles_claim: must not be empty"),
         (

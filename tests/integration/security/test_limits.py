@@ -14,6 +14,7 @@ simulated by moving a bucket's stamp back in Redis.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -29,6 +30,7 @@ import redis
 import redis.asyncio as aioredis
 
 from saga_orchestrator.security.limits import (
+    Bucket,
     FallbackPolicy,
     Limit,
     RateLimiter,
@@ -420,5 +422,118 @@ async def test_a_hung_redis_times_out_into_memory_and_is_probed_once(
         clock.advance(5.0)
         assert (await limiter.check("t", "starts", limit)).allowed
         assert limiter.mode == "redis"
+    finally:
+        await limiter.aclose()
+
+
+# --- chains of buckets: one script, one round trip -------------------------------------------
+
+
+def evalsha_calls(server: RedisProcess) -> int:
+    client = redis.Redis(port=server.port)
+    try:
+        stats = client.info("commandstats").get("cmdstat_evalsha", {})
+        return int(stats.get("calls", 0))
+    finally:
+        client.close()
+
+
+def chain_of(tenant: str, requests: Limit, starts: Limit) -> list[Bucket]:
+    return [
+        Bucket(bucket_key(tenant, "requests"), requests, "requests"),
+        Bucket(bucket_key(tenant, "starts"), starts, "starts"),
+    ]
+
+
+async def test_a_chain_stops_at_the_first_refusal_and_touches_nothing_after_it(
+    buckets: RedisBuckets, client: aioredis.Redis, tenant: str
+) -> None:
+    one = Limit(rate=0.0001, burst=1)
+    admitted = await buckets.take_chain(chain_of(tenant, one, SLOW))
+    refused = await buckets.take_chain(chain_of(tenant, one, SLOW))
+
+    assert [(d.policy, d.allowed, d.remaining) for d in admitted] == [
+        ("requests", True, 0),
+        ("starts", True, 4),
+    ]
+    assert [(d.policy, d.allowed) for d in refused] == [("requests", False)]
+    assert await client.hget(bucket_key(tenant, "starts"), "tokens") == "4"
+
+
+async def test_both_buckets_of_a_start_cost_one_round_trip(own_redis: RedisProcess) -> None:
+    limiter = RateLimiter(own_redis.url, timeout=5.0)
+    two = Limit(rate=0.0001, burst=2)
+    try:
+        await limiter.check("warm", "requests", SLOW)  # loads the script
+        before = evalsha_calls(own_redis)
+        decisions = [await limiter.check_chain(chain_of("t", SLOW, two)) for _ in range(3)]
+        assert evalsha_calls(own_redis) == before + 3
+        assert [[d.allowed for d in each] for each in decisions] == [
+            [True, True],
+            [True, True],
+            [True, False],
+        ]
+
+        # Refused by Redis: the next refusal is known here; the first bucket is still spent
+        # in Redis, as a full check would spend it, and the refusal comes from memory.
+        known = await limiter.refusal_if_known(chain_of("t", SLOW, two))
+        assert known is not None
+        assert [(d.policy, d.allowed, d.remaining) for d in known] == [
+            ("requests", True, 1),
+            ("starts", False, 0),
+        ]
+        assert evalsha_calls(own_redis) == before + 4
+        assert await limiter.refusal_if_known(chain_of("other", SLOW, two)) is None
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_refusal_of_the_first_bucket_known_from_redis_costs_no_round_trip(
+    own_redis: RedisProcess,
+) -> None:
+    limiter = RateLimiter(own_redis.url, timeout=5.0)
+    one = Limit(rate=0.0001, burst=1)
+    try:
+        await limiter.check_chain(chain_of("t", one, SLOW))
+        refused = await limiter.check_chain(chain_of("t", one, SLOW))
+        before = evalsha_calls(own_redis)
+
+        known = await limiter.refusal_if_known(chain_of("t", one, SLOW))
+
+        assert known is not None and [(d.policy, d.allowed) for d in known] == [("requests", False)]
+        assert known[0].retry_seconds() == refused[0].retry_seconds()
+        assert evalsha_calls(own_redis) == before
+        assert limiter.counters.cached_refusals == 1
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_known_refusal_survives_a_redis_outage_only_through_the_fallback(
+    own_redis: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With Redis down the fallback decides, its own buckets; Redis's remembered refusals are
+    not what answers then."""
+    clock = FakeClock()
+    limiter = RateLimiter(own_redis.url, timeout=0.5, cooldown=60, clock=clock)
+    one = Limit(rate=0.0001, burst=1)
+    try:
+        await limiter.check_chain(chain_of("t", one, SLOW))
+        await limiter.check_chain(chain_of("t", one, SLOW))  # refused by Redis: remembered
+        assert await limiter.refusal_if_known(chain_of("t", one, SLOW)) is not None
+        own_redis.kill()
+        with caplog.at_level(logging.WARNING, logger="saga_orchestrator.limits"):
+            assert (await limiter.check("probe", "requests", SLOW)).allowed  # opens the circuit
+            await limiter.check("probe", "requests", SLOW)  # the fallback, no second warning
+        assert limiter.mode == "memory"
+        warnings = [r.getMessage() for r in caplog.records if r.name == "saga_orchestrator.limits"]
+        assert len(warnings) == 1 and "fall back to memory for 60 s" in warnings[0]
+        # The node's own bucket for t is full: nothing known, and the fallback admits.
+        assert await limiter.refusal_if_known(chain_of("t", one, SLOW)) is None
+        assert [d.allowed for d in await limiter.check_chain(chain_of("t", one, SLOW))] == [
+            True,
+            True,
+        ]
+        known = await limiter.refusal_if_known(chain_of("t", one, SLOW))
+        assert known is not None and [(d.policy, d.allowed) for d in known] == [("requests", False)]
     finally:
         await limiter.aclose()

@@ -5,9 +5,14 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Final
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
-from saga_orchestrator.api.dependencies import current_tenant, instance_service
+from saga_orchestrator.api.dependencies import (
+    current_tenant,
+    instance_service,
+    services_of,
+    tenant_of,
+)
 from saga_orchestrator.api.problems import problem_responses
 from saga_orchestrator.api.schemas import (
     KEY_PATTERN,
@@ -74,11 +79,14 @@ _LOCATION: Final = {
 )
 async def start_instance(
     body: StartRequest,
+    request: Request,
     response: Response,
-    tenant: Tenant,
-    instances: Instances,
     idempotency_key: IdempotencyKey = None,
 ) -> StartedInstance:
+    # The tenant and the service are read here, not through dependencies: this is the hot
+    # route, and each dependency FastAPI resolves costs a good part of what the start does.
+    tenant = tenant_of(request)
+    instances = services_of(request).instances
     started = await instances.start(
         tenant,
         body.saga_name,
