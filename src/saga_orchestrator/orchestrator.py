@@ -290,9 +290,14 @@ class Orchestrator:
     ) -> StartResult:
         """Start an instance; returns once the start is durable."""
         body = context if context is not None else {}
-        digest = hashlib.sha256(
-            orjson.dumps([saga, version, body], option=orjson.OPT_SORT_KEYS)
-        ).hexdigest()
+        # The digest binds an idempotency key to its request; without a key it is never read.
+        digest = (
+            None
+            if idempotency_key is None
+            else hashlib.sha256(
+                orjson.dumps([saga, version, body], option=orjson.OPT_SORT_KEYS)
+            ).hexdigest()
+        )
         return await self.engine.start_saga(
             self.tenant_id,
             saga,
