@@ -184,6 +184,9 @@ async def test_a_waiter_at_a_deposed_owner_learns_the_outcome_from_the_node_that
     await a.register(ORDER)
     started = await a.start("order", {})
     await first.reached("reserve").wait()
+    keeper = a.engine.keeper
+    assert keeper is not None
+    keeper.stop_claiming()  # a must not claim the instance back before b does
     waiting = asyncio.create_task(a.wait(started.instance_id, timeout=30))
     await asyncio.sleep(0)  # the waiter waits on a's live copy
     conn = await asyncpg.connect(pg_url)
