@@ -215,6 +215,19 @@ async def count_events(url: str) -> int:
 
 
 # -- our engine --
+@dataclass(slots=True)
+class CpuClock:
+    """CPU seconds spent since it was made: by the whole process (the SQLite store's thread
+    included) and by the calling thread alone (the event loop). On a shared machine these vary
+    far less than wall time, so A/B comparisons use them."""
+
+    process0: float = field(default_factory=time.process_time)
+    thread0: float = field(default_factory=time.thread_time)
+
+    def spent(self) -> tuple[float, float]:
+        return time.process_time() - self.process0, time.thread_time() - self.thread0
+
+
 async def drive(
     saga: Orchestrator, count: int, concurrency: int, first: int = 0
 ) -> tuple[float, Counter[InstanceStatus], int, list[str]]:
@@ -243,11 +256,20 @@ async def drive(
 
 
 async def run_ours(
-    backend: str, scenario: str, *, sagas: int, concurrency: int, warmup: int, pg_admin: str
+    backend: str,
+    scenario: str,
+    *,
+    sagas: int,
+    concurrency: int,
+    warmup: int,
+    pg_admin: str,
+    tune_gc: bool,
 ) -> Result:
     expected_status, expected_calls = EXPECTED[scenario]
     async with fresh_database(backend, f"ours_{scenario}", pg_admin) as url:
-        async with Orchestrator(url, handlers=HANDLERS, max_concurrent_sagas=1000) as saga:
+        async with Orchestrator(
+            url, handlers=HANDLERS, max_concurrent_sagas=1000, tune_gc=tune_gc
+        ) as saga:
             await saga.register(DEFINITION)
             PROBE.reset(fail_ship=scenario == "B")
             if warmup:
@@ -258,7 +280,9 @@ async def run_ours(
             writer = saga.engine.writer
             batches0, requests0 = writer.batches, writer.requests
             PROBE.reset(fail_ship=scenario == "B")
+            cpu = CpuClock()
             elapsed, statuses, view_events, errors = await drive(saga, sagas, concurrency)
+            process_cpu, loop_cpu = cpu.spent()
             batches = writer.batches - batches0
             requests = writer.requests - requests0
             latencies = list(PROBE.latencies)
@@ -297,6 +321,9 @@ async def run_ours(
             "requests": requests,
             "latency_samples": len(latencies),
             "live_after": live,
+            "cpu_us_per_saga": round(process_cpu / sagas * 1e6),
+            "loop_cpu_us_per_saga": round(loop_cpu / sagas * 1e6),
+            "loadavg_1m": os.getloadavg()[0],
         },
     )
 
@@ -359,7 +386,14 @@ async def run_peer(
 
 # -- profile --
 async def sample_ours(
-    backend: str, sagas: int, *, concurrency: int, out: Path, top: int, pg_admin: str
+    backend: str,
+    sagas: int,
+    *,
+    concurrency: int,
+    out: Path,
+    top: int,
+    pg_admin: str,
+    tune_gc: bool,
 ) -> int:
     """SQLite scenario A under pyinstrument (sampling, event-loop thread only): less distorted
     than cProfile for many cheap calls. Prints the call tree and writes an HTML report."""
@@ -368,7 +402,7 @@ async def sample_ours(
     profiler = Profiler(interval=0.001, async_mode="disabled")
     async with (
         fresh_database(backend, "sample", pg_admin) as url,
-        Orchestrator(url, handlers=HANDLERS, max_concurrent_sagas=1000) as saga,
+        Orchestrator(url, handlers=HANDLERS, max_concurrent_sagas=1000, tune_gc=tune_gc) as saga,
     ):
         await saga.register(DEFINITION)
         PROBE.reset(fail_ship=False)
@@ -409,7 +443,14 @@ def print_inclusive(root: Any, top: int) -> None:
 
 
 async def profile_ours(
-    backend: str, sagas: int, *, concurrency: int, out: Path, top: int, pg_admin: str
+    backend: str,
+    sagas: int,
+    *,
+    concurrency: int,
+    out: Path,
+    top: int,
+    pg_admin: str,
+    tune_gc: bool,
 ) -> int:
     """SQLite scenario A under cProfile: the event-loop thread, and the SQLite store's own
     thread when it has one (profilers are per thread). Prints our hotspots by cumulative and
@@ -423,7 +464,7 @@ async def profile_ours(
     threaded = False
     async with (
         fresh_database(backend, "profile", pg_admin) as url,
-        Orchestrator(url, handlers=HANDLERS, max_concurrent_sagas=1000) as saga,
+        Orchestrator(url, handlers=HANDLERS, max_concurrent_sagas=1000, tune_gc=tune_gc) as saga,
     ):
         await saga.register(DEFINITION)
         PROBE.reset(fail_ship=False)
@@ -559,6 +600,7 @@ async def main_async(args: argparse.Namespace) -> int:
                     concurrency=1 if one else args.concurrency,
                     warmup=min(args.warmup, 20) if one else args.warmup,
                     pg_admin=args.pg,
+                    tune_gc=args.gc_tuning,
                 )
 
             def peer(b: str = backend, s: str = scenario, one: bool = unloaded) -> Any:
@@ -656,6 +698,12 @@ def main() -> None:
         help="where profiles go: <stem>-main.prof, <stem>-store.prof or <stem>.html",
     )
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument(
+        "--gc-tuning",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="tune the garbage collector as `saga serve` does (Orchestrator(tune_gc=True))",
+    )
     args = parser.parse_args()
     if not args.scenarios or set(args.scenarios) - set(SCENARIOS):
         parser.error(f"--scenarios: choose from {','.join(SCENARIOS)}")
@@ -672,6 +720,7 @@ def main() -> None:
                     out=out,
                     top=args.top,
                     pg_admin=args.pg,
+                    tune_gc=args.gc_tuning,
                 )
             )
         )

@@ -87,6 +87,7 @@ async def serve(
         claim_poll_interval=settings.claim_poll_interval,
         max_takeovers=settings.max_takeovers,
         retention_days=settings.retention_days,
+        tune_gc=True,  # this process is ours: see engine/collector.py
     )
     await orchestrator.open()
     limiter = RateLimiter(settings.redis_url)

@@ -9,7 +9,6 @@ effects. No database lock is ever held across a participant call.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -106,6 +105,9 @@ TIMER_RETRY = 1.0
 """Seconds after which a wake-up that could not be written (database away) fires again."""
 CONFLICT_RETRIES = 5
 """Times an input is re-applied on a newer history after another writer moved it first."""
+WAIT_POLL = 0.05
+"""Seconds between reads of the store by ``Engine.wait`` for an instance this node does not
+drive (another node's, or one not loaded here)."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -640,6 +642,10 @@ class Engine:
         if live.lost:
             return
         live.lost = True
+        if not live.settled.is_set():
+            # Wake whoever waits for it to settle here: they read on from the store.
+            live.settled.set()
+            live.settled.clear()
         instance_id = live.state.instance_id
         if self._live.get(instance_id) is live:
             del self._live[instance_id]
@@ -1000,19 +1006,24 @@ class Engine:
     async def wait(
         self, tenant_id: str, instance_id: str, timeout: float | None = None
     ) -> SagaState:
-        """Until the instance is settled (terminal, or parked for an operator)."""
+        """Until the instance is settled (terminal, or parked for an operator).
+
+        An instance this node drives wakes its waiters when it settles, or when this node
+        stops driving it (``lost``): then, as for an instance driven elsewhere or not loaded,
+        the store is read every ``WAIT_POLL`` seconds."""
+        live = self._live.get(instance_id)
+        if live is not None and live.settled.is_set() and live.state.tenant_id == tenant_id:
+            return live.state  # no timer armed for what is already over
         async with asyncio.timeout(timeout):
             while True:
                 live = self._live.get(instance_id)
-                if live is None or live.state.tenant_id != tenant_id:
+                if live is None or live.lost or live.state.tenant_id != tenant_id:
                     state = await self.state(tenant_id, instance_id)
                     if state.status.is_settled:
                         return state
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(WAIT_POLL)
                     continue
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):
-                        await live.settled.wait()
+                await live.settled.wait()
                 if live.settled.is_set():
                     return live.state
 

@@ -175,6 +175,37 @@ async def test_a_deposed_owner_stops_at_once_and_calls_no_participant(
     assert participants.called() == ["reserve"]  # never went on to charge
 
 
+async def test_a_waiter_at_a_deposed_owner_learns_the_outcome_from_the_node_that_took_over(
+    node: Node, pg_url: str
+) -> None:
+    first, taker = Participants(NAMES), Participants(NAMES)
+    gate = first.gates["reserve"] = asyncio.Event()
+    a = await node(first, "a").open()
+    await a.register(ORDER)
+    started = await a.start("order", {})
+    await first.reached("reserve").wait()
+    keeper = a.engine.keeper
+    assert keeper is not None
+    keeper.stop_claiming()  # a must not claim the instance back before b does
+    waiting = asyncio.create_task(a.wait(started.instance_id, timeout=30))
+    await asyncio.sleep(0)  # the waiter waits on a's live copy
+    conn = await asyncpg.connect(pg_url)
+    try:  # a loses its lease, and it has expired: another node may claim the instance
+        await conn.execute(
+            "UPDATE instances SET owner_id = 'thief', lease_epoch = lease_epoch + 1, "
+            "lease_expires_at = now() - interval '1 second' WHERE instance_id = $1",
+            started.instance_id,
+        )
+    finally:
+        await conn.close()
+    gate.set()  # a's result is fenced off: a stops driving the instance
+    await until(lambda: a.engine.live_instances == 0)
+    await node(taker, "b").open()  # b claims it and completes it
+
+    assert (await waiting).status == "completed"
+    assert taker.counts() == {"reserve": 1, "charge": 1, "ship": 1}
+
+
 async def test_a_silent_owners_instances_are_taken_over_when_their_leases_expire(
     node: Node, pg_url: str
 ) -> None:
