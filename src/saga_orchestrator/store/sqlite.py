@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -400,7 +401,7 @@ def _connect(path: str, options: SqliteOptions) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, cached_statements=256)
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(options.busy_timeout_ms)}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(conn, options.busy_timeout_ms / 1000)
         conn.execute(f"PRAGMA synchronous = {options.synchronous}")
         conn.execute(f"PRAGMA cache_size = {-int(options.cache_size_kib)}")
         conn.execute("PRAGMA foreign_keys = ON")
@@ -408,6 +409,26 @@ def _connect(path: str, options: SqliteOptions) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Switch to WAL, retrying for up to ``timeout`` seconds.
+
+    Two connections opening a new file at once both change its journal mode; SQLite answers
+    the loser "database is locked" at once, without its busy handler (which would wait), so
+    the wait is done here.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc).lower() or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)  # on the store's own thread, never the event loop's
+        pause = min(pause * 2, 0.1)
 
 
 def _translate(exc: sqlite3.Error) -> StoreError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -123,3 +124,19 @@ def test_versions_may_skip_numbers_but_never_repeat() -> None:
         parse_migrations([("0001_a.sql", ""), ("0001_b.sql", "")])
     with pytest.raises(RuntimeError, match="from 1 up"):
         parse_migrations([("0000_zero.sql", ""), ("0001_a.sql", "")])
+
+
+async def test_many_processes_opening_a_new_sqlite_file_at_once_all_get_in(
+    tmp_path: Path,
+) -> None:
+    """Each new connection switches the file to WAL; SQLite answers the losers of that race
+    "database is locked" at once, without waiting: the store must wait and retry instead."""
+    for round_ in range(10):
+        url = f"sqlite:///{tmp_path / f'fresh-{round_}.db'}"
+        stores = [open_store(url) for _ in range(6)]
+        try:
+            versions = await asyncio.gather(*(store.migrate() for store in stores))
+        finally:
+            for store in stores:
+                await store.close()
+        assert versions == [LATEST] * 6
