@@ -20,7 +20,7 @@ from datetime import timedelta
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypedDict
 
 import orjson
 
@@ -177,6 +177,7 @@ class Orchestrator:
             ],
             clock=self.clock,
             options=EngineOptions(
+                **_write_profile(self.store),
                 max_concurrent_sagas=max_concurrent_sagas,
                 running_quota=self.running_quota,
                 leases=LeaseOptions(
@@ -378,3 +379,19 @@ def _version() -> str:
         return package_version("saga-orchestrator")
     except PackageNotFoundError:  # running from a source tree without installing
         return "unknown"
+
+
+class _WriteProfile(TypedDict):
+    max_batch: int
+    commit_lanes: int
+
+
+def _write_profile(store: Store) -> _WriteProfile:
+    """How the engine's group commit suits its store. PostgreSQL runs each transaction in a
+    server process of its own, so several smaller batches at once keep its cores busy while
+    the event loop plans the next (docs/performance.md: batches of 250, 4 at once, complete
+    8-12 % more sagas/s than 500, 2 at once); SQLite has one writer, so larger batches, and
+    one waiting behind the running one."""
+    if isinstance(store, PostgresStore):
+        return {"max_batch": 250, "commit_lanes": 4}
+    return {"max_batch": 500, "commit_lanes": 2}

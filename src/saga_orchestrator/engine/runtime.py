@@ -142,6 +142,8 @@ class EngineOptions:
     """Instances driven at once; further starts wait for a slot (back-pressure)."""
     max_batch: int = 500
     """Instances' appends per group-commit transaction."""
+    commit_lanes: int = 2
+    """Group-commit transactions in flight at once (see :class:`.BatchWriter`)."""
     running_quota: Callable[[str], Awaitable[int | None]] | None = None
     """A tenant's cap on its sagas running on this node at once (None: no cap), asked at every
     start (so it should answer from memory): a start over it is refused (429) instead of
@@ -170,7 +172,9 @@ class Engine:
         self.transports = tuple(transports)
         self.clock = clock or SystemClock()
         self.options = options or EngineOptions()
-        self.writer = BatchWriter(store, max_batch=self.options.max_batch)
+        self.writer = BatchWriter(
+            store, max_batch=self.options.max_batch, max_in_flight=self.options.commit_lanes
+        )
         self.timers = TimerQueue(self._on_timer)
         self.bus = EventBus()
         self.children = ChildSagas(self)
