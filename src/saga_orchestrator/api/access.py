@@ -110,9 +110,19 @@ class Access:
 
     async def __call__(self, request: Request) -> Principal | None:
         route = getattr(request.scope.get("route"), "path", None)
-        rule = rule_for(request.method, route) if route is not None else None
+        principal = await self.admit(request.method, route, request.headers.get("authorization"))
+        if principal is not None:
+            request.state.principal = principal
+        return principal
+
+    async def admit(
+        self, method: str, route: str | None, authorization: str | None
+    ) -> Principal | None:
+        """The caller of ``method`` on the route template ``route``, once its token, role and
+        rate limits let it in (``None`` for a public route); raises the refusal otherwise."""
+        rule = rule_for(method, route) if route is not None else None
         if rule is None:
-            raise Forbidden(f"{request.method} {route} has no access rule")
+            raise Forbidden(f"{method} {route} has no access rule")
         if isinstance(rule, Public):
             return None
         if self.authenticator is None:
@@ -123,14 +133,13 @@ class Access:
                 token_id=None,
             )
         else:
-            principal = await self.authenticator.authenticate(request.headers.get("authorization"))
+            principal = await self.authenticator.authenticate(authorization)
         context = current_context()
         context.actor = principal.subject
         context.tenant_id = principal.tenant_id
-        request.state.principal = principal
         if not principal.has(rule):
             raise Forbidden(f"this needs the {rule.value} role")
-        await self._limit(principal, request.method, route)
+        await self._limit(principal, method, route)
         return principal
 
     async def _limit(self, principal: Principal, method: str, route: str | None) -> None:

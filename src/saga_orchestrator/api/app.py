@@ -17,8 +17,9 @@ from importlib.metadata import version as package_version
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.routing import APIRoute
 
-from saga_orchestrator.api.access import Access
+from saga_orchestrator.api.access import START, Access
 from saga_orchestrator.api.dependencies import Services
+from saga_orchestrator.api.direct_start import DirectStart
 from saga_orchestrator.api.edge import EdgeMiddleware
 from saga_orchestrator.api.metrics import ApiMetrics
 from saga_orchestrator.api.openapi import SagaApi
@@ -95,9 +96,16 @@ def create_app(orchestrator: Orchestrator, options: ApiOptions | None = None) ->
         health,
     )
     routers = [module.router for module in modules]
-    ProblemHandlers(options.retry_after, allowed_methods(routers)).install(app)
+    problems = ProblemHandlers(options.retry_after, allowed_methods(routers))
+    problems.install(app)
     for router in routers:
         app.include_router(router)
+    direct_start = DirectStart(
+        access=access,
+        instances=services.instances,
+        problems=problems,
+        route=start_route(instances.router),
+    )
     app.add_middleware(
         EdgeMiddleware,
         access=access,
@@ -105,8 +113,17 @@ def create_app(orchestrator: Orchestrator, options: ApiOptions | None = None) ->
         store=orchestrator.store,
         default_actor=options.actor,
         max_body_bytes=options.max_body_bytes,
+        direct_start=direct_start,
     )
     return app
+
+
+def start_route(router: APIRouter) -> APIRoute:
+    """The route :class:`.DirectStart` stands in for."""
+    for route in router.routes:
+        if isinstance(route, APIRoute) and route.path == START and "POST" in (route.methods or ()):
+            return route
+    raise LookupError(f"no POST {START} route")
 
 
 def allowed_methods(routers: Sequence[APIRouter]) -> AllowedMethods:

@@ -11,9 +11,10 @@ In order, for each request:
 3. a start refused early: a caller whose tenant the limiter already knows is over its limits
    gets its 429 here (:meth:`.Access.known_refusal`), without routing, dependency resolution
    or a signature check, so that a flood costs the node as little as possible;
-4. the app; then, for a mutating call that ended in an error, its audit entry (nothing
+4. a well-formed start answered directly (:class:`.DirectStart`), without FastAPI's routing;
+5. the app; then, for a mutating call that ended in an error, its audit entry (nothing
    changed, so nothing else recorded it: :func:`.record_failure`);
-5. the request's count and duration in the metrics, labelled with its route's template.
+6. the request's count and duration in the metrics, labelled with its route's template.
 
 Each of these was a middleware of its own; merged, a request crosses one ``send`` wrapper and
 one frame instead of three.
@@ -28,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from saga_orchestrator.api.access import START, Access
 from saga_orchestrator.api.audit import RequestContext, record_failure, request_id_of, use_context
+from saga_orchestrator.api.direct_start import DirectStart
 from saga_orchestrator.api.metrics import UNMATCHED_ROUTE, ApiMetrics
 from saga_orchestrator.api.problems import TOO_LARGE, kind_of, problem
 from saga_orchestrator.store import Store
@@ -49,8 +51,10 @@ class EdgeMiddleware:
         store: Store,
         default_actor: str,
         max_body_bytes: int,
+        direct_start: DirectStart | None = None,
     ) -> None:
         self.app = app
+        self.direct_start = direct_start
         self.access = access
         self.metrics = metrics
         self.store = store
@@ -126,6 +130,11 @@ class EdgeMiddleware:
                 kind_of(error), str(error), instance=scope["path"], headers=error.headers
             )
             await response(scope, receive, send)
+            return START
+        direct = self.direct_start
+        if direct is not None and await direct.answer(
+            scope, receive, send, body=body, authorization=authorization, context=context
+        ):
             return START
         await self.app(scope, _replay(body, receive), send)
         return None

@@ -175,22 +175,20 @@ class ProblemHandlers:
         app.add_exception_handler(Exception, self.unexpected)
 
     async def saga_error(self, request: Request, error: SagaError) -> Response:
+        return self.saga_problem(error, request.url.path)
+
+    def saga_problem(self, error: SagaError, path: str) -> Response:
+        """The answer to ``error`` raised while serving ``path``."""
         kind = kind_of(error)
         if kind is INTERNAL:
-            log.error("request %s failed", request.url.path, exc_info=error)
+            log.error("request %s failed", path, exc_info=error)
         headers = {"Retry-After": self._retry_after} if kind.status == 503 else None
         if isinstance(error, Unauthenticated):
             headers = {"WWW-Authenticate": _challenge(error)}
         elif isinstance(error, RateLimited):
             headers = error.headers
         violations = error.violations if isinstance(error, DefinitionError) else ()
-        return problem(
-            kind,
-            str(error),
-            instance=request.url.path,
-            violations=violations,
-            headers=headers,
-        )
+        return problem(kind, str(error), instance=path, violations=violations, headers=headers)
 
     async def validation(self, request: Request, error: RequestValidationError) -> Response:
         violations = [
