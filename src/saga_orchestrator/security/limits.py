@@ -28,7 +28,9 @@ Several buckets that apply to one request (a tenant's requests, then its starts)
 refusal, so a start costs one round trip, and a request refused by one bucket spends none of
 the later ones. :meth:`RateLimiter.refusal_if_known` answers a chain the node already knows is
 refused (a remembered refusal, or the fallback's own bucket) without spending anything after
-the refused bucket: cheap enough for the API to ask before routing a request.
+the refused bucket: cheap enough for the API to ask before routing a request. The buckets
+before a refused one are spent from this node's estimate of them, paid to Redis shortly after
+in one script (:mod:`.limit_ledger`), so a flood of refused starts costs no round trip each.
 
 :class:`ConcurrencyQuota` caps the sagas a tenant runs at once; it counts on one node only.
 """
@@ -36,15 +38,16 @@ the refused bucket: cheap enough for the API to ask before routing a request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Final, Literal
+from typing import Any, Final, Literal
 from urllib.parse import quote
 
 import redis.asyncio as aioredis
@@ -53,6 +56,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from saga_orchestrator.errors import InvalidInput
+from saga_orchestrator.security.limit_ledger import SETTLE_DELAY, Debt, SpendLedger
 
 log = logging.getLogger("saga_orchestrator.limits")
 
@@ -288,6 +292,32 @@ return reply
 """
 _TAKE_SHA: Final = hashlib.sha1(_TAKE_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 
+# KEYS: buckets; ARGV: rate, burst and the tokens owed of each, in turn. Pays what a node spent
+# from its estimates (security/limit_ledger.py): refill, subtract (never below empty), and
+# return the tokens left in each, as strings.
+_DEBIT_SCRIPT: Final = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local stamp_text = string.format('%.17g', now)
+local reply = {}
+for i, key in ipairs(KEYS) do
+  local rate = tonumber(ARGV[3 * i - 2])
+  local burst = tonumber(ARGV[3 * i - 1])
+  local owed = tonumber(ARGV[3 * i])
+  local state = redis.call('HMGET', key, 'tokens', 'stamp')
+  local tokens = tonumber(state[1]) or burst
+  local stamp = tonumber(state[2]) or now
+  tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
+  tokens = math.max(0, tokens - owed)
+  local left = string.format('%.17g', tokens)
+  redis.call('HSET', key, 'tokens', left, 'stamp', stamp_text)
+  redis.call('PEXPIRE', key, math.ceil((burst - tokens) / rate * 1000) + 1000)
+  reply[#reply + 1] = left
+end
+return reply
+"""
+_DEBIT_SHA: Final = hashlib.sha1(_DEBIT_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+
 
 @dataclass(frozen=True, slots=True)
 class Bucket:
@@ -343,15 +373,32 @@ class RedisBuckets:
             for bucket in buckets
             for arg in (repr(float(bucket.limit.rate)), bucket.limit.burst, cost)
         ]
-        try:
-            reply = await self._client.evalsha(_TAKE_SHA, len(keys), *keys, *args)
-        except NoScriptError:
-            await self._client.script_load(_TAKE_SCRIPT)
-            reply = await self._client.evalsha(_TAKE_SHA, len(keys), *keys, *args)
+        reply = await self._script(_TAKE_SCRIPT, _TAKE_SHA, keys, args)
         return [
             _decide(bool(reply[2 * i]), float(reply[2 * i + 1]), bucket.limit, cost, bucket.policy)
             for i, bucket in enumerate(buckets[: len(reply) // 2])
         ]
+
+    async def debit(self, debts: Mapping[str, Debt]) -> dict[str, float]:
+        """Pay what was spent from estimates: the tokens each bucket holds afterwards."""
+        keys = list(debts)
+        args = [
+            arg
+            for key in keys
+            for arg in (repr(float(debts[key].rate)), debts[key].burst, debts[key].tokens)
+        ]
+        reply = await self._script(_DEBIT_SCRIPT, _DEBIT_SHA, keys, args)
+        return {key: float(left) for key, left in zip(keys, reply, strict=True)}
+
+    async def _script(
+        self, script: str, sha: str, keys: list[str], args: list[str | int]
+    ) -> list[Any]:
+        try:
+            reply: list[Any] = await self._client.evalsha(sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self._client.script_load(script)
+            reply = await self._client.evalsha(sha, len(keys), *keys, *args)
+        return reply
 
 
 class FallbackPolicy(StrEnum):
@@ -375,6 +422,8 @@ class LimiterCounters:
     """Decisions the fallback made (Redis absent, down, or in its cool-down)."""
     cached_refusals: int = 0
     """Refusals this node repeated without asking Redis."""
+    estimated_spends: int = 0
+    """Buckets spent from this node's estimate before a known refusal, paid to Redis later."""
     redis_skipped: int = 0
     """Checks sent to the fallback because every Redis connection stayed busy too long."""
     refused: int = 0
@@ -423,6 +472,8 @@ class RateLimiter:
         self._probing = False
         self._refusals: OrderedDict[str, _Refusal] = OrderedDict()
         self._max_keys = max_keys
+        self._ledger = SpendLedger(clock, max_keys)
+        self._settling: asyncio.Task[None] | None = None
         self._counters = LimiterCounters()
 
     @property
@@ -436,6 +487,10 @@ class RateLimiter:
         return replace(self._counters)
 
     async def aclose(self) -> None:
+        if self._settling is not None:
+            self._settling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._settling
         if self._redis is not None:
             await self._redis.aclose()
 
@@ -487,7 +542,7 @@ class RateLimiter:
         index, refusal = known
         for bucket in buckets:
             _check_cost(bucket.limit, cost)
-        before = await self._check_chain(buckets[:index], cost) if index else []
+        before = await self._spend_before(buckets[:index], cost) if index else []
         self._counters.refused += 1
         return before if before and not before[-1].allowed else [*before, refusal]
 
@@ -522,9 +577,63 @@ class RateLimiter:
                 continue
             if index == 0:
                 return [cached]
-            before = await self._check_chain(buckets[:index], cost)
+            before = await self._spend_before(buckets[:index], cost)
             return before if not before[-1].allowed else [*before, cached]
         return await self._ask_redis(buckets, cost)
+
+    async def _spend_before(self, buckets: Sequence[Bucket], cost: int) -> list[Decision]:
+        """Spend the buckets before a known refusal: from this node's estimates while Redis
+        decides and every estimate admits (no round trip; see :mod:`.limit_ledger`), else as
+        a chain of their own."""
+        if self._redis is None or self._down_until is not None:
+            return await self._check_chain(buckets, cost)
+        estimates: list[float] = []
+        for bucket in buckets:
+            limit = bucket.limit
+            after = self._ledger.tokens_after(bucket.key, limit.rate, limit.burst, cost)
+            if after is None:
+                return await self._check_chain(buckets, cost)
+            estimates.append(after)
+        decisions = []
+        for bucket, after in zip(buckets, estimates, strict=True):
+            self._ledger.spend(bucket.key, bucket.limit.rate, bucket.limit.burst, cost, after)
+            decisions.append(_decide(True, after, bucket.limit, cost, bucket.policy))
+        self._counters.estimated_spends += len(buckets)
+        self._schedule_settlement()
+        return decisions
+
+    async def settle(self) -> None:
+        """Wait until what was spent from estimates is paid to Redis (or forgiven)."""
+        while self._settling is not None:
+            await asyncio.shield(self._settling)
+
+    def _schedule_settlement(self) -> None:
+        if self._settling is None:
+            self._settling = asyncio.get_running_loop().create_task(
+                self._settle(), name="rate-limit-settlement"
+            )
+
+    async def _settle(self) -> None:
+        """Pay Redis what was spent from estimates, :data:`.SETTLE_DELAY` after the first."""
+        try:
+            await asyncio.sleep(SETTLE_DELAY)
+            debts = self._ledger.take_debts()
+            if not debts or self._redis is None or self._down_until is not None:
+                return  # an outage forgives them: the fallback decides meanwhile
+            try:
+                async with asyncio.timeout(self._timeout * 2):
+                    left = await self._redis.debit(debts)
+            except (RedisError, OSError, TimeoutError):
+                self._counters.redis_errors += 1
+                self._ledger.forget()  # the next check finds out what is wrong
+                return
+            for key, tokens in left.items():
+                debt = debts[key]
+                self._ledger.observe(key, debt.rate, debt.burst, tokens)
+        finally:
+            self._settling = None
+            if self._ledger.owes:
+                self._schedule_settlement()
 
     def _probe_due(self) -> bool:
         """Redis is down, its cool-down is over and no other check is probing it."""
@@ -548,6 +657,7 @@ class RateLimiter:
                     type(error).__name__, self._policy.value, self._cooldown,
                 )  # fmt: skip
             self._down_until = self._clock() + self._cooldown
+            self._ledger.forget()
             return self._fallback_chain(buckets, cost)
         finally:
             if probe:
@@ -556,6 +666,11 @@ class RateLimiter:
             return self._fallback_chain(buckets, cost)
         self._down_until = None
         self._counters.redis_checks += len(decisions)
+        for bucket, decision in zip(buckets, decisions, strict=False):
+            # Whole tokens: an estimate a fraction low only asks Redis a little sooner.
+            self._ledger.observe(
+                bucket.key, bucket.limit.rate, bucket.limit.burst, float(decision.remaining)
+            )
         last = decisions[-1]
         if not last.allowed:
             refused = buckets[len(decisions) - 1]

@@ -474,16 +474,51 @@ async def test_both_buckets_of_a_start_cost_one_round_trip(own_redis: RedisProce
             [True, False],
         ]
 
-        # Refused by Redis: the next refusal is known here; the first bucket is still spent
-        # in Redis, as a full check would spend it, and the refusal comes from memory.
+        # Refused by Redis: the next refusal is known here, and the first bucket is spent
+        # from this node's estimate of it, without a round trip...
         known = await limiter.refusal_if_known(chain_of("t", SLOW, two))
         assert known is not None
         assert [(d.policy, d.allowed, d.remaining) for d in known] == [
             ("requests", True, 1),
             ("starts", False, 0),
         ]
-        assert evalsha_calls(own_redis) == before + 4
+        assert evalsha_calls(own_redis) == before + 3
+        assert limiter.counters.estimated_spends == 1
+        # ... then paid to Redis in one script: it holds what a full check would have left.
+        client = redis.Redis(port=own_redis.port, decode_responses=True)
+        await asyncio.wait_for(limiter.settle(), timeout=10)
+        # The first payment loads its script: an EVALSHA refused with NOSCRIPT, then the call.
+        assert evalsha_calls(own_redis) == before + 5
+        assert float(client.hget(bucket_key("t", "requests"), "tokens") or "nan") == (
+            pytest.approx(1.0, abs=0.01)
+        )
         assert await limiter.refusal_if_known(chain_of("other", SLOW, two)) is None
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_first_bucket_perhaps_empty_is_asked_of_redis_before_a_known_refusal(
+    own_redis: RedisProcess,
+) -> None:
+    """An estimate only ever admits: when it says the first bucket may be empty, Redis
+    decides it, and its refusal is the answer."""
+    limiter = RateLimiter(own_redis.url, timeout=5.0)
+    two, one = Limit(rate=0.0001, burst=2), Limit(rate=0.0001, burst=1)
+    try:
+        assert [d.allowed for d in await limiter.check_chain(chain_of("t", two, one))] == [
+            True,
+            True,
+        ]
+        refused = await limiter.check_chain(chain_of("t", two, one))
+        assert [(d.policy, d.allowed, d.remaining) for d in refused] == [
+            ("requests", True, 0),
+            ("starts", False, 0),
+        ]
+        before = evalsha_calls(own_redis)
+        known = await limiter.refusal_if_known(chain_of("t", two, one))
+        assert known is not None and [(d.policy, d.allowed) for d in known] == [("requests", False)]
+        assert evalsha_calls(own_redis) == before + 1
+        assert limiter.counters.estimated_spends == 0
     finally:
         await limiter.aclose()
 
