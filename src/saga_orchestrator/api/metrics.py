@@ -52,6 +52,7 @@ class ApiMetrics:
             ["saga_name", "status"],
             registry=self.registry,
         )
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def watch_breakers(self, snapshots: Callable[[], Sequence[BreakerSnapshot]]) -> None:
         self.registry.register(BreakerCollector(snapshots))
@@ -63,8 +64,18 @@ class ApiMetrics:
         self.finished.labels(saga_name=saga_name, status=status.value).inc()
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method=method, route=route, status=str(status)).inc()
-        self.duration.labels(method=method, route=route).observe(seconds)
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            # Resolving labels costs a lock and a tuple per call: each request's children are
+            # found once (routes, methods and statuses are bounded sets).
+            children = (
+                self.requests.labels(method=method, route=route, status=str(status)),
+                self.duration.labels(method=method, route=route),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -175,12 +176,14 @@ def _ceil_seconds(seconds: float) -> int:
     return max(0, math.ceil(seconds - 1e-6))
 
 
+@functools.lru_cache(maxsize=256)  # policy names: a handful
 def _sf_string(text: str) -> str:
     """A Structured Field String (RFC 9651 section 3.3.3): printable ASCII, quoted, escaped."""
     printable = "".join(c if " " <= c <= "~" else "_" for c in text)
     return '"' + printable.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+@functools.lru_cache(maxsize=4096)  # every request asks for its tenant's keys
 def bucket_key(tenant_id: str, scope: str, partition: str | None = None) -> str:
     """``saga:rl:<tenant>:<scope>[:<partition>]``, each part percent-encoded so no two
     (tenant, scope, partition) triples share a key."""
