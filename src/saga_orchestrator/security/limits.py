@@ -259,20 +259,23 @@ class MemoryBuckets:
         return _decide(False, tokens, limit, cost, policy)
 
 
-# KEYS: the buckets, spent in order; ARGV: rate (tokens/s), burst and cost of each, in turn.
-# A refusal stops the chain: the buckets after it are neither spent nor touched (a request
-# already refused must not spend a start as well). Returns {allowed, tokens left} of each
-# bucket checked. One script, so several buckets cost one round trip and see one clock.
-# Floats travel as strings: Redis turns a Lua number reply into an integer.
+# KEYS: the buckets, spent in order; ARGV: the mode, then rate (tokens/s), burst and cost of
+# each bucket, in turn. Mode "take": a refusal stops the chain, and the buckets after it are
+# neither spent nor touched (a request already refused must not spend a start as well). Mode
+# "debit": pays what a node spent from its estimates (security/limit_ledger.py), never below
+# empty. Returns {allowed, tokens left} of each bucket checked. One script, so several buckets
+# cost one round trip and see one clock. Floats travel as strings: Redis turns a Lua number
+# reply into an integer.
 _TAKE_SCRIPT: Final = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local stamp_text = string.format('%.17g', now)
+local debit = ARGV[1] == 'debit'
 local reply = {}
 for i, key in ipairs(KEYS) do
-  local rate = tonumber(ARGV[3 * i - 2])
-  local burst = tonumber(ARGV[3 * i - 1])
-  local cost = tonumber(ARGV[3 * i])
+  local rate = tonumber(ARGV[3 * i - 1])
+  local burst = tonumber(ARGV[3 * i])
+  local cost = tonumber(ARGV[3 * i + 1])
   local state = redis.call('HMGET', key, 'tokens', 'stamp')
   local tokens = tonumber(state[1]) or burst
   local stamp = tonumber(state[2]) or now
@@ -280,6 +283,9 @@ for i, key in ipairs(KEYS) do
   local allowed = 0
   if tokens >= cost then
     tokens = tokens - cost
+    allowed = 1
+  elseif debit then
+    tokens = 0
     allowed = 1
   end
   local left = string.format('%.17g', tokens)
@@ -294,32 +300,6 @@ end
 return reply
 """
 _TAKE_SHA: Final = hashlib.sha1(_TAKE_SCRIPT.encode(), usedforsecurity=False).hexdigest()
-
-# KEYS: buckets; ARGV: rate, burst and the tokens owed of each, in turn. Pays what a node spent
-# from its estimates (security/limit_ledger.py): refill, subtract (never below empty), and
-# return the tokens left in each, as strings.
-_DEBIT_SCRIPT: Final = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local stamp_text = string.format('%.17g', now)
-local reply = {}
-for i, key in ipairs(KEYS) do
-  local rate = tonumber(ARGV[3 * i - 2])
-  local burst = tonumber(ARGV[3 * i - 1])
-  local owed = tonumber(ARGV[3 * i])
-  local state = redis.call('HMGET', key, 'tokens', 'stamp')
-  local tokens = tonumber(state[1]) or burst
-  local stamp = tonumber(state[2]) or now
-  tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
-  tokens = math.max(0, tokens - owed)
-  local left = string.format('%.17g', tokens)
-  redis.call('HSET', key, 'tokens', left, 'stamp', stamp_text)
-  redis.call('PEXPIRE', key, math.ceil((burst - tokens) / rate * 1000) + 1000)
-  reply[#reply + 1] = left
-end
-return reply
-"""
-_DEBIT_SHA: Final = hashlib.sha1(_DEBIT_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,7 +356,7 @@ class RedisBuckets:
             for bucket in buckets
             for arg in (repr(float(bucket.limit.rate)), bucket.limit.burst, cost)
         ]
-        reply = await self._script(_TAKE_SCRIPT, _TAKE_SHA, keys, args)
+        reply = await self._script(keys, ["take", *args])
         return [
             _decide(bool(reply[2 * i]), float(reply[2 * i + 1]), bucket.limit, cost, bucket.policy)
             for i, bucket in enumerate(buckets[: len(reply) // 2])
@@ -390,17 +370,15 @@ class RedisBuckets:
             for key in keys
             for arg in (repr(float(debts[key].rate)), debts[key].burst, debts[key].tokens)
         ]
-        reply = await self._script(_DEBIT_SCRIPT, _DEBIT_SHA, keys, args)
-        return {key: float(left) for key, left in zip(keys, reply, strict=True)}
+        reply = await self._script(keys, ["debit", *args])
+        return {key: float(reply[2 * i + 1]) for i, key in enumerate(keys)}
 
-    async def _script(
-        self, script: str, sha: str, keys: list[str], args: list[str | int]
-    ) -> list[Any]:
+    async def _script(self, keys: list[str], args: list[str | int]) -> list[Any]:
         try:
-            reply: list[Any] = await self._client.evalsha(sha, len(keys), *keys, *args)
+            reply: list[Any] = await self._client.evalsha(_TAKE_SHA, len(keys), *keys, *args)
         except NoScriptError:
-            await self._client.script_load(script)
-            reply = await self._client.evalsha(sha, len(keys), *keys, *args)
+            await self._client.script_load(_TAKE_SCRIPT)
+            reply = await self._client.evalsha(_TAKE_SHA, len(keys), *keys, *args)
         return reply
 
 
