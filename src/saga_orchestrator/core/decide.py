@@ -37,7 +37,13 @@ from saga_orchestrator.core.events import (
     SkipReason,
     StepFailed,
 )
-from saga_orchestrator.core.state import NodeState, PhaseProgress, SagaState, evolve
+from saga_orchestrator.core.state import (
+    PENDING_NODE,
+    NodeState,
+    PhaseProgress,
+    SagaState,
+    evolve,
+)
 from saga_orchestrator.core.status import InstanceStatus, StepStatus
 from saga_orchestrator.definition.compiler import CompiledDefinition, CompiledNode, NodeType
 from saga_orchestrator.definition.models import CompensateOnFailure, OnCompensationFailure, StepKind
@@ -198,8 +204,9 @@ class _Forward:
 
     def sequence(self, names: tuple[str, ...]) -> bool:
         """Advance a sequence; True when every node in it has finished."""
+        nodes = self.state.nodes
         for name in names:
-            node = self.state.node(name)
+            node = nodes.get(name) or PENDING_NODE  # SagaState.node, inlined: a hot loop
             status = node.status
             if status in _DONE:
                 continue
