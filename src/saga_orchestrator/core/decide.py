@@ -37,7 +37,13 @@ from saga_orchestrator.core.events import (
     SkipReason,
     StepFailed,
 )
-from saga_orchestrator.core.state import NodeState, PhaseProgress, SagaState, evolve
+from saga_orchestrator.core.state import (
+    PENDING_NODE,
+    NodeState,
+    PhaseProgress,
+    SagaState,
+    evolve,
+)
 from saga_orchestrator.core.status import InstanceStatus, StepStatus
 from saga_orchestrator.definition.compiler import CompiledDefinition, CompiledNode, NodeType
 from saga_orchestrator.definition.models import CompensateOnFailure, OnCompensationFailure, StepKind
@@ -82,17 +88,20 @@ def wake_at(state: SagaState) -> datetime | None:
     if state.deadline is not None and not state.deadline_passed:
         moments.append(state.deadline)
     for node in state.nodes.values():
-        _add_moment(moments, node.action)
-        _add_moment(moments, node.compensation)
+        # Both phases spelled out (no helper): this runs for every node of every decision.
+        action = node.action
+        if action.in_flight:
+            if action.deadline is not None:
+                moments.append(action.deadline)
+        elif action.retry_due is not None:
+            moments.append(action.retry_due)
+        undo = node.compensation
+        if undo.in_flight:
+            if undo.deadline is not None:
+                moments.append(undo.deadline)
+        elif undo.retry_due is not None:
+            moments.append(undo.retry_due)
     return min(moments, default=None)
-
-
-def _add_moment(moments: list[datetime], progress: PhaseProgress) -> None:
-    if progress.in_flight:
-        if progress.deadline is not None:
-            moments.append(progress.deadline)
-    elif progress.retry_due is not None:
-        moments.append(progress.retry_due)
 
 
 def _next_events(definition: CompiledDefinition, state: SagaState, now: datetime) -> list[Event]:
@@ -117,15 +126,15 @@ def _next_events(definition: CompiledDefinition, state: SagaState, now: datetime
 def _timeouts(state: SagaState, now: datetime) -> list[Event]:
     events: list[Event] = []
     for name, node in state.nodes.items():
-        if _overdue(node.action, now):
-            events.append(_timed_out(name, Phase.ACTION, node.action.attempts, now))
-        if _overdue(node.compensation, now):
-            events.append(_timed_out(name, Phase.COMPENSATION, node.compensation.attempts, now))
+        # Spelled out rather than a helper per phase: this runs for every node on every
+        # round of every decision.
+        action = node.action
+        if action.in_flight and action.deadline is not None and now >= action.deadline:
+            events.append(_timed_out(name, Phase.ACTION, action.attempts, now))
+        undo = node.compensation
+        if undo.in_flight and undo.deadline is not None and now >= undo.deadline:
+            events.append(_timed_out(name, Phase.COMPENSATION, undo.attempts, now))
     return events
-
-
-def _overdue(progress: PhaseProgress, now: datetime) -> bool:
-    return progress.in_flight and progress.deadline is not None and now >= progress.deadline
 
 
 def _timed_out(name: str, phase: Phase, attempt: int, now: datetime) -> AttemptFailed:
@@ -195,8 +204,9 @@ class _Forward:
 
     def sequence(self, names: tuple[str, ...]) -> bool:
         """Advance a sequence; True when every node in it has finished."""
+        nodes = self.state.nodes
         for name in names:
-            node = self.state.node(name)
+            node = nodes.get(name) or PENDING_NODE  # SagaState.node, inlined: a hot loop
             status = node.status
             if status in _DONE:
                 continue

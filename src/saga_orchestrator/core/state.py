@@ -141,6 +141,8 @@ _copy_node = replacer(NodeState)
 _copy_progress = replacer(PhaseProgress)
 
 _PENDING = NodeState()
+PENDING_NODE = _PENDING
+"""What ``SagaState.node`` gives for a node the history has not touched yet."""
 
 
 def initial_state(event: SagaStarted) -> SagaState:
@@ -236,26 +238,21 @@ def _attempt_scheduled(state: SagaState, event: AttemptScheduled) -> SagaState:
         started_at=before.started_at or event.at,
     )
     child = node.child_instance_id if event.child_instance_id is None else event.child_instance_id
+    # Copied here rather than through _with_phase: its keyword re-packing costs more than the
+    # copy itself on the two events of every step.
     if event.phase is Phase.ACTION:
-        return _with_phase(
-            state,
-            event.node,
+        copied = _copy_node(
             node,
-            event.phase,
-            progress,
+            action=progress,
             status=StepStatus.RUNNING,
             input=event.input,
             child_instance_id=child,
         )
-    return _with_phase(
-        state,
-        event.node,
-        node,
-        event.phase,
-        progress,
-        status=StepStatus.COMPENSATING,
-        child_instance_id=child,
-    )
+    else:
+        copied = _copy_node(
+            node, compensation=progress, status=StepStatus.COMPENSATING, child_instance_id=child
+        )
+    return _with_node(state, event.node, copied)
 
 
 def _attempt_succeeded(state: SagaState, event: AttemptSucceeded) -> SagaState:
@@ -268,18 +265,10 @@ def _attempt_succeeded(state: SagaState, event: AttemptSucceeded) -> SagaState:
         finished_at=event.at,
     )
     if event.phase is Phase.ACTION:
-        return _with_phase(
-            state,
-            event.node,
-            node,
-            event.phase,
-            progress,
-            status=StepStatus.SUCCEEDED,
-            output=event.output,
-        )
-    return _with_phase(
-        state, event.node, node, event.phase, progress, status=StepStatus.COMPENSATED
-    )
+        copied = _copy_node(node, action=progress, status=StepStatus.SUCCEEDED, output=event.output)
+    else:
+        copied = _copy_node(node, compensation=progress, status=StepStatus.COMPENSATED)
+    return _with_node(state, event.node, copied)
 
 
 def _attempt_failed(state: SagaState, event: AttemptFailed) -> SagaState:

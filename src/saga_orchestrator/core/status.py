@@ -4,6 +4,7 @@ and the API."""
 from __future__ import annotations
 
 import enum
+from functools import cached_property
 
 
 class InstanceStatus(enum.StrEnum):
@@ -17,12 +18,14 @@ class InstanceStatus(enum.StrEnum):
     CANCELLED = "cancelled"
     TIMED_OUT = "timed_out"
 
-    @property
+    # Cached on the member (a non-data descriptor, so later reads find the member's own
+    # attribute): the engine asks these a score of times per saga.
+    @cached_property
     def is_terminal(self) -> bool:
         """Nothing will ever happen to the instance again."""
         return self in _TERMINAL
 
-    @property
+    @cached_property
     def is_settled(self) -> bool:
         """Nothing happens without an operator: terminal, or parked in ``failed``."""
         return self in _TERMINAL or self is InstanceStatus.FAILED

@@ -9,6 +9,7 @@ effects. No database lock is ever held across a participant call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -108,6 +109,8 @@ CONFLICT_RETRIES = 5
 WAIT_POLL = 0.05
 """Seconds between reads of the store by ``Engine.wait`` for an instance this node does not
 drive (another node's, or one not loaded here)."""
+_NO_TIMEOUT = contextlib.nullcontext()
+_SETTLING = (AttemptFailed, AttemptSucceeded)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -415,9 +418,15 @@ class Engine:
         owns the instance or can take it (nobody's lease on it is current), else it is recorded
         here as an input alone, fenced by the sequence, and the owner decides what follows."""
         for _ in range(CONFLICT_RETRIES):
-            live = await self._driver_of(tenant_id, instance_id)
-            if live is None:
-                return await self._record_input(tenant_id, instance_id, make_events, audit)
+            # An instance this node drives is its own driver, leases or not: the common case
+            # skips the two coroutines of _driver_of and load.
+            live = self._live.get(instance_id)
+            if live is None or live.lost:
+                live = await self._driver_of(tenant_id, instance_id)
+                if live is None:
+                    return await self._record_input(tenant_id, instance_id, make_events, audit)
+            elif live.state.tenant_id != tenant_id:
+                raise NotFound(f"no instance {instance_id}")  # another tenant's: not found
             try:
                 state = await self._advance(live, make_events, audit=audit)
             except LeaseLost:
@@ -674,12 +683,13 @@ class Engine:
             listener(refs)
 
     def _cancel_settled_attempts(self, instance_id: str, events: Sequence[Event]) -> None:
-        current = asyncio.current_task()
         for event in events:
-            if isinstance(event, AttemptFailed | AttemptSucceeded):
+            if isinstance(event, _SETTLING):
                 key = (instance_id, event.node, event.phase, event.attempt)
                 task = self._attempt_tasks.get(key)
-                if task is not None and task is not current:
+                # The current task is looked up only for a match: an attempt recording its
+                # own outcome has left _attempt_tasks already.
+                if task is not None and task is not asyncio.current_task():
                     task.cancel()
 
     def _publish(self, request: AppendRequest, recorded_at: Any) -> None:
@@ -1018,7 +1028,10 @@ class Engine:
         live = self._live.get(instance_id)
         if live is not None and live.settled.is_set() and live.state.tenant_id == tenant_id:
             return live.state  # no timer armed for what is already over
-        async with asyncio.timeout(timeout):
+        # Without a timeout, asyncio.timeout(None) would still cost a Timeout object and a
+        # look-up of the current task on every wait.
+        limit = _NO_TIMEOUT if timeout is None else asyncio.timeout(timeout)
+        async with limit:
             while True:
                 live = self._live.get(instance_id)
                 if live is None or live.lost or live.state.tenant_id != tenant_id:

@@ -187,14 +187,15 @@ class _Planner:
         # so a test clock drives every stored timestamp.
         recorded_at = request.update.updated_at
         numbered = enumerate(request.events, start=request.expected_seq + 1)
+        # List comprehensions, not generators: this runs for every request of every batch.
         if self.cipher is None:
-            self.plan.events.extend(
+            self.plan.events += [
                 (tenant, instance_id, seq, event_type, data, recorded_at)
                 for seq, (event_type, data) in numbered
-            )
+            ]
         else:
             seal = self.cipher.seal
-            self.plan.events.extend(
+            self.plan.events += [
                 (
                     tenant,
                     instance_id,
@@ -204,10 +205,11 @@ class _Planner:
                     recorded_at,
                 )
                 for seq, (event_type, data) in numbered
-            )
+            ]
         last_seq = request.expected_seq + len(request.events)
         self.instances[instance_id] = (tenant, last_seq)
-        self.plan.outbox.extend((message, recorded_at) for message in request.outbox)
+        if request.outbox:
+            self.plan.outbox += [(message, recorded_at) for message in request.outbox]
         self.plan.timers[instance_id] = (tenant, request.update.wake_at)
         if request.audit is not None:
             self.plan.audit.append(request.audit)

@@ -119,22 +119,31 @@ async def _create_instances(conn: PoolConnectionProxy[asyncpg.Record], plan: Pla
     if not plan.created:
         return
     rows = [plan.created[iid] for iid in sorted(plan.created)]
-    creates, updates = [r.create for r in rows], [r.update for r in rows]
     inserted = await conn.fetch(
         sql.INSERT_INSTANCES,
-        [c.instance_id for c in creates],
-        [c.tenant_id for c in creates],
-        [c.definition_name for c in creates],
-        [c.definition_version for c in creates],
-        [str(u.status) for u in updates],
-        [_json(list(u.current_nodes)) for u in updates],
-        [r.last_seq for r in rows],
-        [utc(c.created_at) for c in creates],
-        [utc(u.updated_at) for u in updates],
-        [c.parent_instance_id for c in creates],
-        [c.parent_node for c in creates],
-        [c.idempotency_key for c in creates],
-        [None if r.lease is None else r.lease.owner for r in rows],
+        [
+            (
+                c.instance_id,
+                c.tenant_id,
+                c.definition_name,
+                c.definition_version,
+                str(r.update.status),
+                _json(list(r.update.current_nodes)),
+                r.last_seq,
+                utc(c.created_at),
+                utc(r.update.updated_at),
+                c.parent_instance_id,
+                c.parent_node,
+                c.idempotency_key,
+                None if r.lease is None else r.lease.owner,
+                None,
+                None,
+                None,
+                None,
+            )
+            for r in rows
+            for c in (r.create,)
+        ],
         [None if r.lease is None else r.lease.ttl for r in rows],
     )
     if len(inserted) != len(rows):
@@ -145,26 +154,40 @@ async def _write_rest(
     conn: PoolConnectionProxy[asyncpg.Record], plan: Plan, wake_ups: dict[str, datetime | None]
 ) -> None:
     if plan.updated:
-        ids = list(plan.updated)
-        updates = [plan.updated[iid] for iid in ids]
         await conn.execute(
             sql.UPDATE_INSTANCES,
-            ids,
-            [str(u.status) for u, _ in updates],
-            [_json(list(u.current_nodes)) for u, _ in updates],
-            [utc(u.updated_at) for u, _ in updates],
-            [last_seq for _, last_seq in updates],
+            [
+                # A record of the instances row type (see postgres_sql): only the columns
+                # the update sets.
+                (
+                    instance_id,
+                    None,
+                    None,
+                    None,
+                    str(u.status),
+                    _json(list(u.current_nodes)),
+                    last_seq,
+                    None,
+                    utc(u.updated_at),
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                )
+                for instance_id, (u, last_seq) in plan.updated.items()
+            ],
         )
     if plan.events:
-        events = plan.events
         await conn.execute(
             sql.INSERT_EVENTS,
-            [e[0] for e in events],
-            [e[1] for e in events],
-            [e[2] for e in events],
-            [e[3] for e in events],
-            [e[4].decode() for e in events],
-            [utc(e[5]) for e in events],
+            [
+                (tenant, iid, seq, typ, data.decode(), utc(at))
+                for tenant, iid, seq, typ, data, at in plan.events
+            ],
         )
     await _write_timers(conn, plan, wake_ups)
     await _write_outbox(conn, plan)
@@ -181,9 +204,9 @@ _NOTIFY_BYTES = 7000
 
 
 async def _notify(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> None:
-    last: dict[str, int] = {}
-    for event in plan.events:
-        last[event[1]] = max(last.get(event[1], 0), event[2])
+    # An instance's events follow one another in the plan (a later request of the batch
+    # continues where the earlier one ended), so its last row carries its highest sequence.
+    last = {event[1]: event[2] for event in plan.events}
     chunks: list[str] = []
     current: list[str] = []
     size = 0
@@ -217,12 +240,7 @@ async def _write_timers(
         elif current is None or fire_at != current:
             upserts.append((instance_id, tenant_id, utc(fire_at)))
     if upserts:
-        await conn.execute(
-            sql.UPSERT_TIMERS,
-            [t[0] for t in upserts],
-            [t[1] for t in upserts],
-            [t[2] for t in upserts],
-        )
+        await conn.execute(sql.UPSERT_TIMERS, upserts)
     if deletes:
         await conn.execute(sql.DELETE_TIMERS, deletes)
 

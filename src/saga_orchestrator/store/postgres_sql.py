@@ -106,30 +106,33 @@ INSERT INTO start_keys (tenant_id, idempotency_key, instance_id, request_digest,
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
 ON CONFLICT DO NOTHING
 RETURNING tenant_id, idempotency_key"""
+# Bulk writes pass one array of the table's own row type where they can, not one array per
+# column: asyncpg checks every array element against three abstract base classes in Python,
+# so a row of n columns would cost it n times the checks of one record; the server decodes
+# the same fields either way. A record's fields follow the table's column order (the
+# *_ROW helpers of postgres_append build them); columns a statement does not write are NULL.
 INSERT_INSTANCES: Final = """
 INSERT INTO instances
     (instance_id, tenant_id, definition_name, definition_version, status, current_nodes,
      last_seq, created_at, updated_at, parent_instance_id, parent_node, idempotency_key,
      owner_id, lease_epoch, lease_expires_at)
 SELECT u.instance_id, u.tenant_id, u.definition_name, u.definition_version, u.status,
-       u.current_nodes::jsonb, u.last_seq, u.created_at, u.updated_at,
+       u.current_nodes, u.last_seq, u.created_at, u.updated_at,
        u.parent_instance_id, u.parent_node, u.idempotency_key,
        -- An owner only while unfinished: a settled instance waits for whoever acts next.
        CASE WHEN u.status IN ('running', 'compensating') THEN u.owner_id END,
        CASE WHEN u.owner_id IS NULL THEN 0 ELSE 1 END,
        CASE WHEN u.owner_id IS NOT NULL AND u.status IN ('running', 'compensating')
             THEN now() + make_interval(secs => u.lease_ttl) END
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::bigint[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[],
-            $12::text[], $13::text[], $14::float8[])
+FROM unnest($1::instances[], $2::float8[])
      AS u (instance_id, tenant_id, definition_name, definition_version, status, current_nodes,
            last_seq, created_at, updated_at, parent_instance_id, parent_node, idempotency_key,
-           owner_id, lease_ttl)
+           owner_id, lease_epoch, lease_expires_at, takeovers, quarantined_at, lease_ttl)
 ON CONFLICT (instance_id) DO NOTHING
 RETURNING instance_id"""
 UPDATE_INSTANCES: Final = """
 UPDATE instances AS i
-SET status = u.status, current_nodes = u.current_nodes::jsonb, updated_at = u.updated_at,
+SET status = u.status, current_nodes = u.current_nodes, updated_at = u.updated_at,
     last_seq = u.last_seq,
     -- Settling gives the lease up (whoever acts next claims it). Appends leave the expiry
     -- alone (renewals extend it in batches), so an update that changes no indexed column
@@ -137,17 +140,15 @@ SET status = u.status, current_nodes = u.current_nodes::jsonb, updated_at = u.up
     owner_id = CASE WHEN u.status IN ('running', 'compensating') THEN i.owner_id END,
     lease_expires_at = CASE WHEN u.status IN ('running', 'compensating')
                             THEN i.lease_expires_at END
-FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[])
-     AS u (instance_id, status, current_nodes, updated_at, last_seq)
+FROM unnest($1::instances[]) AS u
 WHERE i.instance_id = u.instance_id"""
 INSERT_EVENTS: Final = """
 INSERT INTO events (tenant_id, instance_id, seq, type, data, recorded_at)
-SELECT u.tenant_id, u.instance_id, u.seq, u.type, u.data::jsonb, u.recorded_at
-FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[])
-     AS u (tenant_id, instance_id, seq, type, data, recorded_at)"""
+SELECT u.tenant_id, u.instance_id, u.seq, u.type, u.data, u.recorded_at
+FROM unnest($1::events[]) AS u"""
 UPSERT_TIMERS: Final = """
 INSERT INTO timers (instance_id, tenant_id, fire_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
+SELECT * FROM unnest($1::timers[])
 ON CONFLICT (instance_id) DO UPDATE SET fire_at = excluded.fire_at"""
 DELETE_TIMERS: Final = "DELETE FROM timers WHERE instance_id = ANY($1::text[])"
 # A message id already in the outbox is the same message written again: keep the first.
