@@ -604,9 +604,8 @@ class RateLimiter:
             try:
                 async with asyncio.timeout(self._timeout * 2):
                     left = await self._redis.debit(debts)
-            except (RedisError, OSError, TimeoutError):
-                self._counters.redis_errors += 1
-                self._ledger.forget()  # the next check finds out what is wrong
+            except (RedisError, OSError, TimeoutError) as error:
+                self._redis_failed(error)
                 return
             for key, tokens in left.items():
                 debt = debts[key]
@@ -615,6 +614,20 @@ class RateLimiter:
             self._settling = None
             if self._ledger.owes:
                 self._schedule_settlement()
+
+    def _redis_failed(self, error: Exception) -> None:
+        """Open the circuit: the fallback decides for a cool-down, and nothing Redis said
+        before (estimates, debts) is trusted after it."""
+        self._counters.redis_errors += 1
+        if self._down_until is None:
+            # Once per outage, not per check: while the fallback decides, a cluster's nodes
+            # each admit up to the limit, so an operator should know when it happens.
+            log.warning(
+                "Redis failed (%s): rate limits fall back to %s for %g s",
+                type(error).__name__, self._policy.value, self._cooldown,
+            )  # fmt: skip
+        self._down_until = self._clock() + self._cooldown
+        self._ledger.forget()
 
     def _probe_due(self) -> bool:
         """Redis is down, its cool-down is over and no other check is probing it."""
@@ -629,16 +642,7 @@ class RateLimiter:
         try:
             decisions = await self._take_in_slot(buckets, cost, probe=probe)
         except (RedisError, OSError, TimeoutError) as error:
-            self._counters.redis_errors += 1
-            if self._down_until is None:
-                # Once per outage, not per check: while the fallback decides, a cluster's nodes
-                # each admit up to the limit, so an operator should know when it happens.
-                log.warning(
-                    "Redis failed (%s): rate limits fall back to %s for %g s",
-                    type(error).__name__, self._policy.value, self._cooldown,
-                )  # fmt: skip
-            self._down_until = self._clock() + self._cooldown
-            self._ledger.forget()
+            self._redis_failed(error)
             return self._fallback_chain(buckets, cost)
         finally:
             if probe:

@@ -496,6 +496,33 @@ async def test_both_buckets_of_a_start_cost_one_round_trip(own_redis: RedisProce
         await limiter.aclose()
 
 
+async def test_a_spend_owed_to_a_redis_that_died_is_forgiven_and_the_fallback_takes_over(
+    own_redis: RedisProcess,
+) -> None:
+    limiter = RateLimiter(own_redis.url, timeout=0.5, cooldown=60)
+    two = Limit(rate=0.0001, burst=2)
+    try:
+        for _ in range(3):
+            await limiter.check_chain(chain_of("t", SLOW, two))  # the third is refused
+        known = await limiter.refusal_if_known(chain_of("t", SLOW, two))
+        assert known is not None and limiter.counters.estimated_spends == 1
+        own_redis.kill()  # before the spend is paid
+
+        await asyncio.wait_for(limiter.settle(), timeout=10)  # raises nothing
+
+        # The failed payment opened the circuit: the fallback decides (its own buckets for t
+        # are full), and Redis's remembered refusal is not what answers.
+        assert limiter.counters.redis_errors == 1
+        assert limiter.mode == "memory"
+        assert await limiter.refusal_if_known(chain_of("t", SLOW, two)) is None
+        assert [d.allowed for d in await limiter.check_chain(chain_of("t", SLOW, two))] == [
+            True,
+            True,
+        ]
+    finally:
+        await limiter.aclose()
+
+
 async def test_a_first_bucket_perhaps_empty_is_asked_of_redis_before_a_known_refusal(
     own_redis: RedisProcess,
 ) -> None:
