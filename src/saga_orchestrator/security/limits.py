@@ -19,9 +19,10 @@ A Redis error or timeout opens a circuit: the node uses the fallback for ``coold
 a dead Redis costs at most one short timeout per cool-down, not one per request. Redis trouble
 never raises out of :meth:`RateLimiter.check`.
 
-A refusal from Redis also tells when the bucket can hold the refused cost again; until then the
-node refuses that key itself, without a round trip, which keeps a flooding tenant's load off
-Redis (and off the other tenants' requests that share it).
+A refusal from Redis also tells when the bucket can hold the refused cost again, and so does an
+admission that left fewer tokens than it cost; until then the node refuses that key itself,
+without a round trip, which keeps a flooding tenant's load off Redis (and off the other
+tenants' requests that share it).
 
 Several buckets that apply to one request (a tenant's requests, then its starts) form a chain
 (:meth:`RateLimiter.check_chain`): one script spends them in order and stops at the first
@@ -639,6 +640,9 @@ class RateLimiter:
         probe = self._down_until is not None
         if probe:
             self._probing = True  # this caller probes; the others stay on the fallback meanwhile
+        # Before the round trip: Redis decided after this instant, so a bucket's refill,
+        # counted from here, is never later than Redis's own.
+        asked_at = self._clock()
         try:
             decisions = await self._take_in_slot(buckets, cost, probe=probe)
         except (RedisError, OSError, TimeoutError) as error:
@@ -656,10 +660,10 @@ class RateLimiter:
             self._ledger.observe(
                 bucket.key, bucket.limit.rate, bucket.limit.burst, float(decision.remaining)
             )
-        last = decisions[-1]
-        if not last.allowed:
-            refused = buckets[len(decisions) - 1]
-            self._remember_refusal(refused.key, refused.limit, cost, last)
+        for bucket, decision in zip(buckets, decisions, strict=False):
+            refusal = decision if not decision.allowed else _next_refusal(decision, bucket, cost)
+            if refusal is not None:
+                self._remember_refusal(bucket.key, bucket.limit, cost, refusal, asked_at)
         return decisions
 
     async def _take_in_slot(
@@ -703,9 +707,11 @@ class RateLimiter:
         wait = self._cooldown if down_until is None else max(0.0, down_until - self._clock())
         return replace(decision, retry_after=wait)
 
-    def _remember_refusal(self, key: str, limit: Limit, cost: int, decision: Decision) -> None:
+    def _remember_refusal(
+        self, key: str, limit: Limit, cost: int, decision: Decision, decided_after: float
+    ) -> None:
         # Tokens only come back at the refill rate, so until retry_after no cost as large fits.
-        until = self._clock() + decision.retry_after
+        until = decided_after + decision.retry_after
         self._refusals[key] = _Refusal(limit=limit, cost=cost, until=until, decision=decision)
         self._refusals.move_to_end(key)
         if len(self._refusals) > self._max_keys:
@@ -728,6 +734,18 @@ class RateLimiter:
             retry_after=refusal.until - now,
             reset_after=max(0.0, refusal.decision.reset_after - elapsed),
         )
+
+
+def _next_refusal(admitted: Decision, bucket: Bucket, cost: int) -> Decision | None:
+    """The refusal Redis would give the next ``cost`` after an admission that left the bucket
+    too few tokens for it, or ``None`` when it would admit. Other nodes' checks only take
+    tokens and the refill is the bucket's rate, so until those tokens are back the bucket
+    refuses, whoever asks: knowing it here spares the round trip of that refusal."""
+    limit = bucket.limit
+    tokens = limit.burst - admitted.reset_after * limit.rate
+    if tokens + 1e-6 >= cost:  # float noise of the round trip through reset_after: ask Redis
+        return None
+    return _decide(False, tokens, limit, cost, bucket.policy)
 
 
 class ConcurrencyQuota:

@@ -322,10 +322,11 @@ async def test_a_refusal_is_repeated_without_asking_redis_until_it_may_pass(
         results = [(await limiter.check(tenant, "starts", SLOW)).allowed for _ in range(8)]
         assert results == [True] * 5 + [False] * 3
         counters = limiter.counters
-        assert (counters.redis_checks, counters.cached_refusals) == (6, 2)
+        # The fifth admission left the bucket empty: the refusals after it are known here.
+        assert (counters.redis_checks, counters.cached_refusals) == (5, 3)
         raised = Limit(rate=0.0001, burst=10)  # a new limit is asked of Redis at once
         assert not (await limiter.check(tenant, "starts", raised)).allowed  # still empty
-        assert (limiter.counters.redis_checks, limiter.counters.cached_refusals) == (7, 2)
+        assert (limiter.counters.redis_checks, limiter.counters.cached_refusals) == (6, 3)
     finally:
         await limiter.aclose()
 
@@ -466,28 +467,29 @@ async def test_both_buckets_of_a_start_cost_one_round_trip(own_redis: RedisProce
     try:
         await limiter.check("warm", "requests", SLOW)  # loads the script
         before = evalsha_calls(own_redis)
-        decisions = [await limiter.check_chain(chain_of("t", SLOW, two)) for _ in range(3)]
-        assert evalsha_calls(own_redis) == before + 3
-        assert [[d.allowed for d in each] for each in decisions] == [
-            [True, True],
-            [True, True],
-            [True, False],
-        ]
+        decisions = [await limiter.check_chain(chain_of("t", SLOW, two)) for _ in range(2)]
+        assert evalsha_calls(own_redis) == before + 2
+        assert [[d.allowed for d in each] for each in decisions] == [[True, True], [True, True]]
 
-        # Refused by Redis: the next refusal is known here, and the first bucket is spent
-        # from this node's estimate of it, without a round trip...
+        # The second admission emptied the starts bucket: the next refusal is known here, and
+        # the first bucket is spent from this node's estimate of it, without a round trip...
+        refused = await limiter.check_chain(chain_of("t", SLOW, two))
         known = await limiter.refusal_if_known(chain_of("t", SLOW, two))
         assert known is not None
+        assert [(d.policy, d.allowed, d.remaining) for d in refused] == [
+            ("requests", True, 2),
+            ("starts", False, 0),
+        ]
         assert [(d.policy, d.allowed, d.remaining) for d in known] == [
             ("requests", True, 1),
             ("starts", False, 0),
         ]
-        assert evalsha_calls(own_redis) == before + 3
-        assert limiter.counters.estimated_spends == 1
-        # ... then paid to Redis in one script: it holds what a full check would have left.
+        assert evalsha_calls(own_redis) == before + 2
+        assert limiter.counters.estimated_spends == 2
+        # ... then paid to Redis in one script: it holds what full checks would have left.
         client = redis.Redis(port=own_redis.port, decode_responses=True)
         await asyncio.wait_for(limiter.settle(), timeout=10)
-        assert evalsha_calls(own_redis) == before + 4
+        assert evalsha_calls(own_redis) == before + 3
         assert float(client.hget(bucket_key("t", "requests"), "tokens") or "nan") == (
             pytest.approx(1.0, abs=0.01)
         )
@@ -502,8 +504,8 @@ async def test_a_spend_owed_to_a_redis_that_died_is_forgiven_and_the_fallback_ta
     limiter = RateLimiter(own_redis.url, timeout=0.5, cooldown=60)
     two = Limit(rate=0.0001, burst=2)
     try:
-        for _ in range(3):
-            await limiter.check_chain(chain_of("t", SLOW, two))  # the third is refused
+        for _ in range(2):
+            await limiter.check_chain(chain_of("t", SLOW, two))  # the second empties starts
         known = await limiter.refusal_if_known(chain_of("t", SLOW, two))
         assert known is not None and limiter.counters.estimated_spends == 1
         own_redis.kill()  # before the spend is paid
@@ -535,16 +537,23 @@ async def test_a_first_bucket_perhaps_empty_is_asked_of_redis_before_a_known_ref
             True,
             True,
         ]
+        # That admission emptied the starts bucket: the next start is refused here, its
+        # requests token spent from this node's estimate (the last token it knows of)...
+        before = evalsha_calls(own_redis)
         refused = await limiter.check_chain(chain_of("t", two, one))
         assert [(d.policy, d.allowed, d.remaining) for d in refused] == [
             ("requests", True, 0),
             ("starts", False, 0),
         ]
+        assert evalsha_calls(own_redis) == before
+        assert limiter.counters.estimated_spends == 1
+        await asyncio.wait_for(limiter.settle(), timeout=10)
+        # ... so now the estimate says the requests bucket may be empty: Redis decides it.
         before = evalsha_calls(own_redis)
         known = await limiter.refusal_if_known(chain_of("t", two, one))
         assert known is not None and [(d.policy, d.allowed) for d in known] == [("requests", False)]
         assert evalsha_calls(own_redis) == before + 1
-        assert limiter.counters.estimated_spends == 0
+        assert limiter.counters.estimated_spends == 1
     finally:
         await limiter.aclose()
 
@@ -564,7 +573,50 @@ async def test_a_refusal_of_the_first_bucket_known_from_redis_costs_no_round_tri
         assert known is not None and [(d.policy, d.allowed) for d in known] == [("requests", False)]
         assert known[0].retry_seconds() == refused[0].retry_seconds()
         assert evalsha_calls(own_redis) == before
-        assert limiter.counters.cached_refusals == 1
+        # Both known here: the admission before them left the requests bucket empty.
+        assert limiter.counters.cached_refusals == 2
+    finally:
+        await limiter.aclose()
+
+
+async def test_the_refusal_after_an_emptying_admission_is_what_redis_would_answer(
+    own_redis: RedisProcess,
+) -> None:
+    """An admission that leaves a bucket too few tokens tells this node that the next check
+    is refused until the refill: it answers as Redis does, without asking."""
+    node_a = RateLimiter(own_redis.url, timeout=5.0)
+    node_b = RateLimiter(own_redis.url, timeout=5.0)
+    one = Limit(rate=0.0001, burst=1)
+    try:
+        admitted = await node_a.check_chain(chain_of("t", SLOW, one))
+        assert [(d.allowed, d.remaining) for d in admitted] == [(True, 4), (True, 0)]
+        before = evalsha_calls(own_redis)
+
+        known = await node_a.check_chain(chain_of("t", SLOW, one))
+        asked = await node_b.check_chain(chain_of("t", SLOW, one))  # a node that knows nothing
+
+        assert evalsha_calls(own_redis) == before + 1  # node_b's question only
+        assert node_a.counters.cached_refusals == 1
+        summary = [(d.policy, d.allowed, d.remaining, d.retry_seconds()) for d in known]
+        assert summary == [(d.policy, d.allowed, d.remaining, d.retry_seconds()) for d in asked]
+        assert summary == [("requests", True, 3, 1), ("starts", False, 0, 10_000)]
+    finally:
+        await node_a.aclose()
+        await node_b.aclose()
+
+
+async def test_a_refusal_known_from_an_admission_ends_when_the_bucket_refills(
+    own_redis: RedisProcess,
+) -> None:
+    limiter = RateLimiter(own_redis.url, timeout=5.0)
+    fast = Limit(rate=20.0, burst=1)  # a token every 50 ms
+    try:
+        assert (await limiter.check("t", "starts", fast)).allowed
+        assert not (await limiter.check("t", "starts", fast)).allowed  # known here
+        assert (limiter.counters.redis_checks, limiter.counters.cached_refusals) == (1, 1)
+        await asyncio.sleep(0.1)
+        assert (await limiter.check("t", "starts", fast)).allowed  # asked of Redis again
+        assert limiter.counters.redis_checks == 2
     finally:
         await limiter.aclose()
 
