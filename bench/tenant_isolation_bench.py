@@ -29,6 +29,15 @@ each after the node drained (no running instance) and the noisy buckets refilled
   quota, all of it admitted. It tells what the other tenant's *entitled* load costs the quiet
   one, apart from what the refusals cost (flood/at-quota).
 
+The flood's process runs at CPU niceness ``--flood-nice`` (19 by default). A flooding
+tenant sends from its own machines, so its client's CPU does not compete with the node's.
+Here the client shares the node's two cores, and at the default priority the scheduler
+splits them between the flood's client (about 0.3 cores at 500 requests/s) and the node, so
+the quiet tenant's latency measures that competition as well as the node. At nice 19 the
+flood still gets every idle cycle, and the report checks the rate it actually reached.
+``--flood-nice 0`` measures the shared-box case. The quiet tenant's client and Redis keep
+the node's priority.
+
 Before the rounds, an untimed warm-up flood of ``--warmup`` seconds. With ``--stop-redis``
 (the private Redis only) a last flood phase stops Redis halfway through and reports what the
 node answered afterwards (its own buckets take over: neither 5xx nor fail-open).
@@ -186,7 +195,7 @@ async def run_phase(
             clients=args.flood_clients,
             seconds=seconds + 2 * args.lead,
         )
-        flood = await FloodProcess.spawn(order)
+        flood = await FloodProcess.spawn(order, niceness=args.flood_nice)
     try:
         quiet, cpu, report = await _loads(bench, flood, kind, seconds)
     finally:
@@ -329,7 +338,8 @@ def describe_setup(args: argparse.Namespace, limits: Limits) -> str:
         f"saga serve on {store}, Redis: {redis.get(args.redis, args.redis)}; {args.steps} "
         f"no-op steps per saga. Quota {limits.quota:g} starts/s per tenant (bucket "
         f"{limits.burst}), {args.request_quota:g} requests/s. Quiet: {args.quiet_rate:g} "
-        f"starts/s; noisy: {limits.flood_rate:g}/s over {args.flood_clients} connections. "
+        f"starts/s; noisy: {limits.flood_rate:g}/s over {args.flood_clients} connections "
+        f"(its process at nice {args.flood_nice}). "
         f"{args.rounds} rounds of {args.seconds:g} s phases."
     )
 
@@ -378,6 +388,12 @@ def parser() -> argparse.ArgumentParser:
     add("--request-quota", type=float, default=100.0, help="RATE_LIMIT_REQUESTS (the default)")
     add("--flood-factor", type=float, default=10.0, help="the noisy tenant's rate / its quota")
     add("--flood-clients", type=int, default=16, help="the flood's concurrent connections")
+    add(
+        "--flood-nice",
+        type=int,
+        default=19,
+        help="CPU niceness of the flood's process (0: the node's priority)",
+    )
     add("--lead", type=float, default=1.0, help="flood seconds before and after the quiet load")
     add("--steps", type=int, default=3, help="no-op steps per saga")
     add("--warmup", type=float, default=3.0, help="seconds of untimed flood first (0: none)")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Awaitable
@@ -179,9 +180,12 @@ class FloodProcess:
         self._process = process
 
     @classmethod
-    async def spawn(cls, order: FloodOrder) -> FloodProcess:
+    async def spawn(cls, order: FloodOrder, *, niceness: int = 0) -> FloodProcess:
+        """``niceness`` > 0 runs the flood at that lower CPU priority (``os.nice`` in the child,
+        before it imports anything)."""
         process = await asyncio.create_subprocess_exec(
             sys.executable, __file__,
+            preexec_fn=(lambda: os.nice(niceness)) if niceness > 0 else None,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         flood_process = cls(process)
