@@ -597,6 +597,7 @@ class RateLimiter:
 
     async def _settle(self) -> None:
         """Pay Redis what was spent from estimates, :data:`.SETTLE_DELAY` after the first."""
+        stopped = False
         try:
             await asyncio.sleep(SETTLE_DELAY)
             debts = self._ledger.take_debts()
@@ -611,9 +612,14 @@ class RateLimiter:
             for key, tokens in left.items():
                 debt = debts[key]
                 self._ledger.observe(key, debt.rate, debt.burst, tokens)
+        except (asyncio.CancelledError, GeneratorExit):
+            # Closed (aclose) or dropped with its event loop: what is still owed is forgiven,
+            # and no new settlement may start (there may be no loop to run it).
+            stopped = True
+            raise
         finally:
             self._settling = None
-            if self._ledger.owes:
+            if not stopped and self._ledger.owes:
                 self._schedule_settlement()
 
     def _redis_failed(self, error: Exception) -> None:

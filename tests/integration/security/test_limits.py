@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -619,6 +620,50 @@ async def test_a_refusal_known_from_an_admission_ends_when_the_bucket_refills(
         assert limiter.counters.redis_checks == 2
     finally:
         await limiter.aclose()
+
+
+DROPPED_WITH_ITS_LOOP = """
+import asyncio, gc, sys
+from saga_orchestrator.security.limits import Bucket, Limit, RateLimiter, bucket_key
+
+caught = []
+sys.unraisablehook = caught.append
+
+async def spend_and_leave(url):
+    limiter = RateLimiter(url, timeout=5.0)
+    slow, two = Limit(rate=0.0001, burst=5), Limit(rate=0.0001, burst=2)
+    tenant = sys.argv[2]
+    chain = [Bucket(bucket_key(tenant, "requests"), slow, "requests"),
+             Bucket(bucket_key(tenant, "starts"), two, "starts")]
+    for _ in range(2):
+        await limiter.check_chain(chain)
+    assert await limiter.refusal_if_known(chain) is not None
+    assert limiter.counters.estimated_spends == 1
+    return limiter  # never closed: its settlement is pending when the loop goes
+
+loop = asyncio.new_event_loop()
+kept = loop.run_until_complete(spend_and_leave(sys.argv[1]))
+loop.close()
+del kept
+gc.collect()
+print("unraisable:", [repr(c.exc_value) for c in caught])
+"""
+
+
+def test_a_limiter_dropped_with_its_event_loop_raises_nothing_later(
+    shared_redis_url: str, tenant: str
+) -> None:
+    """A host may close its loop without closing the limiter: the settlement left pending then
+    must not try to start another one when it is destroyed (there is no loop any more)."""
+    done = subprocess.run(
+        [sys.executable, "-c", DROPPED_WITH_ITS_LOOP, shared_redis_url, tenant],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "unraisable: []" in done.stdout, done.stdout + done.stderr
 
 
 async def test_a_known_refusal_survives_a_redis_outage_only_through_the_fallback(
