@@ -666,7 +666,6 @@ class RateLimiter:
             self._ledger.observe(
                 bucket.key, bucket.limit.rate, bucket.limit.burst, float(decision.remaining)
             )
-        for bucket, decision in zip(buckets, decisions, strict=False):
             refusal = decision if not decision.allowed else _next_refusal(decision, bucket, cost)
             if refusal is not None:
                 self._remember_refusal(bucket.key, bucket.limit, cost, refusal, asked_at)
