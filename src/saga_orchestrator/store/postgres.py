@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -47,6 +48,11 @@ from saga_orchestrator.store.listing import listing_where, make_page, numbered_p
 from saga_orchestrator.store.migrator import load_migrations
 from saga_orchestrator.store.postgres_append import append_batch
 from saga_orchestrator.store.postgres_listen import EventListener
+from saga_orchestrator.store.postgres_statistics import (
+    StatisticsKeeper,
+    analyze_grown,
+    grown_tables,
+)
 from saga_orchestrator.store.protocol import (
     AppendRequest,
     AppendResult,
@@ -75,6 +81,8 @@ from saga_orchestrator.store.protocol import (
 
 if TYPE_CHECKING:
     from asyncpg.pool import Pool, PoolConnectionProxy
+
+log = logging.getLogger("saga_orchestrator.store")
 
 _UNAVAILABLE = (
     OSError,
@@ -106,6 +114,9 @@ class PostgresOptions:
     """Upper bound on concurrent connections for the chores that span tenants."""
     command_timeout: float | None = 60.0
     """Seconds before a single statement is abandoned (None: no limit)."""
+    rows_between_statistics_checks: int = 4096
+    """Rows written between two checks for tables grown enough to analyze (see
+    :mod:`~saga_orchestrator.store.postgres_statistics`)."""
 
 
 class PostgresStore:
@@ -127,6 +138,10 @@ class PostgresStore:
         self._pools: dict[str, Pool[asyncpg.Record]] = {}
         self._pool_lock = asyncio.Lock()
         self._closed = False
+        self.statistics = StatisticsKeeper(
+            self._analyze_grown,
+            rows_between_checks=self._options.rows_between_statistics_checks,
+        )
 
     @property
     def options(self) -> PostgresOptions:
@@ -205,6 +220,7 @@ class PostgresStore:
                 await conn.close()
 
     async def close(self) -> None:
+        await self.statistics.aclose()
         async with self._pool_lock:
             self._closed = True
             pools, self._pools = list(self._pools.values()), {}
@@ -377,7 +393,18 @@ class PostgresStore:
             return []
         validate(requests)
         async with self._tenants(*{r.tenant_id for r in requests}) as conn:
-            return await append_batch(conn, requests, self._cipher)
+            results = await append_batch(conn, requests, self._cipher)
+        self.statistics.wrote(sum([len(r.events) for r in requests]))
+        return results
+
+    async def _analyze_grown(self) -> None:
+        async with self._cluster() as conn:
+            if not await grown_tables(conn, analyzable_only=False):
+                return
+        async with self._owner() as conn:
+            analyzed = await analyze_grown(conn)
+        if analyzed:
+            log.info("analyzed %s: they doubled since their last statistics", ", ".join(analyzed))
 
     async def load_events(
         self, tenant_id: str, instance_id: str, after_seq: int = 0, limit: int | None = None
