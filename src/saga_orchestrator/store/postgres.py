@@ -399,12 +399,22 @@ class PostgresStore:
 
     async def _analyze_grown(self) -> None:
         async with self._cluster() as conn:
-            if not await grown_tables(conn, analyzable_only=False):
+            if not await grown_tables(conn):
                 return
         async with self._owner() as conn:
-            analyzed = await analyze_grown(conn)
-        if analyzed:
-            log.info("analyzed %s: they doubled since their last statistics", ", ".join(analyzed))
+            analysis = await analyze_grown(conn)
+        if analysis.analyzed:
+            log.info(
+                "analyzed %s: they doubled since their last statistics",
+                ", ".join(analysis.analyzed),
+            )
+        if analysis.not_owned:
+            # Checking again would open a session for nothing, every few thousand rows.
+            self.statistics.stop()
+            log.info(
+                "the database login does not own %s: their planner statistics are left to "
+                "autovacuum", ", ".join(analysis.not_owned),
+            )  # fmt: skip
 
     async def load_events(
         self, tenant_id: str, instance_id: str, after_seq: int = 0, limit: int | None = None

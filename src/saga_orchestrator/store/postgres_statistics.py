@@ -17,8 +17,9 @@ remains what keeps statistics current in the long run.
 
 ``ANALYZE`` needs the table's owner, and the store's pools work as roles that are not (see
 :mod:`saga_orchestrator.store.postgres`): the check runs as the URL's login, the schema's
-owner, and skips tables that login may not analyze. That session is opened only when a
-table has grown: the cheap check before it runs on the store's chores pool.
+owner. That session is opened only when a table has grown: the cheap check before it runs on
+the store's chores pool. A login that does not own the tables stops the checks for good, and
+leaves the statistics to autovacuum.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 import asyncpg
@@ -50,36 +52,42 @@ matters; a never-analyzed table counts as this big."""
 # The planner reads a table's current size at planning time, but a cached generic plan does
 # not; pg_class.relpages is the size the last ANALYZE (or VACUUM) saw.
 GROWN_TABLES: Final = """
-SELECT format('%I.%I', n.nspname, c.relname)
+SELECT format('%I.%I', n.nspname, c.relname), pg_has_role(c.relowner, 'USAGE')
 FROM unnest($1::text[]) AS wanted(name)
 JOIN pg_class AS c ON c.oid = to_regclass(wanted.name)
 JOIN pg_namespace AS n ON n.oid = c.relnamespace
-WHERE (NOT $3::bool OR pg_has_role(c.relowner, 'USAGE'))
-  AND pg_relation_size(c.oid)
+WHERE pg_relation_size(c.oid)
       > 2 * greatest(c.relpages, $2::int)::bigint * current_setting('block_size')::bigint
 ORDER BY 1"""
 
 
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    analyzed: list[str]
+    not_owned: list[str]
+    """Tables that doubled but that this session's role may not analyze."""
+
+
 async def grown_tables(
-    conn: Connection,
-    *,
-    analyzable_only: bool,
-    tables: Sequence[str] = HOT_TABLES,
-    min_pages: int = MIN_PAGES,
-) -> list[str]:
-    """Those of ``tables`` that doubled since their last statistics (only those this
-    session's role may analyze, with ``analyzable_only``), as quoted qualified names."""
-    rows = await conn.fetch(GROWN_TABLES, list(tables), min_pages, analyzable_only)
-    return [row[0] for row in rows]
+    conn: Connection, tables: Sequence[str] = HOT_TABLES, min_pages: int = MIN_PAGES
+) -> list[tuple[str, bool]]:
+    """Those of ``tables`` that doubled since their last statistics, as quoted qualified
+    names, each with whether this session's role may analyze it."""
+    rows = await conn.fetch(GROWN_TABLES, list(tables), min_pages)
+    return [(row[0], bool(row[1])) for row in rows]
 
 
-async def analyze_grown(conn: Connection, tables: Sequence[str] = HOT_TABLES) -> list[str]:
-    """Analyze those of ``tables`` that doubled and this session may analyze; their names."""
-    grown = await grown_tables(conn, analyzable_only=True, tables=tables)
-    if grown:
+async def analyze_grown(conn: Connection, tables: Sequence[str] = HOT_TABLES) -> Analysis:
+    """Analyze those of ``tables`` that doubled and that this session may analyze."""
+    grown = await grown_tables(conn, tables)
+    analysis = Analysis(
+        analyzed=[name for name, may in grown if may],
+        not_owned=[name for name, may in grown if not may],
+    )
+    if analysis.analyzed:
         # The names come quoted from format('%I.%I'): nothing from outside reaches this text.
-        await conn.execute(f"ANALYZE {', '.join(grown)}")
-    return grown
+        await conn.execute(f"ANALYZE {', '.join(analysis.analyzed)}")
+    return analysis
 
 
 class StatisticsKeeper:
@@ -107,6 +115,10 @@ class StatisticsKeeper:
         self._written = 0
         self.checks += 1
         self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        """Start no more checks (the one running, if any, ends on its own)."""
+        self._closed = True
 
     async def settled(self) -> None:
         """Return once no check is running (the one running now, if any, has ended)."""

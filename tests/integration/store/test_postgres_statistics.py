@@ -3,7 +3,10 @@ outlive it (see :mod:`saga_orchestrator.store.postgres_statistics`)."""
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -134,3 +137,38 @@ async def test_a_plan_made_over_a_few_rows_gives_way_to_the_primary_key(
 
     # The analysis invalidated the session's cached plan: it now probes the primary key.
     assert "Index Scan using instances_pkey" in await update_plan(app_session)
+
+
+@pytest_asyncio.fixture
+async def guest_url(quiet_database: str) -> AsyncIterator[str]:
+    """The database's URL with a login that may act as the store's roles but owns nothing."""
+    role = f"saga_stats_guest_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(quiet_database)
+    try:
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        await admin.execute(f'GRANT saga_app, saga_cluster TO "{role}"')
+        url = urlsplit(quiet_database)
+        yield urlunsplit(url._replace(netloc=f"{role}@{url.hostname}:{url.port}"))
+    finally:
+        await admin.execute(f'DROP ROLE "{role}"')
+        await admin.close()
+
+
+async def test_a_login_that_owns_no_table_stops_checking(
+    guest_url: str, quiet_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = PostgresStore(guest_url, PostgresOptions(rows_between_statistics_checks=500))
+    try:
+        with caplog.at_level(logging.INFO, logger="saga_orchestrator.store"):
+            await fill(store, 0, 3_000)
+            await store.statistics.settled()
+        checks = store.statistics.checks
+        assert checks >= 1
+        assert "does not own" in caplog.text
+
+        await fill(store, 3_000, 3_000)
+        await store.statistics.settled()
+        assert store.statistics.checks == checks, "checks go on after the login proved powerless"
+        assert (await analyses(quiet_database))["instances"][0] == 0
+    finally:
+        await store.close()
