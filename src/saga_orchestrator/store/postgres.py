@@ -115,7 +115,8 @@ class PostgresOptions:
     command_timeout: float | None = 60.0
     """Seconds before a single statement is abandoned (None: no limit)."""
     rows_between_statistics_checks: int = 4096
-    """Rows written between two checks for tables grown enough to analyze (see
+    """Events (the bulk of what appends write) between two checks for tables grown enough to
+    analyze (see
     :mod:`~saga_orchestrator.store.postgres_statistics`)."""
 
 

@@ -9,11 +9,11 @@ batch instead of a primary-key probe per row; each batch then got slower as the 
 (10-38 ms per batch at 60,000 rows). Autovacuum analyzes a new table only at its next round
 (a minute by default), and a busy node writes tens of thousands of rows before that.
 
-So the store analyzes its hot tables as they grow: after every ``rows_between_checks`` rows it
-writes, it asks PostgreSQL which of them now take more than twice the pages they had when last
-analyzed, and analyzes those, from a task of its own so that no append waits. Doubling keeps
-this to a logarithmic number of ``ANALYZE`` runs, each reading a bounded sample; autovacuum
-remains what keeps statistics current in the long run.
+So the store analyzes its hot tables as they grow: after every ``rows_between_checks`` events
+it writes (the bulk of its rows), it asks PostgreSQL which of them now take more than twice
+the pages they had when last analyzed, and analyzes those, from a task of its own so that no
+append waits. Doubling keeps this to a logarithmic number of ``ANALYZE`` runs, each reading
+a bounded sample; autovacuum remains what keeps statistics current in the long run.
 
 ``ANALYZE`` needs the table's owner, and the store's pools work as roles that are not (see
 :mod:`saga_orchestrator.store.postgres`): the check runs as the URL's login, the schema's
