@@ -9,11 +9,12 @@ batch instead of a primary-key probe per row; each batch then got slower as the 
 (10-38 ms per batch at 60,000 rows). Autovacuum analyzes a new table only at its next round
 (a minute by default), and a busy node writes tens of thousands of rows before that.
 
-So the store analyzes its hot tables as they grow: after every ``rows_between_checks`` events
-it writes (the bulk of its rows), it asks PostgreSQL which of them now take more than twice
-the pages they had when last analyzed, and analyzes those, from a task of its own so that no
-append waits. Doubling keeps this to a logarithmic number of ``ANALYZE`` runs, each reading
-a bounded sample; autovacuum remains what keeps statistics current in the long run.
+So the store analyzes its hot tables as they grow: every so many events it writes (the bulk
+of its rows; see :class:`StatisticsKeeper`), it asks PostgreSQL which of them now take more
+than twice the pages they had when last analyzed, and analyzes those, from a task of its own
+so that no append waits. Doubling keeps this to a logarithmic number of ``ANALYZE`` runs,
+each reading a bounded sample; autovacuum remains what keeps statistics current in the long
+run.
 
 ``ANALYZE`` needs the table's owner, and the store's pools work as roles that are not (see
 :mod:`saga_orchestrator.store.postgres`): the check runs as the URL's login, the schema's
@@ -45,9 +46,9 @@ log = logging.getLogger("saga_orchestrator.store")
 HOT_TABLES: Final = ("instances", "events", "timers", "start_keys", "outbox", "audit_log")
 """The tables every group commit writes to (or may)."""
 
-MIN_PAGES: Final = 16
-"""Below this size (128 KiB at PostgreSQL's default block size) a table's plan barely
-matters; a never-analyzed table counts as this big."""
+MIN_PAGES: Final = 4
+"""A never-analyzed table counts as this big (32 KiB at PostgreSQL's default block size), so
+it is first analyzed at twice that: by then a plan made over an empty table already costs."""
 
 # The planner reads a table's current size at planning time, but a cached generic plan does
 # not; pg_class.relpages is the size the last ANALYZE (or VACUUM) saw. The tables are picked
@@ -92,17 +93,29 @@ async def analyze_grown(conn: Connection, tables: Sequence[str] = HOT_TABLES) ->
 
 
 class StatisticsKeeper:
-    """Runs ``check`` in the background once every ``rows_between_checks`` written rows,
-    never two at once; a failed check is logged and the next one tries again."""
+    """Runs ``check`` in the background as rows are written, never two at once; a failed
+    check is logged and the next one tries again.
+
+    A bad plan costs more the larger the table, and a new table grows fastest relative to its
+    size at first, so checks start early and spread out as the store writes: the first after
+    ``first_check_after`` rows, then each after a quarter of all the rows written so far, at
+    most ``rows_between_checks`` apart."""
 
     def __init__(
-        self, check: Callable[[], Awaitable[object]], *, rows_between_checks: int = 4096
+        self,
+        check: Callable[[], Awaitable[object]],
+        *,
+        rows_between_checks: int = 4096,
+        first_check_after: int = 256,
     ) -> None:
-        if rows_between_checks < 1:
+        if rows_between_checks < 1 or first_check_after < 1:
             raise ConfigurationError("rows_between_statistics_checks must be positive")
         self._check = check
         self._every = rows_between_checks
+        self._first = min(first_check_after, rows_between_checks)
+        self._due = self._first
         self._written = 0
+        self._total = 0
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.checks = 0
@@ -111,9 +124,11 @@ class StatisticsKeeper:
     def wrote(self, rows: int) -> None:
         """Count ``rows`` written; start a check when enough have been since the last."""
         self._written += rows
-        if self._written < self._every or self._task is not None or self._closed:
+        self._total += rows
+        if self._written < self._due or self._task is not None or self._closed:
             return
         self._written = 0
+        self._due = min(self._every, max(self._first, self._total // 4))
         self.checks += 1
         self._task = asyncio.get_running_loop().create_task(self._run())
 

@@ -112,14 +112,24 @@ async def test_a_table_is_analyzed_again_only_once_it_doubled(
 ) -> None:
     await fill(store, 0, 3_000)
     await store.statistics.settled()
+    owner = await asyncpg.connect(quiet_database)
+    try:
+        await owner.execute("ANALYZE instances")  # statistics of exactly 3,000 rows
+    finally:
+        await owner.close()
     analyzed = (await analyses(quiet_database))["instances"][0]
     checks = store.statistics.checks
 
-    # About a tenth more rows: checks run, but the table has not doubled since its analysis.
+    # A tenth more rows: checks run, but the table has not doubled since its analysis.
     await fill(store, 3_000, 300)
     await store.statistics.settled()
     assert store.statistics.checks > checks
     assert (await analyses(quiet_database))["instances"][0] == analyzed
+
+    # Twice the rows it had: analyzed again.
+    await fill(store, 3_300, 3_600)
+    await store.statistics.settled()
+    assert (await analyses(quiet_database))["instances"][0] == analyzed + 1
 
 
 async def test_a_plan_made_over_a_few_rows_gives_way_to_the_primary_key(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 
 import pytest
@@ -93,3 +94,20 @@ async def test_closing_cancels_a_running_check_and_starts_no_other() -> None:
 def test_rows_between_checks_must_be_positive() -> None:
     with pytest.raises(ConfigurationError, match="positive"):
         StatisticsKeeper(Checks(), rows_between_checks=0)
+
+
+async def test_checks_start_early_and_spread_out_as_rows_are_written() -> None:
+    checks = Checks()
+    keeper = StatisticsKeeper(checks, rows_between_checks=1_000, first_check_after=10)
+    due_at: list[int] = []
+    for written in range(1, 20_001):
+        keeper.wrote(1)
+        await keeper.settled()
+        if checks.runs > len(due_at):
+            due_at.append(written)
+    # Every 10 rows until 40 were written, then a quarter of all so far, then every 1,000.
+    assert due_at[:6] == [10, 20, 30, 40, 50, 62]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(due_at)]
+    assert gaps == sorted(gaps)
+    assert gaps[-1] == 1_000
+    await keeper.aclose()
