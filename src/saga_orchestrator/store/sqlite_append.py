@@ -40,11 +40,10 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
 def append_batch(
     conn: sqlite3.Connection, requests: list[AppendRequest], cipher: EventCipher | None = None
 ) -> list[AppendResult]:
-    ids = orjson.dumps(batch_instance_ids(requests)).decode()
+    ids = batch_instance_ids(requests)
     keys = batch_start_keys(requests)
     with write_transaction(conn):
-        (facts,) = conn.execute(sql.LOCKED_FACTS, (ids,)).fetchone()
-        instances = {iid: (tenant, seq) for iid, tenant, seq in orjson.loads(facts)}
+        instances = _locked_facts(conn, ids)
         taken = {}
         if keys:
             rows = conn.execute(sql.TAKEN_START_KEYS, (orjson.dumps(keys).decode(),))
@@ -54,20 +53,31 @@ def append_batch(
     return plan.results
 
 
+def _locked_facts(conn: sqlite3.Connection, ids: list[str]) -> dict[str, tuple[str, int]]:
+    """(tenant, last sequence) of each instance of the batch that exists."""
+    if len(ids) == 1:
+        rows = conn.execute(sql.LOCKED_FACT, (ids[0],)).fetchall()
+    else:
+        (facts,) = conn.execute(sql.LOCKED_FACTS, (orjson.dumps(ids).decode(),)).fetchone()
+        rows = orjson.loads(facts)
+    return {iid: (tenant, seq) for iid, tenant, seq in rows}
+
+
 def _write_plan(conn: sqlite3.Connection, plan: Plan) -> None:
-    conn.executemany(
-        sql.INSERT_START_KEY,
-        [
-            (
-                c.tenant_id,
-                c.idempotency_key,
-                c.instance_id,
-                c.request_digest,
-                to_micros(c.created_at),
-            )
-            for c in plan.start_keys
-        ],
-    )
+    if plan.start_keys:
+        conn.executemany(
+            sql.INSERT_START_KEY,
+            [
+                (
+                    c.tenant_id,
+                    c.idempotency_key,
+                    c.instance_id,
+                    c.request_digest,
+                    to_micros(c.created_at),
+                )
+                for c in plan.start_keys
+            ],
+        )
     if plan.created:
         _bulk(conn, sql.INSERT_INSTANCES, [_created_row(row) for row in plan.created.values()])
     if plan.updated:
@@ -90,22 +100,23 @@ def _write_plan(conn: sqlite3.Connection, plan: Plan) -> None:
         )
     _write_timers(conn, plan)
     write_audit(conn, plan.audit)
-    conn.executemany(
-        sql.INSERT_OUTBOX,
-        [
-            (
-                m.tenant_id,
-                m.instance_id,
-                m.message_id,
-                m.exchange,
-                m.routing_key,
-                m.body,
-                orjson.dumps(m.headers).decode(),
-                to_micros(at),
-            )
-            for m, at in plan.outbox
-        ],
-    )
+    if plan.outbox:
+        conn.executemany(
+            sql.INSERT_OUTBOX,
+            [
+                (
+                    m.tenant_id,
+                    m.instance_id,
+                    m.message_id,
+                    m.exchange,
+                    m.routing_key,
+                    m.body,
+                    orjson.dumps(m.headers).decode(),
+                    to_micros(at),
+                )
+                for m, at in plan.outbox
+            ],
+        )
 
 
 def _write_timers(conn: sqlite3.Connection, plan: Plan) -> None:
@@ -114,15 +125,24 @@ def _write_timers(conn: sqlite3.Connection, plan: Plan) -> None:
         for iid, (tenant, fire_at) in plan.timers.items()
         if fire_at is not None
     ]
-    deletes = [iid for iid, (_, fire_at) in plan.timers.items() if fire_at is None]
+    deletes = [(iid,) for iid, (_, fire_at) in plan.timers.items() if fire_at is None]
     if upserts:
         _bulk(conn, sql.UPSERT_TIMERS, upserts)
     if deletes:
         _bulk(conn, sql.DELETE_TIMERS, deletes)
 
 
-def _bulk(conn: sqlite3.Connection, statement: str, rows: Sequence[object]) -> None:
-    conn.execute(statement, (orjson.dumps(rows).decode(),))
+ROWS_BOUND_ONE_BY_ONE = 4
+"""Up to this many rows a table's share of a batch is written row by row: see sqlite_sql."""
+
+
+def _bulk(
+    conn: sqlite3.Connection, statement: sql.BulkStatement, rows: Sequence[Sequence[object]]
+) -> None:
+    if len(rows) <= ROWS_BOUND_ONE_BY_ONE:
+        conn.executemany(statement.row, rows)
+    else:
+        conn.execute(statement.bulk, (orjson.dumps(rows).decode(),))
 
 
 def _created_row(row: CreatedRow) -> tuple[object, ...]:
