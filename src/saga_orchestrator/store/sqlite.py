@@ -9,12 +9,9 @@ group commit amortizes that fsync over every request of a batch.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
@@ -66,6 +63,7 @@ from saga_orchestrator.store.protocol import (
 )
 from saga_orchestrator.store.sqlite_append import append_batch, write_transaction
 from saga_orchestrator.store.sqlite_audit import write_audit
+from saga_orchestrator.store.sqlite_thread import StoreThread
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 Row = tuple[Any, ...]
@@ -96,16 +94,14 @@ class SqliteStore:
             raise ConfigurationError(
                 f"unknown SQLite synchronous mode {self._options.synchronous!r}"
             )
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="saga-sqlite")
+        self._thread = StoreThread("saga-sqlite")
         self._conn: sqlite3.Connection | None = None
         self._closed = False
 
     async def _run(self, fn: Callable[..., _T], *args: object) -> _T:
         if self._closed:
             raise StoreError("the store is closed")
-        loop = asyncio.get_running_loop()
-        call = functools.partial(self._call, fn, *args)
-        return await loop.run_in_executor(self._executor, call)
+        return await self._thread.run(self._call, fn, *args)
 
     def _call(self, fn: Callable[..., _T], *args: object) -> _T:
         """Runs on the store's thread: open lazily, then translate driver errors once."""
@@ -122,11 +118,7 @@ class SqliteStore:
         if self._closed:
             return
         self._closed = True
-        try:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, self._close_connection)
-        finally:
-            self._executor.shutdown(wait=True)
+        await self._thread.stop(self._close_connection)
 
     def _close_connection(self) -> None:
         conn, self._conn = self._conn, None
