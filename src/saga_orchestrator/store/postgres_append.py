@@ -3,7 +3,7 @@
 1. lock the batch's existing instance rows, in instance-id order (``FOR UPDATE``);
 2. read the start keys the batch mentions;
 3. decide every request in Python (:func:`~saga_orchestrator.store.batch.plan_batch`);
-4. write the plan with one bulk statement per table.
+4. write the plan with one bulk statement per table (the events' also sends their notification).
 
 Rows that do not exist yet cannot be locked, so two transactions may both plan to create the same
 instance or claim the same start key. Those inserts use ``ON CONFLICT DO NOTHING RETURNING``:
@@ -181,18 +181,19 @@ async def _write_rest(
                 for instance_id, (u, last_seq) in plan.updated.items()
             ],
         )
+    await _write_timers(conn, plan, wake_ups)
+    await _write_outbox(conn, plan)
+    await write_audit(conn, plan.audit)
     if plan.events:
         await conn.execute(
-            sql.INSERT_EVENTS,
+            sql.INSERT_EVENTS_AND_NOTIFY,
             [
                 (tenant, iid, seq, typ, data.decode(), utc(at))
                 for tenant, iid, seq, typ, data, at in plan.events
             ],
+            EVENTS_CHANNEL,
+            _notifications(plan),
         )
-    await _write_timers(conn, plan, wake_ups)
-    await _write_outbox(conn, plan)
-    await write_audit(conn, plan.audit)
-    await _notify(conn, plan)
 
 
 EVENTS_CHANNEL = "saga_events"
@@ -203,7 +204,9 @@ _NOTIFY_BYTES = 7000
 """PostgreSQL caps a payload just under 8,000 bytes."""
 
 
-async def _notify(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> None:
+def _notifications(plan: Plan) -> list[str]:
+    """``instance_id:last_seq`` of every instance the plan writes events to, in payloads that
+    fit PostgreSQL's cap."""
     # An instance's events follow one another in the plan (a later request of the batch
     # continues where the earlier one ended), so its last row carries its highest sequence.
     last = {event[1]: event[2] for event in plan.events}
@@ -219,10 +222,7 @@ async def _notify(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> None
         size += len(entry) + 1
     if current:
         chunks.append(",".join(current))
-    if chunks:
-        await conn.execute(
-            "SELECT pg_notify($1, chunk) FROM unnest($2::text[]) AS chunk", EVENTS_CHANNEL, chunks
-        )
+    return chunks
 
 
 async def _write_timers(

@@ -146,6 +146,11 @@ INSERT_EVENTS: Final = """
 INSERT INTO events (tenant_id, instance_id, seq, type, data, recorded_at)
 SELECT u.tenant_id, u.instance_id, u.seq, u.type, u.data, u.recorded_at
 FROM unnest($1::events[]) AS u"""
+# The events and their notification in one round trip: a data-modifying WITH runs to
+# completion whether or not the query reads it, and NOTIFY is delivered at commit either way.
+INSERT_EVENTS_AND_NOTIFY: Final = f"""
+WITH written AS ({INSERT_EVENTS})
+SELECT pg_notify($2, chunk) FROM unnest($3::text[]) AS chunk"""
 UPSERT_TIMERS: Final = """
 INSERT INTO timers (instance_id, tenant_id, fire_at)
 SELECT * FROM unnest($1::timers[])
