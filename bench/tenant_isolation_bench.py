@@ -45,7 +45,10 @@ node answered afterwards (its own buckets take over: neither 5xx nor fail-open).
 Reported per phase: the quiet tenant's p50/p99, its client's lateness, the noisy tenant's sent
 and admitted rates, 429s, 5xx, 429s with bad headers, and the cores used by the node, the
 flood and the whole machine; then the per-round p99 ratio (flood/baseline) and their median
-against the bar (with ``--at-quota``, also at-quota/baseline and flood/at-quota). A run whose
+against the bar (with ``--at-quota``, also at-quota/baseline and flood/at-quota), and beside
+them the same ratios of p99s pooled over every round's starts (a 300-start phase's p99 rests on
+its three slowest starts; five rounds pooled rest on fifteen). ``--json`` keeps every admitted
+quiet start's latency. A run whose
 checks fail (``tenant_isolation_report.py``: quiet errors, any 5xx or unanswered request, bad
 429 headers, nothing admitted, a flood never refused, more admitted than the bucket allows,
 a pass under a flood that reached under half its rate) exits 1; a valid run exits 0 whether

@@ -132,6 +132,8 @@ class QuietStats:
     late_p99_ms: float
     """p99 of the client's own lateness: large values mean the client, not the node, lagged."""
     first_error: str | None
+    latencies_ms: tuple[float, ...] = ()
+    """Every admitted start's latency, for percentiles over several phases."""
 
 
 def quiet_stats(outcomes: Sequence[Outcome]) -> QuietStats:
@@ -145,6 +147,7 @@ def quiet_stats(outcomes: Sequence[Outcome]) -> QuietStats:
         p99_ms=percentile(admitted, 0.99) * 1000,
         late_p99_ms=percentile([o.late for o in outcomes], 0.99) * 1000,
         first_error=_describe(errors[0]) if errors else None,
+        latencies_ms=tuple(latency * 1000 for latency in admitted),
     )
 
 
@@ -332,6 +335,37 @@ def round_ratios(
         kinds[kind].quiet.p99_ms / kinds[over].quiet.p99_ms
         for _, kinds in sorted(by_round.items())
         if kind in kinds and over in kinds
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pooled:
+    """The quiet p99 over every start of every round of two kinds of phase, and their ratio.
+
+    A phase of 300 starts makes its p99 of the three slowest, which moves a lot between rounds
+    with nothing changed; pooled over five rounds, the p99 rests on fifteen. Reported beside
+    the verdict (the median of the per-round ratios), which pairs phases run minutes apart."""
+
+    over_p99_ms: float
+    kind_p99_ms: float
+    over_starts: int
+    kind_starts: int
+
+    @property
+    def ratio(self) -> float:
+        return self.kind_p99_ms / self.over_p99_ms
+
+
+def pooled(
+    phases: Iterable[Phase], over: PhaseKind = "baseline", kind: PhaseKind = "flood"
+) -> Pooled:
+    over_ms = [ms for p in phases if p.kind == over for ms in p.quiet.latencies_ms]
+    kind_ms = [ms for p in phases if p.kind == kind for ms in p.quiet.latencies_ms]
+    return Pooled(
+        over_p99_ms=percentile(over_ms, 0.99),
+        kind_p99_ms=percentile(kind_ms, 0.99),
+        over_starts=len(over_ms),
+        kind_starts=len(kind_ms),
     )
 
 

@@ -7,7 +7,15 @@ import math
 import statistics
 from collections.abc import Iterable, Sequence
 
-from tenant_isolation_report import Limits, Phase, PhaseKind, RedisStop, Verdict, round_ratios
+from tenant_isolation_report import (
+    Limits,
+    Phase,
+    PhaseKind,
+    RedisStop,
+    Verdict,
+    pooled,
+    round_ratios,
+)
 
 
 def render_redis_stop(stop: RedisStop) -> str:
@@ -66,6 +74,7 @@ def summary(result: Verdict, phases: Sequence[Phase], limits: Limits) -> str:
         f"median quiet p99: {p99s}; median of the per-round ratios {result.ratio:.2f} "
         f"(bar <= {result.bar:g}): {state}",
     ]
+    lines += [line for over, kind in _POOLED_PAIRS if (line := _pooled_line(phases, over, kind))]
     controlled = round_ratios(phases, over="at-quota")
     if controlled:
         entitled = round_ratios(phases, kind="at-quota")
@@ -80,6 +89,24 @@ def summary(result: Verdict, phases: Sequence[Phase], limits: Limits) -> str:
     )
     lines += [f"caveat: {caveat}; the miss stands" for caveat in result.caveats]
     return "\n".join(lines)
+
+
+_POOLED_PAIRS: tuple[tuple[PhaseKind, PhaseKind], ...] = (
+    ("baseline", "flood"),
+    ("baseline", "at-quota"),
+    ("at-quota", "flood"),
+)
+
+
+def _pooled_line(phases: Sequence[Phase], over: PhaseKind, kind: PhaseKind) -> str:
+    both = pooled(phases, over, kind)
+    if not (both.over_starts and both.kind_starts):
+        return ""
+    return (
+        f"pooled over rounds, {kind}/{over}: quiet p99 {both.kind_p99_ms:.1f} ms "
+        f"({both.kind_starts} starts) over {both.over_p99_ms:.1f} ms ({both.over_starts}): "
+        f"{both.ratio:.2f}"
+    )
 
 
 def _listed(ratios: Iterable[float]) -> str:

@@ -24,6 +24,7 @@ from tenant_isolation_report import (
     header_problems,
     noisy_stats,
     percentile,
+    pooled,
     quiet_stats,
     round_ratios,
     split_at,
@@ -124,6 +125,7 @@ def test_quiet_figures_count_anything_not_admitted_as_an_error() -> None:
     assert (stats.sent, stats.admitted, stats.errors) == (12, 10, 2)
     assert stats.p50_ms == pytest.approx(14.0)
     assert stats.p99_ms == pytest.approx(19.0)
+    assert stats.latencies_ms == pytest.approx([10.0 + n for n in range(10)])
     assert stats.first_error is not None
     assert stats.first_error.startswith("429 at 1.00s")
 
@@ -336,3 +338,35 @@ def test_the_report_names_the_state_of_the_bar_and_every_caveat() -> None:
         ["1", "baseline"],
         ["1", "flood"],
     ]
+
+
+def with_latencies(phase: Phase, latencies_ms: list[float]) -> Phase:
+    return replace(phase, quiet=replace(phase.quiet, latencies_ms=tuple(latencies_ms)))
+
+
+def test_the_pooled_p99_takes_every_start_of_every_round_of_a_kind() -> None:
+    # Round 1's flood has three slow starts, round 2's none: their p99s (the 99th of 100) are
+    # 45 and 6 ms; the pool's (the 198th of 200) is the third-slowest start of both rounds.
+    phases = [
+        with_latencies(pair(1, 10.0, 30.0)[0], [5.0] * 100),
+        with_latencies(pair(1, 10.0, 30.0)[1], [6.0] * 97 + [40.0, 45.0, 50.0]),
+        with_latencies(pair(2, 10.0, 10.0)[0], [5.0] * 99 + [9.0]),
+        with_latencies(pair(2, 10.0, 10.0)[1], [6.0] * 100),
+    ]
+
+    both = pooled(phases)
+
+    assert (both.over_starts, both.kind_starts) == (200, 200)
+    assert both.over_p99_ms == pytest.approx(5.0)  # one 9 ms start of 200 is above it
+    assert both.kind_p99_ms == pytest.approx(40.0)
+    assert both.ratio == pytest.approx(8.0)
+    text = summary(verdict(phases, LIMITS), phases, LIMITS)
+    assert "pooled over rounds, flood/baseline: quiet p99 40.0 ms (200 starts) over 5.0 ms" in text
+    assert "at-quota" not in text  # no such phase, so no pooled line for it
+
+
+def test_without_latencies_the_pooled_p99_is_nan() -> None:
+    both = pooled(pair(1, 10.0, 11.0))
+
+    assert (both.over_starts, both.kind_starts) == (0, 0)
+    assert math.isnan(both.kind_p99_ms)
