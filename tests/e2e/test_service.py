@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -342,3 +343,34 @@ async def test_sigterm_stops_within_one_grace_with_a_stream_open_and_a_step_runn
     # and stop of the process.
     assert stopped < 2 * GRACE - 1.5, f"stopped after {stopped:.1f}s\n{server.output()}"
     assert stopped >= GRACE - 1.0, "the open stream should have held the drain for the grace"
+
+
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)
+def test_an_idle_connection_outlives_the_idle_expiry_of_client_pools(server: Server) -> None:
+    """httpx drops a pooled connection after 5 s idle; a node that closed its end at 5 s too
+    would reset the request of a client reusing it at that instant. Idle for longer than
+    that, the connection still answers."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        assert health_over(connection) == b'{"status":"ok"}'
+        time.sleep(6)
+        assert health_over(connection) == b'{"status":"ok"}'
+
+
+def health_over(connection: socket.socket) -> bytes:
+    """GET /health on an open connection, keeping it open; b"" if the server closed it."""
+    connection.sendall(b"GET /health HTTP/1.1\r\nHost: node\r\n\r\n")
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = connection.recv(4096)
+        if not chunk:
+            return b""
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        chunk = connection.recv(4096)
+        if not chunk:
+            return b""
+        body += chunk
+    return body

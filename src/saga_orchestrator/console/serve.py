@@ -34,6 +34,12 @@ from saga_orchestrator.transports.handlers import HandlerRegistry
 
 log = logging.getLogger("saga_orchestrator.serve")
 
+KEEP_ALIVE_SECONDS = 75
+"""How long an idle client connection stays open. Longer than the idle timeouts of the
+proxies and client pools in front of a node (60 s for common load balancers, 5 s for httpx's
+pool), so the client side always closes first: a server that closes a connection as the client
+reuses it resets that request. uvicorn's default, 5 s, races httpx's 5 s."""
+
 
 def load_handlers(modules: Sequence[str]) -> HandlerRegistry:
     """Import each module and register its ``@handler`` functions."""
@@ -113,6 +119,7 @@ async def serve(
             log_level=settings.log_level.value,
             lifespan="on",
             timeout_graceful_shutdown=int(grace) or 1,
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
             ssl_certfile=settings.tls_cert_file,
             ssl_keyfile=settings.tls_key_file,
             access_log=False,
