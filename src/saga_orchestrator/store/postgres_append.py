@@ -3,7 +3,8 @@
 1. lock the batch's existing instance rows, in instance-id order (``FOR UPDATE``);
 2. read the start keys the batch mentions;
 3. decide every request in Python (:func:`~saga_orchestrator.store.batch.plan_batch`);
-4. write the plan with one bulk statement per table (the events' also sends their notification).
+4. write the plan with one bulk statement per table, except that the instances' update, the
+   events and their notification share one.
 
 Rows that do not exist yet cannot be locked, so two transactions may both plan to create the same
 instance or claim the same start key. Those inserts use ``ON CONFLICT DO NOTHING RETURNING``:
@@ -153,9 +154,12 @@ async def _create_instances(conn: PoolConnectionProxy[asyncpg.Record], plan: Pla
 async def _write_rest(
     conn: PoolConnectionProxy[asyncpg.Record], plan: Plan, wake_ups: dict[str, datetime | None]
 ) -> None:
-    if plan.updated:
+    await _write_timers(conn, plan, wake_ups)
+    await _write_outbox(conn, plan)
+    await write_audit(conn, plan.audit)
+    if plan.updated or plan.events:
         await conn.execute(
-            sql.UPDATE_INSTANCES,
+            sql.UPDATE_INSTANCES_AND_EVENTS,
             [
                 # A record of the instances row type (see postgres_sql): only the columns
                 # the update sets.
@@ -180,13 +184,6 @@ async def _write_rest(
                 )
                 for instance_id, (u, last_seq) in plan.updated.items()
             ],
-        )
-    await _write_timers(conn, plan, wake_ups)
-    await _write_outbox(conn, plan)
-    await write_audit(conn, plan.audit)
-    if plan.events:
-        await conn.execute(
-            sql.INSERT_EVENTS_AND_NOTIFY,
             [
                 (tenant, iid, seq, typ, data.decode(), utc(at))
                 for tenant, iid, seq, typ, data, at in plan.events

@@ -146,11 +146,14 @@ INSERT_EVENTS: Final = """
 INSERT INTO events (tenant_id, instance_id, seq, type, data, recorded_at)
 SELECT u.tenant_id, u.instance_id, u.seq, u.type, u.data, u.recorded_at
 FROM unnest($1::events[]) AS u"""
-# The events and their notification in one round trip: a data-modifying WITH runs to
-# completion whether or not the query reads it, and NOTIFY is delivered at commit either way.
-INSERT_EVENTS_AND_NOTIFY: Final = f"""
-WITH written AS ({INSERT_EVENTS})
-SELECT pg_notify($2, chunk) FROM unnest($3::text[]) AS chunk"""
+# The instances' new state, their events and the notification in one round trip: a
+# data-modifying WITH runs to completion whether or not the query reads it, and NOTIFY is
+# delivered at commit either way. The two tables' writes touch different rows of different
+# tables, so their order inside the statement does not matter.
+UPDATE_INSTANCES_AND_EVENTS: Final = f"""
+WITH updated AS ({UPDATE_INSTANCES}),
+written AS ({INSERT_EVENTS.replace("$1", "$2")})
+SELECT pg_notify($3, chunk) FROM unnest($4::text[]) AS chunk"""
 UPSERT_TIMERS: Final = """
 INSERT INTO timers (instance_id, tenant_id, fire_at)
 SELECT * FROM unnest($1::timers[])

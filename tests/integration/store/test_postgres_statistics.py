@@ -14,7 +14,7 @@ import pytest_asyncio
 
 from saga_orchestrator.store import AppendStatus
 from saga_orchestrator.store.postgres import APP_ROLE, PostgresOptions, PostgresStore
-from saga_orchestrator.store.postgres_sql import UPDATE_INSTANCES
+from saga_orchestrator.store.postgres_sql import UPDATE_INSTANCES_AND_EVENTS
 from saga_orchestrator.store.postgres_statistics import HOT_TABLES
 from tests.integration.store.support import TENANT, create, event
 
@@ -85,7 +85,7 @@ async def analyses(url: str) -> dict[str, tuple[int, float]]:
 async def update_plan(session: asyncpg.Connection[asyncpg.Record]) -> str:
     """The plan this session runs the group commit's instance update with (a generic plan,
     the kind a pooled session keeps after five executions)."""
-    rows = await session.fetch("EXPLAIN EXECUTE batch_update(NULL)")
+    rows = await session.fetch("EXPLAIN EXECUTE batch_update(NULL, NULL, NULL, NULL)")
     return "\n".join(row[0] for row in rows)
 
 
@@ -136,7 +136,10 @@ async def test_a_plan_made_over_a_few_rows_gives_way_to_the_primary_key(
     store: PostgresStore, app_session: asyncpg.Connection[asyncpg.Record]
 ) -> None:
     await fill(store, 0, 20)
-    await app_session.execute(f"PREPARE batch_update(instances[]) AS {UPDATE_INSTANCES}")
+    await app_session.execute(
+        "PREPARE batch_update(instances[], events[], text, text[]) AS "
+        + UPDATE_INSTANCES_AND_EVENTS
+    )
     await app_session.execute("SET plan_cache_mode = force_generic_plan")
     # Over 20 rows, the planner walks the tenant's rows and matches each batch row to them.
     planned_small = await update_plan(app_session)
