@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from saga_orchestrator.store import AppendStatus, AuditEntry, AuditFilter, InstanceFilter
-from saga_orchestrator.store.postgres import PostgresStore
+from saga_orchestrator.store.postgres import PostgresOptions, PostgresStore
 from tests.integration.store.support import OTHER_TENANT, T0, TENANT, append, create, event
 from tests.support.tenant_filters import without_tenant_filters
 
@@ -174,6 +174,26 @@ async def test_a_create_colliding_with_an_unseen_instance_conflicts(
     assert (result.status, result.last_seq) == (AppendStatus.CONFLICT, 0)
     record = await secured.get_instance(TENANT, "i-shared")
     assert record is not None and record.tenant_id == TENANT
+
+
+async def test_a_pooled_session_forgets_its_tenants_before_anyone_else_uses_it(
+    pg_url: str,
+) -> None:
+    """The group commit hands its connection back after settling the batch, in the
+    background: the pool's reset must still come before the connection's next user."""
+    store = PostgresStore(pg_url, PostgresOptions(min_size=1, max_size=1))
+    try:
+        for n in range(3):
+            [result] = await store.append([create(f"i-{n}")])
+            assert result.status is AppendStatus.APPENDED
+            # The pool's only connection: the one the append used and gave back.
+            pool = await store._get_pool(store.app_role, 1)
+            async with pool.acquire() as conn:
+                assert not await conn.fetchval("SELECT current_setting('saga.tenants', true)")
+                assert await conn.fetchval("SELECT count(*) FROM instances") == 0
+        assert len((await store.list_instances(TENANT, InstanceFilter())).items) == 3
+    finally:
+        await store.close()
 
 
 async def test_every_tenant_table_is_forced_under_row_level_security(pg_url: str) -> None:

@@ -156,6 +156,16 @@ async def test_create_collision_conflicts(store: Store) -> None:
     assert await store.append([create("i-1", tenant=OTHER_TENANT)]) == [conflict(0)]
 
 
+async def test_a_batch_of_creates_with_one_collision_creates_the_others(store: Store) -> None:
+    await store.append([create("i-1", created_at=T0)])
+    batch = [create("i-0", key="k-0"), create("i-1", key="k-1"), create("i-2")]
+    assert await store.append(batch) == [ok(1), conflict(1), ok(1)]
+    assert await seqs(store, "i-0") == await seqs(store, "i-2") == [1]
+    assert await seqs(store, "i-1") == [1]
+    assert await store.find_start(TENANT, "k-1") is None
+    assert await store.find_start(TENANT, "k-0") is not None
+
+
 async def test_duplicate_start_key_across_batches(store: Store) -> None:
     assert await store.append([create("i-1", key="k", digest="d1")]) == [ok(1)]
     retry = create("i-2", key="k", digest="d2", events=[event(1), event(2)])
