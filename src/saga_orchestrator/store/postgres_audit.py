@@ -1,8 +1,8 @@
 """PostgreSQL statements of the audit log: each tenant's hash chain (see :mod:`.audit`).
 
-Appending locks the tenants' rows of ``audit_heads`` (``FOR UPDATE``, in tenant order, so two
-writers never deadlock): writers on any node extend a tenant's chain one after another, inside
-the transaction of the change they record.
+Appending locks the tenants' rows of ``audit_heads`` (an upsert whose no-op update takes the
+row lock, in tenant order, so two writers never deadlock): writers on any node extend a
+tenant's chain one after another, inside the transaction of the change they record.
 """
 
 from __future__ import annotations
@@ -22,25 +22,25 @@ if TYPE_CHECKING:
 
     Connection = PoolConnectionProxy[asyncpg.Record]
 
-ENSURE_HEADS = """
+# Creates the heads a tenant lacks and locks every one (the no-op update takes the row lock
+# and waits for a concurrent creator), returning the current head: one round trip.
+LOCK_HEADS = """
 INSERT INTO audit_heads (tenant_id, seq, hash)
 SELECT t, 0, $2 FROM unnest($1::text[]) AS t
-ON CONFLICT (tenant_id) DO NOTHING
+ON CONFLICT (tenant_id) DO UPDATE SET seq = audit_heads.seq
+RETURNING tenant_id, seq, hash
 """
-LOCK_HEADS = """
-SELECT tenant_id, seq, hash FROM audit_heads
-WHERE tenant_id = ANY($1::text[]) ORDER BY tenant_id FOR UPDATE
-"""
-INSERT_AUDIT = """
-INSERT INTO audit_log (tenant_id, seq, at, actor, action, target_type, target_id, outcome,
-                       reason, request_id, details, prev_hash, hash)
-SELECT * FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::text[], $5::text[],
-                     $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::jsonb[],
-                     $12::text[], $13::text[])
-"""
-UPDATE_HEADS = """
+# The new records and the heads they move to, in one round trip (different tables).
+EXTEND_CHAINS = """
+WITH logged AS (
+    INSERT INTO audit_log (tenant_id, seq, at, actor, action, target_type, target_id, outcome,
+                           reason, request_id, details, prev_hash, hash)
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::text[], $5::text[],
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                         $11::jsonb[], $12::text[], $13::text[])
+)
 UPDATE audit_heads AS h SET seq = n.seq, hash = n.hash
-FROM unnest($1::text[], $2::bigint[], $3::text[]) AS n (tenant_id, seq, hash)
+FROM unnest($14::text[], $15::bigint[], $16::text[]) AS n (tenant_id, seq, hash)
 WHERE h.tenant_id = n.tenant_id
 """
 AUDIT_COLUMNS = (
@@ -54,8 +54,7 @@ async def write_audit(conn: Connection, entries: Sequence[AuditEntry]) -> list[A
     if not entries:
         return []
     tenants = sorted({e.tenant_id for e in entries})
-    await conn.execute(ENSURE_HEADS, tenants, GENESIS)
-    rows = await conn.fetch(LOCK_HEADS, tenants)
+    rows = await conn.fetch(LOCK_HEADS, tenants, GENESIS)
     heads = {row[0]: (int(row[1]), str(row[2])) for row in rows if row[1] > 0}
     records, new_heads = chain(entries, heads)
     columns: list[list[object]] = [[] for _ in range(13)]
@@ -68,10 +67,10 @@ async def write_audit(conn: Connection, entries: Sequence[AuditEntry]) -> list[A
         )  # fmt: skip
         for column, value in zip(columns, values, strict=True):
             column.append(value)
-    await conn.execute(INSERT_AUDIT, *columns)
     ordered = sorted(new_heads.items())
     await conn.execute(
-        UPDATE_HEADS,
+        EXTEND_CHAINS,
+        *columns,
         [t for t, _ in ordered],
         [s for _, (s, _) in ordered],
         [h for _, (_, h) in ordered],

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 
 import asyncpg
 import orjson
 import pytest
 import pytest_asyncio
 
-from saga_orchestrator.store import AppendResult, AppendStatus, Store, open_store
+from saga_orchestrator.store import (
+    AppendRequest,
+    AppendResult,
+    AppendStatus,
+    AuditEntry,
+    Store,
+    open_store,
+)
+from saga_orchestrator.store.audit import verify
 
 from .support import T0, TENANT, append, create, event
 
@@ -90,6 +99,35 @@ async def test_racing_starts_with_one_key(two_stores: tuple[Store, Store]) -> No
         assert await first.find_start(TENANT, key) == (winner_id, digest)
         loser_id = f"b-{n}" if won == 0 else f"a-{n}"
         assert await first.get_instance(TENANT, loser_id) is None
+
+
+async def test_racing_writers_extend_one_audit_chain(two_stores: tuple[Store, Store]) -> None:
+    """Both stores record audited changes of the same tenants at once, including each
+    tenant's first entry (its chain's head does not exist yet): one unbroken chain each."""
+    first, second = two_stores
+    tenants = [f"audited-{n}" for n in range(ROUNDS // 4)]
+
+    def audited(tenant: str, instance_id: str) -> AppendRequest:
+        entry = AuditEntry(
+            tenant_id=tenant,
+            at=T0,
+            actor="ada",
+            action="instance.start",
+            target_type="instance",
+            target_id=instance_id,
+        )
+        return replace(create(instance_id, tenant=tenant), audit=entry)
+
+    for n in range(4):
+        results = await asyncio.gather(
+            first.append([audited(t, f"{t}-a{n}") for t in tenants]),
+            second.append([audited(t, f"{t}-b{n}") for t in reversed(tenants)]),
+        )
+        assert {r.status for batch in results for r in batch} == {AppendStatus.APPENDED}
+    for tenant in tenants:
+        records, head = await first.audit_chain(tenant)
+        assert [r.seq for r in records] == list(range(1, 9))
+        assert verify(tenant, records, head) is None
 
 
 @pytest.mark.postgres
