@@ -139,7 +139,6 @@ class PostgresStore:
         self._pools: dict[str, Pool[asyncpg.Record]] = {}
         self._pool_lock = asyncio.Lock()
         self._closed = False
-        self._releases: set[asyncio.Task[None]] = set()
         self.statistics = StatisticsKeeper(
             self._analyze_grown,
             rows_between_checks=self._options.rows_between_statistics_checks,
@@ -226,7 +225,6 @@ class PostgresStore:
         async with self._pool_lock:
             self._closed = True
             pools, self._pools = list(self._pools.values()), {}
-        await asyncio.gather(*self._releases, return_exceptions=True)
         for pool in pools:
             with _translate_errors():
                 await pool.close()
@@ -395,34 +393,10 @@ class PostgresStore:
         if not requests:
             return []
         validate(requests)
-        with _translate_errors():
-            pool = await self._get_pool(self.app_role, self._options.max_size)
-            conn = await pool.acquire()
-            try:
-                await conn.execute(sql.SET_TENANTS, list({r.tenant_id for r in requests}))
-                results = await append_batch(conn, requests, self._cipher)
-            except BaseException:
-                await pool.release(conn)
-                raise
-        self._release_later(pool, conn)
+        async with self._tenants(*{r.tenant_id for r in requests}) as conn:
+            results = await append_batch(conn, requests, self._cipher)
         self.statistics.wrote(sum([len(r.events) for r in requests]))
         return results
-
-    def _release_later(
-        self, pool: Pool[asyncpg.Record], conn: PoolConnectionProxy[asyncpg.Record]
-    ) -> None:
-        """Give the connection back without making the batch wait: the pool's reset (which
-        also clears the session's tenants) is a round trip of its own, and the batch was
-        settled by its commit. ``close`` waits for these before closing the pools."""
-        release = asyncio.create_task(pool.release(conn), name="saga-store-release")
-        self._releases.add(release)
-        release.add_done_callback(self._released)
-
-    def _released(self, release: asyncio.Task[None]) -> None:
-        self._releases.discard(release)
-        if not release.cancelled() and release.exception() is not None:
-            # asyncpg closed the connection; the next acquire opens another.
-            log.warning("a PostgreSQL connection failed its reset: %s", release.exception())
 
     async def _analyze_grown(self) -> None:
         async with self._cluster() as conn:

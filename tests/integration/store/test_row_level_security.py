@@ -179,8 +179,8 @@ async def test_a_create_colliding_with_an_unseen_instance_conflicts(
 async def test_a_pooled_session_forgets_its_tenants_before_anyone_else_uses_it(
     pg_url: str,
 ) -> None:
-    """The group commit hands its connection back after settling the batch, in the
-    background: the pool's reset must still come before the connection's next user."""
+    """The tenants are set on the session, not the transaction: the pool's reset on
+    release must clear them before the connection's next user."""
     store = PostgresStore(pg_url, PostgresOptions(min_size=1, max_size=1))
     try:
         for n in range(3):
