@@ -3,8 +3,8 @@
 1. lock the batch's existing instance rows, in instance-id order (``FOR UPDATE``);
 2. read the start keys the batch mentions;
 3. decide every request in Python (:func:`~saga_orchestrator.store.batch.plan_batch`);
-4. write the plan with one bulk statement per table, except that the instances' update, the
-   events and their notification share one.
+4. write the plan: the instances (created and updated), their events and the notification in
+   one statement, then one bulk statement per other table.
 
 Rows that do not exist yet cannot be locked, so two transactions may both plan to create the same
 instance or claim the same start key. Those inserts use ``ON CONFLICT DO NOTHING RETURNING``:
@@ -99,7 +99,7 @@ async def _append_once(
     facts = Facts(instances=instances, start_keys=taken, leases=leases)
     plan = plan_batch(requests, facts, cipher)
     await _claim_start_keys(conn, plan)
-    await _create_instances(conn, plan)
+    await _write_instances_and_events(conn, plan)
     await _write_rest(conn, plan, {row[0]: row[5] for row in rows})
     return plan.results
 
@@ -127,12 +127,47 @@ async def _claim_start_keys(conn: PoolConnectionProxy[asyncpg.Record], plan: Pla
         raise _RaceLost
 
 
-async def _create_instances(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> None:
-    if not plan.created:
+async def _write_instances_and_events(
+    conn: PoolConnectionProxy[asyncpg.Record], plan: Plan
+) -> None:
+    if not (plan.created or plan.updated or plan.events):
         return
-    rows = [plan.created[iid] for iid in sorted(plan.created)]
-    inserted = await conn.fetch(
-        sql.INSERT_INSTANCES,
+    updates = [
+        # A record of the instances row type (see postgres_sql): only the columns the update
+        # sets.
+        (
+            instance_id,
+            None,
+            None,
+            None,
+            str(u.status),
+            _json(list(u.current_nodes)),
+            last_seq,
+            None,
+            utc(u.updated_at),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+        for instance_id, (u, last_seq) in plan.updated.items()
+    ]
+    events = [
+        (tenant, iid, seq, typ, data.decode(), utc(at))
+        for tenant, iid, seq, typ, data, at in plan.events
+    ]
+    if not plan.created:
+        await conn.execute(
+            sql.UPDATE_INSTANCES_AND_EVENTS, updates, events, EVENTS_CHANNEL, _notifications(plan)
+        )
+        return
+    created = [plan.created[iid] for iid in sorted(plan.created)]
+    rows = await conn.fetch(
+        sql.WRITE_INSTANCES_AND_EVENTS,
         [
             (
                 c.instance_id,
@@ -153,13 +188,19 @@ async def _create_instances(conn: PoolConnectionProxy[asyncpg.Record], plan: Pla
                 None,
                 None,
             )
-            for r in rows
+            for r in created
             for c in (r.create,)
         ],
-        [None if r.lease is None else r.lease.ttl for r in rows],
+        [None if r.lease is None else r.lease.ttl for r in created],
+        updates,
+        events,
+        EVENTS_CHANNEL,
+        _notifications(plan),
+        list(plan.created),
     )
-    if len(inserted) != len(rows):
-        raise _RaceLost(frozenset(plan.created).difference(row[0] for row in inserted))
+    inserted = {row[0] for row in rows if row[0] is not None}
+    if len(inserted) != len(created):
+        raise _RaceLost(frozenset(plan.created).difference(inserted))
 
 
 async def _write_rest(
@@ -168,40 +209,6 @@ async def _write_rest(
     await _write_timers(conn, plan, wake_ups)
     await _write_outbox(conn, plan)
     await write_audit(conn, plan.audit)
-    if plan.updated or plan.events:
-        await conn.execute(
-            sql.UPDATE_INSTANCES_AND_EVENTS,
-            [
-                # A record of the instances row type (see postgres_sql): only the columns
-                # the update sets.
-                (
-                    instance_id,
-                    None,
-                    None,
-                    None,
-                    str(u.status),
-                    _json(list(u.current_nodes)),
-                    last_seq,
-                    None,
-                    utc(u.updated_at),
-                    None,
-                    None,
-                    None,
-                    None,
-                    None,
-                    None,
-                    None,
-                    None,
-                )
-                for instance_id, (u, last_seq) in plan.updated.items()
-            ],
-            [
-                (tenant, iid, seq, typ, data.decode(), utc(at))
-                for tenant, iid, seq, typ, data, at in plan.events
-            ],
-            EVENTS_CHANNEL,
-            _notifications(plan),
-        )
 
 
 EVENTS_CHANNEL = "saga_events"

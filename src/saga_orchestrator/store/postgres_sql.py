@@ -146,14 +146,29 @@ INSERT_EVENTS: Final = """
 INSERT INTO events (tenant_id, instance_id, seq, type, data, recorded_at)
 SELECT u.tenant_id, u.instance_id, u.seq, u.type, u.data, u.recorded_at
 FROM unnest($1::events[]) AS u"""
-# The instances' new state, their events and the notification in one round trip: a
-# data-modifying WITH runs to completion whether or not the query reads it, and NOTIFY is
-# delivered at commit either way. The two tables' writes touch different rows of different
-# tables, so their order inside the statement does not matter.
+# An update-only batch's instances, events and notification in one round trip (a smaller
+# statement than the one below, for the appends that move sagas on).
 UPDATE_INSTANCES_AND_EVENTS: Final = f"""
 WITH updated AS ({UPDATE_INSTANCES}),
 written AS ({INSERT_EVENTS.replace("$1", "$2")})
 SELECT pg_notify($3, chunk) FROM unnest($4::text[]) AS chunk"""
+# The batch's writes to instances and events, and the notification, in one round trip: a
+# data-modifying WITH runs to completion whether or not the query reads it, and NOTIFY is
+# delivered at commit either way. Created and updated instances are distinct rows (a batch
+# that creates an instance and moves it on writes it once, created in its final state).
+# RETURNING tells which creations really inserted; the events of one that did not (the id
+# exists: a race lost, or another tenant's) are left out, so that the caller learns of it
+# from the rows returned rather than from a unique violation, rolls back and plans again.
+# Timers reference instances: they are written after this statement.
+WRITE_INSTANCES_AND_EVENTS: Final = f"""
+WITH created AS ({INSERT_INSTANCES}),
+updated AS ({UPDATE_INSTANCES.replace("$1", "$3")}),
+written AS ({INSERT_EVENTS.replace("$1", "$4")}
+    WHERE u.instance_id <> ALL($7::text[])
+       OR u.instance_id IN (SELECT instance_id FROM created))
+SELECT instance_id FROM created
+UNION ALL
+SELECT NULL FROM (SELECT pg_notify($5, chunk) FROM unnest($6::text[]) AS chunk) AS notified"""
 UPSERT_TIMERS: Final = """
 INSERT INTO timers (instance_id, tenant_id, fire_at)
 SELECT * FROM unnest($1::timers[])
