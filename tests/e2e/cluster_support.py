@@ -640,15 +640,24 @@ LEADER_TTL: Final = 10.0
 
 
 class LeaderWatch:
-    """Polls the chores' lease row every 50 ms and keeps every distinct state seen."""
+    """Polls the chores' lease row every 50 ms and keeps every distinct state seen; and, for
+    :meth:`check`, a trigger of the test's own logs every write to that row, so that a state
+    that lasted less than a poll (a release taken over at once) is not missed."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.seen: list[LeaseSeen] = []
+        self.written: list[LeaseSeen] = []
+        """Every write to the row from the watch's start, in order (``db_now``: its time)."""
         self.errors = 0
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> LeaderWatch:
+        conn = await connect(self.url)
+        try:
+            await conn.execute(self.LOG_WRITES)
+        finally:
+            await conn.close()
         self._task = asyncio.create_task(self._poll())
         return self
 
@@ -657,6 +666,31 @@ class LeaderWatch:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        conn = await connect(self.url)
+        try:
+            rows = await conn.fetch(
+                "SELECT holder, epoch, expires_at, at FROM test_leader_writes ORDER BY id"
+            )
+        finally:
+            await conn.close()
+        self.written = [LeaseSeen(r[0], int(r[1]), float(r[2]), float(r[3])) for r in rows]
+
+    # The function runs as its owner (the test's login), whichever role the node writes as.
+    LOG_WRITES: Final = """
+    CREATE TABLE IF NOT EXISTS test_leader_writes (
+        id bigserial PRIMARY KEY, holder text, epoch bigint, expires_at float8, at float8);
+    CREATE OR REPLACE FUNCTION test_log_leader_write() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER AS $$
+    BEGIN
+        INSERT INTO test_leader_writes (holder, epoch, expires_at, at)
+        VALUES (NEW.holder, NEW.epoch, extract(epoch FROM NEW.expires_at),
+                extract(epoch FROM clock_timestamp()));
+        RETURN NEW;
+    END $$;
+    DROP TRIGGER IF EXISTS test_leader_writes ON leader_leases;
+    CREATE TRIGGER test_leader_writes AFTER INSERT OR UPDATE ON leader_leases
+    FOR EACH ROW WHEN (NEW.name = 'chores') EXECUTE FUNCTION test_log_leader_write();
+    """
 
     async def _poll(self) -> None:
         conn: asyncpg.Connection | None = None
@@ -709,11 +743,21 @@ class LeaderWatch:
         assert epochs, "the leader lease was never seen"
         numbers = [epoch for epoch, _ in epochs]
         assert numbers == sorted(set(numbers)), f"epochs not strictly rising: {epochs}"
+        # The logged writes of an epoch, where there are any, say what happened between two
+        # polls (a release taken over at once); polls cover an epoch written only before the
+        # watch began.
+        known = {*epochs, *((s.epoch, s.holder) for s in self.written)}
+        assert len({epoch for epoch, _ in known}) == len(known), f"two holders: {known}"
+
+        def states(epoch: int) -> list[LeaseSeen]:
+            written = [s for s in self.written if s.epoch == epoch]
+            return written or [s for s in self.seen if s.epoch == epoch]
+
         gaps = []
-        for before, after in itertools.pairwise(epochs):
-            # The last state seen: renewals push the expiry on, a release brings it back.
-            last_expiry = [s.expires_at for s in self.seen if s.epoch == before[0]][-1]
-            taken = min(s.expires_at for s in self.seen if s.epoch == after[0]) - LEADER_TTL
+        for before, after in itertools.pairwise(sorted(known)):
+            # The last state: renewals push the expiry on, a release brings it back.
+            last_expiry = states(before[0])[-1].expires_at
+            taken = states(after[0])[0].expires_at - LEADER_TTL
             assert taken >= last_expiry, (
                 f"epoch {after} taken at {taken:.3f}, before epoch {before}'s lease ran out "
                 f"at {last_expiry:.3f}"
