@@ -1,6 +1,7 @@
 """PostgreSQL group commit: one transaction and a constant number of round trips per batch.
 
-1. lock the batch's existing instance rows, in instance-id order (``FOR UPDATE``);
+1. lock the batch's existing instance rows, in instance-id order (``FOR UPDATE``; a batch
+   that only creates has none, and skips it);
 2. read the start keys the batch mentions;
 3. decide every request in Python (:func:`~saga_orchestrator.store.batch.plan_batch`);
 4. write the plan: the instances (created and updated), their events and the notification in
