@@ -3,11 +3,11 @@
 Row-level security (migration 0008) is a second wall between tenants: the store never works
 as the login of its URL. Work done for tenants runs on a pool whose sessions are the role
 ``saga_app`` and name, before each use, the tenants the work is for (``saga.tenants``; a
-session naming none sees no rows); the chores that span tenants (claims, renewals, timers,
-the outbox relay, retention, the node registry) run on a small pool of role ``saga_cluster``.
-Only migrations run as the login itself. The role is a startup parameter of each connection,
-so switching costs no round trip, and ``RESET ALL`` (the pool's reset between uses) clears
-the tenants but keeps the role.
+session naming none sees no rows), for one transaction at a time
+(:mod:`~saga_orchestrator.store.postgres_session`); the chores that span tenants (claims,
+renewals, timers, the outbox relay, retention, the node registry) run on a small pool of role
+``saga_cluster``. Only migrations run as the login itself. The role is a startup parameter of
+each connection, so switching costs no round trip.
 
 Driver errors are translated once, here: a lost or refused connection becomes
 :class:`~saga_orchestrator.errors.StoreUnavailable`, any other database error
@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,6 +48,12 @@ from saga_orchestrator.store.listing import listing_where, make_page, numbered_p
 from saga_orchestrator.store.migrator import load_migrations
 from saga_orchestrator.store.postgres_append import append_batch
 from saga_orchestrator.store.postgres_listen import EventListener
+from saga_orchestrator.store.postgres_session import (
+    TenantScope,
+    keep_session,
+    tenant_scope,
+    transaction,
+)
 from saga_orchestrator.store.postgres_statistics import (
     StatisticsKeeper,
     analyze_grown,
@@ -153,7 +159,9 @@ class PostgresStore:
     app_role: str | None = APP_ROLE
     cluster_role: str | None = CLUSTER_ROLE
 
-    async def _get_pool(self, role: str | None, max_size: int) -> Pool[asyncpg.Record]:
+    async def _get_pool(
+        self, role: str | None, max_size: int, *, tenants: bool = False
+    ) -> Pool[asyncpg.Record]:
         key = role or ""
         pool = self._pools.get(key)
         if pool is not None:
@@ -173,6 +181,8 @@ class PostgresStore:
                         max_size=max_size,
                         command_timeout=self._options.command_timeout,
                         server_settings=settings,
+                        # The tenants' sessions keep no state between transactions.
+                        reset=keep_session if tenants else None,
                     )
                 except asyncpg.InvalidParameterValueError as exc:
                     raise ConfigurationError(
@@ -188,15 +198,24 @@ class PostgresStore:
             return pool
 
     @asynccontextmanager
+    async def _tenant_session(
+        self, tenant_ids: Iterable[str]
+    ) -> AsyncIterator[tuple[PoolConnectionProxy[asyncpg.Record], TenantScope]]:
+        """A session for transactions (:func:`.postgres_session.transaction` with the scope)
+        that see and write the rows of ``tenant_ids`` and of no other tenant."""
+        with _translate_errors():
+            pool = await self._get_pool(self.app_role, self._options.max_size, tenants=True)
+            async with pool.acquire() as conn:
+                yield conn, tenant_scope(tenant_ids)
+
+    @asynccontextmanager
     async def _tenants(
         self, *tenant_ids: str
     ) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
-        """A session that sees and writes the rows of ``tenant_ids`` and of no other tenant."""
-        with _translate_errors():
-            pool = await self._get_pool(self.app_role, self._options.max_size)
-            async with pool.acquire() as conn:
-                await conn.execute(sql.SET_TENANTS, list(tenant_ids))
-                yield conn
+        """One transaction that sees and writes the rows of ``tenant_ids`` and of no other
+        tenant: committed when the block ends, rolled back if it raises."""
+        async with self._tenant_session(tenant_ids) as (conn, scope), transaction(conn, scope):
+            yield conn
 
     @asynccontextmanager
     async def _cluster(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
@@ -292,7 +311,7 @@ class PostgresStore:
     async def release_quarantine(
         self, tenant_id: str, instance_id: str, audit: AuditEntry | None = None
     ) -> bool:
-        async with self._tenants(tenant_id) as conn, conn.transaction():
+        async with self._tenants(tenant_id) as conn:
             released = await leases.release_quarantine(conn, tenant_id, instance_id)
             if released and audit is not None:
                 await audit_log.write_audit(conn, [audit])
@@ -343,13 +362,13 @@ class PostgresStore:
         now = datetime.now(UTC)
         row = (tenant_id, name, version, major, minor, patch, prerelease, body, digest, now)
         async with self._tenants(tenant_id) as conn:
-            async with conn.transaction():
-                created = await conn.fetchval(sql.INSERT_DEFINITION, *row)
-                if created and audit is not None:
-                    await audit_log.write_audit(conn, [audit])
+            created = await conn.fetchval(sql.INSERT_DEFINITION, *row)
             if created:
+                if audit is not None:
+                    await audit_log.write_audit(conn, [audit])
                 return PutDefinitionOutcome.CREATED
-            # DO NOTHING waited for any concurrent insert, so the row is committed by now.
+            # DO NOTHING waited for any concurrent insert, which is committed by now: this
+            # statement's snapshot (read committed) sees it.
             existing = await conn.fetchval(sql.DEFINITION_DIGEST, tenant_id, name, version)
         if existing == digest:
             return PutDefinitionOutcome.IDENTICAL
@@ -380,7 +399,7 @@ class PostgresStore:
         deprecated: bool,
         audit: AuditEntry | None = None,
     ) -> bool:
-        async with self._tenants(tenant_id) as conn, conn.transaction():
+        async with self._tenants(tenant_id) as conn:
             found = await conn.fetchval(
                 sql.SET_DEFINITION_DEPRECATED, tenant_id, name, version, deprecated
             )
@@ -393,8 +412,8 @@ class PostgresStore:
         if not requests:
             return []
         validate(requests)
-        async with self._tenants(*{r.tenant_id for r in requests}) as conn:
-            results = await append_batch(conn, requests, self._cipher)
+        async with self._tenant_session({r.tenant_id for r in requests}) as (conn, scope):
+            results = await append_batch(conn, scope, requests, self._cipher)
         self.statistics.wrote(sum([len(r.events) for r in requests]))
         return results
 
@@ -510,7 +529,7 @@ class PostgresStore:
         config: dict[str, Any],
         audit: AuditEntry | None = None,
     ) -> int:
-        async with self._tenants(tenant_id) as conn, conn.transaction():
+        async with self._tenants(tenant_id) as conn:
             version = await extras.put_participant(conn, tenant_id, name, config)
             if audit is not None:
                 await audit_log.write_audit(conn, [audit])
@@ -527,7 +546,7 @@ class PostgresStore:
     async def delete_participant(
         self, tenant_id: str, name: str, audit: AuditEntry | None = None
     ) -> bool:
-        async with self._tenants(tenant_id) as conn, conn.transaction():
+        async with self._tenants(tenant_id) as conn:
             deleted = await extras.delete_participant(conn, tenant_id, name)
             if deleted and audit is not None:
                 await audit_log.write_audit(conn, [audit])
@@ -541,14 +560,14 @@ class PostgresStore:
     async def put_tenant_limits(
         self, tenant_id: str, config: dict[str, Any], audit: AuditEntry | None = None
     ) -> int:
-        async with self._tenants(tenant_id) as conn, conn.transaction():
+        async with self._tenants(tenant_id) as conn:
             version = await extras.put_tenant_limits(conn, tenant_id, config)
             if audit is not None:
                 await audit_log.write_audit(conn, [audit])
             return version
 
     async def delete_tenant_limits(self, tenant_id: str, audit: AuditEntry | None = None) -> bool:
-        async with self._tenants(tenant_id) as conn, conn.transaction():
+        async with self._tenants(tenant_id) as conn:
             deleted = await extras.delete_tenant_limits(conn, tenant_id)
             if deleted and audit is not None:
                 await audit_log.write_audit(conn, [audit])
@@ -562,7 +581,7 @@ class PostgresStore:
     async def append_audit(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
         if not entries:
             return []
-        async with self._tenants(*{e.tenant_id for e in entries}) as conn, conn.transaction():
+        async with self._tenants(*{e.tenant_id for e in entries}) as conn:
             return await audit_log.write_audit(conn, entries)
 
     async def list_audit(

@@ -179,8 +179,8 @@ async def test_a_create_colliding_with_an_unseen_instance_conflicts(
 async def test_a_pooled_session_forgets_its_tenants_before_anyone_else_uses_it(
     pg_url: str,
 ) -> None:
-    """The tenants are set on the session, not the transaction: the pool's reset on
-    release must clear them before the connection's next user."""
+    """The tenants are set for each transaction, and the pool does not reset its sessions:
+    a setting that outlived its transaction would reach the connection's next user."""
     store = PostgresStore(pg_url, PostgresOptions(min_size=1, max_size=1))
     try:
         for n in range(3):
@@ -192,6 +192,26 @@ async def test_a_pooled_session_forgets_its_tenants_before_anyone_else_uses_it(
                 assert not await conn.fetchval("SELECT current_setting('saga.tenants', true)")
                 assert await conn.fetchval("SELECT count(*) FROM instances") == 0
         assert len((await store.list_instances(TENANT, InstanceFilter())).items) == 3
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("odd", ["o'brien", 'say "hi"', "a,b", "{x}", "back\\slash", "NULL"])
+async def test_a_tenant_id_a_literal_would_have_to_quote_keeps_its_rows_and_no_more(
+    pg_url: str, odd: str
+) -> None:
+    """Such an id reaches the server as a parameter, never inside the ``BEGIN``'s literal:
+    its rows are written and read back, and a plain tenant's session still sees none."""
+    store = PostgresStore(pg_url, PostgresOptions(min_size=1, max_size=1))
+    try:
+        [created] = await store.append([create("odd-1", tenant=odd)])
+        [moved] = await store.append([append("odd-1", 1, [event(1)], tenant=odd)])
+        assert (created.status, moved.status) == (AppendStatus.APPENDED, AppendStatus.APPENDED)
+        found = await store.get_instance(odd, "odd-1")
+        assert found is not None and found.last_seq == 2
+        assert [e.seq for e in await store.load_events(odd, "odd-1")] == [1, 2]
+        assert await store.get_instance(TENANT, "odd-1") is None
+        assert not (await store.list_instances(TENANT, InstanceFilter())).items
     finally:
         await store.close()
 
