@@ -82,6 +82,29 @@ def batch_start_keys(requests: Sequence[AppendRequest]) -> list[StartKey]:
     return sorted(keys)
 
 
+def expected_facts(
+    requests: Sequence[AppendRequest], start_keys: Mapping[StartKey, tuple[str, str | None]]
+) -> Facts:
+    """The facts the requests themselves expect: each existing instance at the sequence (and
+    under the lease) its first request in the batch names. A plan made from them is the plan
+    the real facts give wherever they agree, which a backend checks as it writes (PostgreSQL
+    updates each instance only where it still is what was expected, and otherwise plans again
+    from the rows it locks). An instance the batch creates before anything appends to it is
+    expected not to exist."""
+    instances: dict[str, tuple[str, int]] = {}
+    leases: dict[str, tuple[str | None, int]] = {}
+    created: set[str] = set()
+    for request in requests:
+        instance_id = request.instance_id
+        if request.create is not None:
+            created.add(instance_id)
+        elif instance_id not in created:
+            instances.setdefault(instance_id, (request.tenant_id, request.expected_seq))
+            if request.lease is not None:
+                leases.setdefault(instance_id, (request.lease.owner, request.lease.epoch))
+    return Facts(instances=instances, start_keys=start_keys, leases=leases)
+
+
 def validate(requests: Sequence[AppendRequest]) -> None:
     """Refuse malformed requests before any write (a programming error, not a conflict).
 

@@ -1,18 +1,24 @@
 """PostgreSQL group commit: one transaction and a constant number of round trips per batch.
 
-1. lock the batch's existing instance rows, in instance-id order (``FOR UPDATE``; a batch
-   that only creates has none, and skips it);
-2. read the start keys the batch mentions;
-3. decide every request in Python (:func:`~saga_orchestrator.store.batch.plan_batch`);
-4. write the plan: the instances (created and updated), their events and the notification in
-   one statement, then one bulk statement per other table.
+1. read the start keys the batch mentions (if it creates with any);
+2. decide every request in Python (:func:`~saga_orchestrator.store.batch.plan_batch`) from
+   the facts the requests themselves expect (:func:`~saga_orchestrator.store.batch.expected_facts`);
+3. write the plan: the instances (created, and updated only where each still is what the plan
+   expected), their events, their changed wake-ups and the notification in one statement,
+   then one bulk statement per other table (outbox, audit log).
+
+An append that moves a saga on names the sequence it expects and, in a cluster, the lease it
+holds; almost always the instance is just that, so the batch locks nothing up front. When the
+statement finds an instance moved on (another writer, a take-over), the transaction is rolled
+back and the batch planned again from its instance rows, locked in instance-id order
+(``FOR UPDATE``), which gives every request its exact answer (a conflict, a lost lease).
 
 Rows that do not exist yet cannot be locked, so two transactions may both plan to create the same
 instance or claim the same start key. Those inserts use ``ON CONFLICT DO NOTHING RETURNING``:
 the loser waits for the winner's commit, sees its row missing from RETURNING, rolls back and
 plans again, and then finds the winner's row. No unique violation ever escapes.
 
-Row-level security hides other tenants' instances from the lock of step 1, so a create whose
+Row-level security hides other tenants' instances from the lock, so a create whose
 id another tenant already holds also loses its insert, and still finds nothing on the next
 plan: such an id is remembered as taken by someone unseen, and the create conflicts (as
 "missing", sequence 0) without learning anything about that instance.
@@ -21,7 +27,6 @@ plan: such an id is remembered as taken by someone unseen, and the create confli
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -30,15 +35,19 @@ import orjson
 from saga_orchestrator.errors import StoreError
 from saga_orchestrator.store import postgres_sql as sql
 from saga_orchestrator.store.batch import (
+    CreatedRow,
     Facts,
     Plan,
+    StartKey,
     batch_instance_ids,
     batch_start_keys,
+    expected_facts,
     plan_batch,
 )
 from saga_orchestrator.store.codec import utc
 from saga_orchestrator.store.encryption import EventCipher
 from saga_orchestrator.store.postgres_audit import write_audit
+from saga_orchestrator.store.postgres_session import TenantScope, transaction
 from saga_orchestrator.store.protocol import AppendRequest, AppendResult
 
 if TYPE_CHECKING:
@@ -58,21 +67,29 @@ class _RaceLost(Exception):
         """Instances this batch failed to create (empty for a lost start key)."""
 
 
+class _MovedOn(Exception):
+    """An instance was not what the plan expected (never escapes: planned again, locked)."""
+
+
 async def append_batch(
     conn: PoolConnectionProxy[asyncpg.Record],
+    scope: TenantScope,
     requests: Sequence[AppendRequest],
     cipher: EventCipher | None = None,
 ) -> list[AppendResult]:
-    """Run the batch, re-planning after a lost creation race or a deadlock."""
+    """Run the batch: first from the facts the requests expect, then, after a lost creation
+    race, an instance that moved on or a deadlock, from the locked rows."""
     lost: set[str] = set()
+    locked = False
     for _ in range(_ATTEMPTS):
         try:
-            async with conn.transaction():
-                return await _append_once(conn, requests, cipher, lost)
+            async with transaction(conn, scope):
+                return await _append_once(conn, requests, cipher, lost, locked=locked)
         except _RaceLost as race:
             lost |= race.instance_ids
-        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
-            continue
+        except (_MovedOn, asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            pass
+        locked = True
     raise StoreError(f"append gave up after {_ATTEMPTS} collisions with concurrent writers")
 
 
@@ -81,35 +98,43 @@ async def _append_once(
     requests: Sequence[AppendRequest],
     cipher: EventCipher | None,
     lost: set[str],
+    *,
+    locked: bool,
 ) -> list[AppendResult]:
-    rows = (
-        []
-        if _only_creations(requests, lost)
-        else await conn.fetch(sql.LOCK_INSTANCES, batch_instance_ids(requests))
-    )
-    instances = {row[0]: (row[1], row[2]) for row in rows}
-    for instance_id in lost.difference(instances):
-        instances[instance_id] = (_UNSEEN_TENANT, 0)
-    leases = {row[0]: (row[3], row[4]) for row in rows}
     keys = batch_start_keys(requests)
     taken = {}
     if keys:
         tenants, names = [k[0] for k in keys], [k[1] for k in keys]
         key_rows = await conn.fetch(sql.TAKEN_START_KEYS, tenants, names)
         taken = {(row[0], row[1]): (row[2], row[3]) for row in key_rows}
-    facts = Facts(instances=instances, start_keys=taken, leases=leases)
+    if locked:
+        facts = await _locked_facts(conn, requests, taken, lost)
+    else:
+        facts = expected_facts(requests, taken)
     plan = plan_batch(requests, facts, cipher)
+    if not locked and not facts.instances.keys() <= plan.updated.keys():
+        # Some expected instance is not written, so nothing would confirm what the plan
+        # answered for it: only the locked rows can.
+        raise _MovedOn
     await _claim_start_keys(conn, plan)
-    await _write_instances_and_events(conn, plan)
-    await _write_rest(conn, plan, {row[0]: row[5] for row in rows})
+    await _write_instances_and_events(conn, plan, facts)
+    await _write_outbox(conn, plan)
+    await write_audit(conn, plan.audit)
     return plan.results
 
 
-def _only_creations(requests: Sequence[AppendRequest], lost: set[str]) -> bool:
-    """Whether the batch only creates instances, none of which lost a race before: then
-    the lock has nothing to lock and is skipped (one round trip fewer for a lone start).
-    An id that exists after all loses its insert, and the batch is planned again with it."""
-    return not lost and all(r.create is not None for r in requests)
+async def _locked_facts(
+    conn: PoolConnectionProxy[asyncpg.Record],
+    requests: Sequence[AppendRequest],
+    taken: dict[StartKey, tuple[str, str | None]],
+    lost: set[str],
+) -> Facts:
+    rows = await conn.fetch(sql.LOCK_INSTANCES, batch_instance_ids(requests))
+    instances = {row[0]: (row[1], row[2]) for row in rows}
+    for instance_id in lost.difference(instances):
+        instances[instance_id] = (_UNSEEN_TENANT, 0)
+    leases = {row[0]: (row[3], row[4]) for row in rows}
+    return Facts(instances=instances, start_keys=taken, leases=leases)
 
 
 async def _claim_start_keys(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> None:
@@ -129,87 +154,101 @@ async def _claim_start_keys(conn: PoolConnectionProxy[asyncpg.Record], plan: Pla
 
 
 async def _write_instances_and_events(
-    conn: PoolConnectionProxy[asyncpg.Record], plan: Plan
+    conn: PoolConnectionProxy[asyncpg.Record], plan: Plan, facts: Facts
 ) -> None:
     if not (plan.created or plan.updated or plan.events):
         return
-    updates = [
-        # A record of the instances row type (see postgres_sql): only the columns the update
-        # sets.
-        (
-            instance_id,
-            None,
-            None,
-            None,
-            str(u.status),
-            _json(list(u.current_nodes)),
-            last_seq,
-            None,
-            utc(u.updated_at),
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
-        for instance_id, (u, last_seq) in plan.updated.items()
-    ]
-    events = [
-        (tenant, iid, seq, typ, data.decode(), utc(at))
-        for tenant, iid, seq, typ, data, at in plan.events
-    ]
-    if not plan.created:
-        await conn.execute(
-            sql.UPDATE_INSTANCES_AND_EVENTS, updates, events, EVENTS_CHANNEL, _notifications(plan)
-        )
-        return
-    created = [plan.created[iid] for iid in sorted(plan.created)]
-    rows = await conn.fetch(
-        sql.WRITE_INSTANCES_AND_EVENTS,
-        [
+    expected_seqs = []
+    updates = []
+    # In instance-id order, as the rows are locked (the join follows the array's order).
+    for instance_id, (u, last_seq) in sorted(plan.updated.items()):
+        tenant_id, expected_seq = facts.instances[instance_id]
+        owner, epoch = facts.leases.get(instance_id, (None, None))
+        expected_seqs.append(expected_seq)
+        # A record of the instances row type (see postgres_sql): the columns the update sets,
+        # its tenant, and in owner_id and lease_epoch the lease the plan relied on.
+        updates.append(
             (
-                c.instance_id,
-                c.tenant_id,
-                c.definition_name,
-                c.definition_version,
-                str(r.update.status),
-                _json(list(r.update.current_nodes)),
-                r.last_seq,
-                utc(c.created_at),
-                utc(r.update.updated_at),
-                c.parent_instance_id,
-                c.parent_node,
-                c.idempotency_key,
-                None if r.lease is None else r.lease.owner,
+                instance_id,
+                tenant_id,
                 None,
+                None,
+                str(u.status),
+                _json(list(u.current_nodes)),
+                last_seq,
+                None,
+                utc(u.updated_at),
+                None,
+                None,
+                None,
+                owner,
+                epoch,
                 None,
                 None,
                 None,
             )
-            for r in created
-            for c in (r.create,)
-        ],
-        [None if r.lease is None else r.lease.ttl for r in created],
-        updates,
-        events,
-        EVENTS_CHANNEL,
-        _notifications(plan),
-        list(plan.created),
-    )
-    inserted = {row[0] for row in rows if row[0] is not None}
-    if len(inserted) != len(created):
+        )
+    events = [
+        (tenant, iid, seq, typ, data.decode(), utc(at))
+        for tenant, iid, seq, typ, data, at in plan.events
+    ]
+    timers = [
+        (instance_id, tenant_id, None if fire_at is None else utc(fire_at))
+        for instance_id, (tenant_id, fire_at) in plan.timers.items()
+    ]
+    if plan.created:
+        created = [plan.created[iid] for iid in sorted(plan.created)]
+        rows = await conn.fetch(
+            sql.WRITE_INSTANCES_AND_EVENTS,
+            [_created_record(r) for r in created],
+            [None if r.lease is None else r.lease.ttl for r in created],
+            updates,
+            expected_seqs,
+            events,
+            timers,
+            EVENTS_CHANNEL,
+            _notifications(plan),
+        )
+    else:
+        rows = await conn.fetch(
+            sql.UPDATE_INSTANCES_AND_EVENTS,
+            updates,
+            expected_seqs,
+            events,
+            timers,
+            EVENTS_CHANNEL,
+            _notifications(plan),
+        )
+    inserted = {row[0] for row in rows if row[1]}
+    if len(inserted) != len(plan.created):
         raise _RaceLost(frozenset(plan.created).difference(inserted))
+    updated = sum(row[1] is False for row in rows)
+    if updated != len(plan.updated):
+        raise _MovedOn
 
 
-async def _write_rest(
-    conn: PoolConnectionProxy[asyncpg.Record], plan: Plan, wake_ups: dict[str, datetime | None]
-) -> None:
-    await _write_timers(conn, plan, wake_ups)
-    await _write_outbox(conn, plan)
-    await write_audit(conn, plan.audit)
+def _created_record(row: CreatedRow) -> tuple[object, ...]:
+    """A record of the instances row type (see postgres_sql) for a created instance."""
+    create, update = row.create, row.update
+    return (
+        create.instance_id,
+        create.tenant_id,
+        create.definition_name,
+        create.definition_version,
+        str(update.status),
+        _json(list(update.current_nodes)),
+        row.last_seq,
+        utc(create.created_at),
+        utc(update.updated_at),
+        create.parent_instance_id,
+        create.parent_node,
+        create.idempotency_key,
+        None if row.lease is None else row.lease.owner,
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 EVENTS_CHANNEL = "saga_events"
@@ -239,26 +278,6 @@ def _notifications(plan: Plan) -> list[str]:
     if current:
         chunks.append(",".join(current))
     return chunks
-
-
-async def _write_timers(
-    conn: PoolConnectionProxy[asyncpg.Record], plan: Plan, wake_ups: dict[str, datetime | None]
-) -> None:
-    """Only the wake-ups that change: most appends neither have nor set one, and a delete of
-    a missing row still costs the server an index probe per instance."""
-    upserts = []
-    deletes = []
-    for instance_id, (tenant_id, fire_at) in plan.timers.items():
-        current = wake_ups.get(instance_id)
-        if fire_at is None:
-            if current is not None:
-                deletes.append(instance_id)
-        elif current is None or fire_at != current:
-            upserts.append((instance_id, tenant_id, utc(fire_at)))
-    if upserts:
-        await conn.execute(sql.UPSERT_TIMERS, upserts)
-    if deletes:
-        await conn.execute(sql.DELETE_TIMERS, deletes)
 
 
 async def _write_outbox(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> None:

@@ -20,9 +20,9 @@ SCHEMA_VERSION: Final = "SELECT coalesce(max(version), 0) FROM schema_migrations
 RECORD_MIGRATION: Final = "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)"
 TAKE_MIGRATION_LOCK: Final = "SELECT pg_advisory_xact_lock($1)"
 
-# The tenants a saga_app session may touch (migration 0008's saga_tenants()), as a text[]
-# literal the server renders itself, so no tenant id is ever quoted by hand.
-SET_TENANTS: Final = "SELECT set_config('saga.tenants', $1::text[]::text, false)"
+# The tenants a saga_app transaction may touch (migration 0008's saga_tenants()), as a text[]
+# literal the server renders itself (see postgres_session for when the store renders one).
+SET_LOCAL_TENANTS: Final = "SELECT set_config('saga.tenants', $1::text[]::text, true)"
 
 INSERT_DEFINITION: Final = """
 INSERT INTO definitions
@@ -87,13 +87,12 @@ NEXT_TIMER_AT: Final = "SELECT min(fire_at) FROM timers"
 
 # -- append --
 # Locks are taken in instance-id order, so two batches can never deadlock on instance rows.
-# With each instance's current wake-up, so a batch writes only the timers that change.
 LOCK_INSTANCES: Final = """
-SELECT i.instance_id, i.tenant_id, i.last_seq, i.owner_id, i.lease_epoch, t.fire_at
-FROM instances i LEFT JOIN timers t ON t.instance_id = i.instance_id
-WHERE i.instance_id = ANY($1::text[])
-ORDER BY i.instance_id
-FOR UPDATE OF i"""
+SELECT instance_id, tenant_id, last_seq, owner_id, lease_epoch
+FROM instances
+WHERE instance_id = ANY($1::text[])
+ORDER BY instance_id
+FOR UPDATE"""
 TAKEN_START_KEYS: Final = """
 SELECT s.tenant_id, s.idempotency_key, s.instance_id, s.request_digest
 FROM start_keys s
@@ -111,7 +110,14 @@ RETURNING tenant_id, idempotency_key"""
 # so a row of n columns would cost it n times the checks of one record; the server decodes
 # the same fields either way. A record's fields follow the table's column order (the
 # *_ROW helpers of postgres_append build them); columns a statement does not write are NULL.
-INSERT_INSTANCES: Final = """
+_INSTANCE_FIELDS: Final = """instance_id, tenant_id, definition_name, definition_version,
+           status, current_nodes, last_seq, created_at, updated_at, parent_instance_id,
+           parent_node, idempotency_key, owner_id, lease_epoch, lease_expires_at, takeovers,
+           quarantined_at"""
+
+
+def _insert_instances(rows: str, ttls: str) -> str:
+    return f"""
 INSERT INTO instances
     (instance_id, tenant_id, definition_name, definition_version, status, current_nodes,
      last_seq, created_at, updated_at, parent_instance_id, parent_node, idempotency_key,
@@ -124,13 +130,19 @@ SELECT u.instance_id, u.tenant_id, u.definition_name, u.definition_version, u.st
        CASE WHEN u.owner_id IS NULL THEN 0 ELSE 1 END,
        CASE WHEN u.owner_id IS NOT NULL AND u.status IN ('running', 'compensating')
             THEN now() + make_interval(secs => u.lease_ttl) END
-FROM unnest($1::instances[], $2::float8[])
-     AS u (instance_id, tenant_id, definition_name, definition_version, status, current_nodes,
-           last_seq, created_at, updated_at, parent_instance_id, parent_node, idempotency_key,
-           owner_id, lease_epoch, lease_expires_at, takeovers, quarantined_at, lease_ttl)
+FROM unnest({rows}::instances[], {ttls}::float8[])
+     AS u ({_INSTANCE_FIELDS}, lease_ttl)
 ON CONFLICT (instance_id) DO NOTHING
 RETURNING instance_id"""
-UPDATE_INSTANCES: Final = """
+
+
+def _update_instances(rows: str, expected_seqs: str) -> str:
+    """A compare-and-set: a row is updated only while it is where the batch was planned
+    from (its tenant, its sequence, and its owner and epoch when the plan relied on them: a
+    record's ``owner_id`` and ``lease_epoch`` carry that lease, not new values); a row that
+    moved on is left alone and missing from RETURNING, which also gives each updated row's
+    wake-up as it was (the statement's snapshot), so that only changed timers are written."""
+    return f"""
 UPDATE instances AS i
 SET status = u.status, current_nodes = u.current_nodes, updated_at = u.updated_at,
     last_seq = u.last_seq,
@@ -140,40 +152,63 @@ SET status = u.status, current_nodes = u.current_nodes, updated_at = u.updated_a
     owner_id = CASE WHEN u.status IN ('running', 'compensating') THEN i.owner_id END,
     lease_expires_at = CASE WHEN u.status IN ('running', 'compensating')
                             THEN i.lease_expires_at END
-FROM unnest($1::instances[]) AS u
-WHERE i.instance_id = u.instance_id"""
-INSERT_EVENTS: Final = """
-INSERT INTO events (tenant_id, instance_id, seq, type, data, recorded_at)
-SELECT u.tenant_id, u.instance_id, u.seq, u.type, u.data, u.recorded_at
-FROM unnest($1::events[]) AS u"""
-# An update-only batch's instances, events and notification in one round trip (a smaller
-# statement than the one below, for the appends that move sagas on).
-UPDATE_INSTANCES_AND_EVENTS: Final = f"""
-WITH updated AS ({UPDATE_INSTANCES}),
-written AS ({INSERT_EVENTS.replace("$1", "$2")})
-SELECT pg_notify($3, chunk) FROM unnest($4::text[]) AS chunk"""
-# The batch's writes to instances and events, and the notification, in one round trip: a
-# data-modifying WITH runs to completion whether or not the query reads it, and NOTIFY is
-# delivered at commit either way. Created and updated instances are distinct rows (a batch
-# that creates an instance and moves it on writes it once, created in its final state).
-# RETURNING tells which creations really inserted; the events of one that did not (the id
-# exists: a race lost, or another tenant's) are left out, so that the caller learns of it
-# from the rows returned rather than from a unique violation, rolls back and plans again.
-# Timers reference instances: they are written after this statement.
-WRITE_INSTANCES_AND_EVENTS: Final = f"""
-WITH created AS ({INSERT_INSTANCES}),
-updated AS ({UPDATE_INSTANCES.replace("$1", "$3")}),
-written AS ({INSERT_EVENTS.replace("$1", "$4")}
-    WHERE u.instance_id <> ALL($7::text[])
-       OR u.instance_id IN (SELECT instance_id FROM created))
-SELECT instance_id FROM created
+FROM unnest({rows}::instances[], {expected_seqs}::bigint[])
+     AS u ({_INSTANCE_FIELDS}, expected_seq)
+WHERE i.instance_id = u.instance_id AND i.tenant_id = u.tenant_id
+  AND i.last_seq = u.expected_seq
+  AND (u.owner_id IS NULL OR (i.owner_id = u.owner_id AND i.lease_epoch = u.lease_epoch))
+RETURNING i.instance_id,
+          (SELECT t.fire_at FROM timers AS t WHERE t.instance_id = i.instance_id) AS fire_at"""
+
+
+def _write_rest(events: str, timers: str, channel: str, chunks: str) -> str:
+    """The statement's tail, after a CTE ``touched`` (instance_id, fire_at as it was) of the
+    instances it wrote: their events (only theirs: an instance that was not written gets
+    none, so no unique violation ever escapes), their wake-ups that change (a delete of a
+    missing row would still cost an index probe per instance), the notification, and the
+    ids written (created ones flagged), so that the caller compares them with its plan."""
+    return f""",
+written AS (
+    INSERT INTO events (tenant_id, instance_id, seq, type, data, recorded_at)
+    SELECT u.tenant_id, u.instance_id, u.seq, u.type, u.data, u.recorded_at
+    FROM unnest({events}::events[]) AS u
+    WHERE u.instance_id IN (SELECT instance_id FROM touched)),
+wakes AS (
+    SELECT w.instance_id, w.tenant_id, w.fire_at, t.fire_at AS was
+    FROM unnest({timers}::timers[]) AS w JOIN touched AS t USING (instance_id)),
+timers_set AS (
+    INSERT INTO timers (instance_id, tenant_id, fire_at)
+    SELECT instance_id, tenant_id, fire_at FROM wakes
+    WHERE fire_at IS NOT NULL AND fire_at IS DISTINCT FROM was
+    ON CONFLICT (instance_id) DO UPDATE SET fire_at = excluded.fire_at),
+timers_cleared AS (
+    DELETE FROM timers AS t USING wakes AS w
+    WHERE t.instance_id = w.instance_id AND w.fire_at IS NULL AND w.was IS NOT NULL)
+SELECT instance_id, created FROM touched
 UNION ALL
-SELECT NULL FROM (SELECT pg_notify($5, chunk) FROM unnest($6::text[]) AS chunk) AS notified"""
-UPSERT_TIMERS: Final = """
-INSERT INTO timers (instance_id, tenant_id, fire_at)
-SELECT * FROM unnest($1::timers[])
-ON CONFLICT (instance_id) DO UPDATE SET fire_at = excluded.fire_at"""
-DELETE_TIMERS: Final = "DELETE FROM timers WHERE instance_id = ANY($1::text[])"
+SELECT NULL, NULL FROM (SELECT pg_notify({channel}, chunk) FROM unnest({chunks}::text[])
+                        AS chunk) AS notified"""
+
+
+# A batch's writes to instances, events and timers, and its notification, in one round
+# trip: a data-modifying WITH runs to completion whether or not the query reads it, and
+# NOTIFY is delivered at commit either way. The batch's created and updated instances are
+# distinct rows (a batch that creates an instance and moves it on writes it once, created
+# in its final state). The first statement is for batches that only update (the appends
+# that move sagas on), the second for those that create too.
+UPDATE_INSTANCES_AND_EVENTS: Final = f"""
+WITH updated AS ({_update_instances("$1", "$2")}),
+touched AS (SELECT instance_id, fire_at, false AS created FROM updated)
+{_write_rest("$3", "$4", "$5", "$6")}"""
+# A creation that did not insert (the id exists: a race lost, or another tenant's) is
+# missing from ``touched``, so its events are left out too.
+WRITE_INSTANCES_AND_EVENTS: Final = f"""
+WITH created AS ({_insert_instances("$1", "$2")}),
+updated AS ({_update_instances("$3", "$4")}),
+touched AS (SELECT instance_id, NULL::timestamptz AS fire_at, true AS created FROM created
+            UNION ALL
+            SELECT instance_id, fire_at, false FROM updated)
+{_write_rest("$5", "$6", "$7", "$8")}"""
 # A message id already in the outbox is the same message written again: keep the first.
 INSERT_OUTBOX: Final = """
 INSERT INTO outbox

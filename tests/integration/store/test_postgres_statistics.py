@@ -87,10 +87,13 @@ async def analyses(url: str) -> dict[str, tuple[int, float]]:
 
 # The group commit's statements that update instances, with their parameters' types.
 UPDATING_STATEMENTS = {
-    "update-only batch": (UPDATE_INSTANCES_AND_EVENTS, "instances[], events[], text, text[]"),
+    "update-only batch": (
+        UPDATE_INSTANCES_AND_EVENTS,
+        "instances[], bigint[], events[], timers[], text, text[]",
+    ),
     "batch with creations": (
         WRITE_INSTANCES_AND_EVENTS,
-        "instances[], float8[], instances[], events[], text, text[], text[]",
+        "instances[], float8[], instances[], bigint[], events[], timers[], text, text[]",
     ),
 }
 

@@ -16,12 +16,13 @@ from saga_orchestrator.store import (
     AppendResult,
     AppendStatus,
     AuditEntry,
+    Lease,
     Store,
     open_store,
 )
 from saga_orchestrator.store.audit import verify
 
-from .support import T0, TENANT, append, create, event
+from .support import T0, TENANT, append, at, create, event, update
 
 ROUNDS = 40
 
@@ -159,6 +160,62 @@ async def test_postgres_replans_after_losing_a_start_key_race(pg_url: str) -> No
         ]
         assert await store.get_instance(TENANT, "mine") is None
         assert await store.get_instance(TENANT, "free") is not None
+    finally:
+        await raw.close()
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            "last_seq = 2",
+            AppendResult(status=AppendStatus.CONFLICT, last_seq=2),
+        ),
+        (
+            "owner_id = 'n2', lease_epoch = 2",
+            AppendResult(status=AppendStatus.LEASE_LOST, last_seq=1),
+        ),
+    ],
+    ids=["moved on", "taken over"],
+)
+async def test_postgres_replans_when_an_instance_changes_under_an_unlocked_batch(
+    pg_url: str, change: str, expected: AppendResult
+) -> None:
+    """The batch locks nothing up front: its update waits for the other writer's row,
+    finds it changed and leaves it alone; the batch is planned again from the locked rows and
+    gives each request its exact answer, the untouched instance's append (and wake-up)
+    included, written once."""
+    store = open_store(pg_url)
+    raw = await asyncpg.connect(pg_url)
+    lease = Lease(owner="n1", epoch=1, ttl=60)
+    try:
+        await store.migrate()
+        await store.append([replace(create(i), lease=lease) for i in ("moving", "steady")])
+        transaction = raw.transaction()
+        await transaction.start()
+        await raw.execute(f"UPDATE instances SET {change} WHERE instance_id = 'moving'")
+        racing = asyncio.create_task(
+            store.append(
+                [
+                    replace(append("moving", 1, [event(5)]), lease=lease),
+                    replace(
+                        append("steady", 1, [event(6)], state=update(wake_at=at(30))),
+                        lease=lease,
+                    ),
+                ]
+            )
+        )
+        await _wait_for_lock_wait(raw)
+        await transaction.commit()
+        assert await racing == [
+            expected,
+            AppendResult(status=AppendStatus.APPENDED, last_seq=2),
+        ]
+        assert [e.seq for e in await store.load_events(TENANT, "moving")] == [1]
+        assert [e.seq for e in await store.load_events(TENANT, "steady")] == [1, 2]
+        steady = await store.get_instance(TENANT, "steady")
+        assert steady is not None and (steady.last_seq, steady.wake_at) == (2, at(30))
     finally:
         await raw.close()
         await store.close()
