@@ -1,11 +1,12 @@
 """PostgreSQL group commit: one transaction and a constant number of round trips per batch.
 
-1. read the start keys the batch mentions (if it creates with any);
+1. lock the chain heads of the tenants it audits (if any) and read the start keys it
+   mentions (if it creates with any);
 2. decide every request in Python (:func:`~saga_orchestrator.store.batch.plan_batch`) from
    the facts the requests themselves expect (:func:`~saga_orchestrator.store.batch.expected_facts`);
 3. write the plan: the instances (created, and updated only where each still is what the plan
-   expected), their events, their changed wake-ups and the notification in one statement,
-   then one bulk statement per other table (outbox, audit log).
+   expected), their events, their changed wake-ups, the notification and the audit records
+   (their chains' heads locked first) in one statement, then the outbox's messages, if any.
 
 An append that moves a saga on names the sequence it expects and, in a cluster, the lease it
 holds; almost always the instance is just that, so the batch locks nothing up front. When the
@@ -46,7 +47,7 @@ from saga_orchestrator.store.batch import (
 )
 from saga_orchestrator.store.codec import utc
 from saga_orchestrator.store.encryption import EventCipher
-from saga_orchestrator.store.postgres_audit import write_audit
+from saga_orchestrator.store.postgres_audit import EXTEND_CHAINS, chain_parameters, lock_heads
 from saga_orchestrator.store.postgres_session import TenantScope, transaction
 from saga_orchestrator.store.protocol import AppendRequest, AppendResult
 
@@ -101,6 +102,9 @@ async def _append_once(
     *,
     locked: bool,
 ) -> list[AppendResult]:
+    # The audit chains' heads first, the instance rows after, in every attempt: one order.
+    audited = {r.tenant_id for r in requests if r.audit is not None}
+    heads = await lock_heads(conn, audited) if audited else {}
     keys = batch_start_keys(requests)
     taken = {}
     if keys:
@@ -117,9 +121,9 @@ async def _append_once(
         # answered for it: only the locked rows can.
         raise _MovedOn
     await _claim_start_keys(conn, plan)
-    await _write_instances_and_events(conn, plan, facts)
+    audit = chain_parameters(plan.audit, heads)[1] if plan.audit else []
+    await _write_instances_and_events(conn, plan, facts, audit)
     await _write_outbox(conn, plan)
-    await write_audit(conn, plan.audit)
     return plan.results
 
 
@@ -154,9 +158,13 @@ async def _claim_start_keys(conn: PoolConnectionProxy[asyncpg.Record], plan: Pla
 
 
 async def _write_instances_and_events(
-    conn: PoolConnectionProxy[asyncpg.Record], plan: Plan, facts: Facts
+    conn: PoolConnectionProxy[asyncpg.Record], plan: Plan, facts: Facts, audit: list[list[object]]
 ) -> None:
+    """The plan's instances, events, wake-ups, notification and (``audit``: the parameters of
+    :func:`.postgres_audit.extend_chains`) audit records, in one statement."""
     if not (plan.created or plan.updated or plan.events):
+        if audit:
+            await conn.execute(EXTEND_CHAINS, *audit)
         return
     expected_seqs = []
     updates = []
@@ -199,7 +207,7 @@ async def _write_instances_and_events(
     if plan.created:
         created = [plan.created[iid] for iid in sorted(plan.created)]
         rows = await conn.fetch(
-            sql.WRITE_INSTANCES_AND_EVENTS,
+            sql.WRITE_INSTANCES_AND_EVENTS_AUDITED if audit else sql.WRITE_INSTANCES_AND_EVENTS,
             [_created_record(r) for r in created],
             [None if r.lease is None else r.lease.ttl for r in created],
             updates,
@@ -208,16 +216,18 @@ async def _write_instances_and_events(
             timers,
             EVENTS_CHANNEL,
             _notifications(plan),
+            *audit,
         )
     else:
         rows = await conn.fetch(
-            sql.UPDATE_INSTANCES_AND_EVENTS,
+            sql.UPDATE_INSTANCES_AND_EVENTS_AUDITED if audit else sql.UPDATE_INSTANCES_AND_EVENTS,
             updates,
             expected_seqs,
             events,
             timers,
             EVENTS_CHANNEL,
             _notifications(plan),
+            *audit,
         )
     inserted = {row[0] for row in rows if row[1]}
     if len(inserted) != len(plan.created):

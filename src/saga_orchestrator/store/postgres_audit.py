@@ -7,7 +7,7 @@ tenant's chain one after another, inside the transaction of the change they reco
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -30,19 +30,28 @@ SELECT t, 0, $2 FROM unnest($1::text[]) AS t
 ON CONFLICT (tenant_id) DO UPDATE SET seq = audit_heads.seq
 RETURNING tenant_id, seq, hash
 """
-# The new records and the heads they move to, in one round trip (different tables).
-EXTEND_CHAINS = """
-WITH logged AS (
+
+
+def extend_chains(first: int) -> str:
+    """Two CTEs (``logged``, ``heads_moved``): the new records and the heads they move to,
+    their 16 parameters numbered from ``first`` (see :func:`chain_parameters`), so that a
+    statement of other writes can carry them too."""
+    n = [f"${i}" for i in range(first, first + 16)]
+    return f"""logged AS (
     INSERT INTO audit_log (tenant_id, seq, at, actor, action, target_type, target_id, outcome,
                            reason, request_id, details, prev_hash, hash)
-    SELECT * FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::text[], $5::text[],
-                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                         $11::jsonb[], $12::text[], $13::text[])
-)
-UPDATE audit_heads AS h SET seq = n.seq, hash = n.hash
-FROM unnest($14::text[], $15::bigint[], $16::text[]) AS n (tenant_id, seq, hash)
-WHERE h.tenant_id = n.tenant_id
-"""
+    SELECT * FROM unnest({n[0]}::text[], {n[1]}::bigint[], {n[2]}::timestamptz[],
+                         {n[3]}::text[], {n[4]}::text[], {n[5]}::text[], {n[6]}::text[],
+                         {n[7]}::text[], {n[8]}::text[], {n[9]}::text[], {n[10]}::jsonb[],
+                         {n[11]}::text[], {n[12]}::text[])),
+heads_moved AS (
+    UPDATE audit_heads AS h SET seq = n.seq, hash = n.hash
+    FROM unnest({n[13]}::text[], {n[14]}::bigint[], {n[15]}::text[]) AS n (tenant_id, seq, hash)
+    WHERE h.tenant_id = n.tenant_id)"""
+
+
+# The new records and the heads they move to, in one round trip (different tables).
+EXTEND_CHAINS = f"WITH {extend_chains(1)}\nSELECT NULL"
 AUDIT_COLUMNS = (
     "tenant_id, seq, at, actor, action, target_type, target_id, outcome, reason, request_id,"
     " details::text, prev_hash, hash"
@@ -53,9 +62,24 @@ async def write_audit(conn: Connection, entries: Sequence[AuditEntry]) -> list[A
     """Inside the caller's transaction: extend each tenant's chain."""
     if not entries:
         return []
-    tenants = sorted({e.tenant_id for e in entries})
-    rows = await conn.fetch(LOCK_HEADS, tenants, GENESIS)
-    heads = {row[0]: (int(row[1]), str(row[2])) for row in rows if row[1] > 0}
+    heads = await lock_heads(conn, {e.tenant_id for e in entries})
+    records, parameters = chain_parameters(entries, heads)
+    await conn.execute(EXTEND_CHAINS, *parameters)
+    return records
+
+
+async def lock_heads(conn: Connection, tenant_ids: Iterable[str]) -> dict[str, tuple[int, str]]:
+    """Lock the tenants' chain heads (creating any missing), in tenant order; returns those
+    past the genesis as (seq, hash)."""
+    rows = await conn.fetch(LOCK_HEADS, sorted(set(tenant_ids)), GENESIS)
+    return {row[0]: (int(row[1]), str(row[2])) for row in rows if row[1] > 0}
+
+
+def chain_parameters(
+    entries: Sequence[AuditEntry], heads: Mapping[str, tuple[int, str]]
+) -> tuple[list[AuditRecord], list[list[object]]]:
+    """The records extending the locked ``heads`` with ``entries``, and the 16 parameters of
+    :func:`extend_chains` that write them."""
     records, new_heads = chain(entries, heads)
     columns: list[list[object]] = [[] for _ in range(13)]
     for record in records:
@@ -68,14 +92,12 @@ async def write_audit(conn: Connection, entries: Sequence[AuditEntry]) -> list[A
         for column, value in zip(columns, values, strict=True):
             column.append(value)
     ordered = sorted(new_heads.items())
-    await conn.execute(
-        EXTEND_CHAINS,
+    return records, [
         *columns,
         [t for t, _ in ordered],
         [s for _, (s, _) in ordered],
         [h for _, (_, h) in ordered],
-    )
-    return records
+    ]
 
 
 async def list_audit(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from saga_orchestrator.store.postgres_audit import extend_chains
+
 # A constant key for pg_advisory_xact_lock: serializes concurrent migrate() calls.
 MIGRATION_LOCK_KEY: Final = 0x5A6A_0C4E_5354_0001
 
@@ -161,12 +163,15 @@ RETURNING i.instance_id,
           (SELECT t.fire_at FROM timers AS t WHERE t.instance_id = i.instance_id) AS fire_at"""
 
 
-def _write_rest(events: str, timers: str, channel: str, chunks: str) -> str:
+def _write_rest(events: str, timers: str, channel: str, chunks: str, audit: int | None) -> str:
     """The statement's tail, after a CTE ``touched`` (instance_id, fire_at as it was) of the
     instances it wrote: their events (only theirs: an instance that was not written gets
     none, so no unique violation ever escapes), their wake-ups that change (a delete of a
     missing row would still cost an index probe per instance), the notification, and the
-    ids written (created ones flagged), so that the caller compares them with its plan."""
+    ids written (created ones flagged), so that the caller compares them with its plan; with
+    ``audit``, the audit records too (:func:`.postgres_audit.extend_chains`, parameters from
+    that number)."""
+    chains = "" if audit is None else f",\n{extend_chains(audit)}"
     return f""",
 written AS (
     INSERT INTO events (tenant_id, instance_id, seq, type, data, recorded_at)
@@ -183,32 +188,43 @@ timers_set AS (
     ON CONFLICT (instance_id) DO UPDATE SET fire_at = excluded.fire_at),
 timers_cleared AS (
     DELETE FROM timers AS t USING wakes AS w
-    WHERE t.instance_id = w.instance_id AND w.fire_at IS NULL AND w.was IS NOT NULL)
+    WHERE t.instance_id = w.instance_id AND w.fire_at IS NULL AND w.was IS NOT NULL){chains}
 SELECT instance_id, created FROM touched
 UNION ALL
 SELECT NULL, NULL FROM (SELECT pg_notify({channel}, chunk) FROM unnest({chunks}::text[])
                         AS chunk) AS notified"""
 
 
-# A batch's writes to instances, events and timers, and its notification, in one round
-# trip: a data-modifying WITH runs to completion whether or not the query reads it, and
-# NOTIFY is delivered at commit either way. The batch's created and updated instances are
-# distinct rows (a batch that creates an instance and moves it on writes it once, created
-# in its final state). The first statement is for batches that only update (the appends
-# that move sagas on), the second for those that create too.
-UPDATE_INSTANCES_AND_EVENTS: Final = f"""
+def _update_and_write(audit: bool) -> str:
+    return f"""
 WITH updated AS ({_update_instances("$1", "$2")}),
 touched AS (SELECT instance_id, fire_at, false AS created FROM updated)
-{_write_rest("$3", "$4", "$5", "$6")}"""
-# A creation that did not insert (the id exists: a race lost, or another tenant's) is
-# missing from ``touched``, so its events are left out too.
-WRITE_INSTANCES_AND_EVENTS: Final = f"""
+{_write_rest("$3", "$4", "$5", "$6", 7 if audit else None)}"""
+
+
+def _create_update_and_write(audit: bool) -> str:
+    # A creation that did not insert (the id exists: a race lost, or another tenant's) is
+    # missing from ``touched``, so its events are left out too.
+    return f"""
 WITH created AS ({_insert_instances("$1", "$2")}),
 updated AS ({_update_instances("$3", "$4")}),
 touched AS (SELECT instance_id, NULL::timestamptz AS fire_at, true AS created FROM created
             UNION ALL
             SELECT instance_id, fire_at, false FROM updated)
-{_write_rest("$5", "$6", "$7", "$8")}"""
+{_write_rest("$5", "$6", "$7", "$8", 9 if audit else None)}"""
+
+
+# A batch's writes to instances, events and timers, its notification and its audit records,
+# in one round trip: a data-modifying WITH runs to completion whether or not the query reads
+# it, and NOTIFY is delivered at commit either way. The batch's created and updated instances
+# are distinct rows (a batch that creates an instance and moves it on writes it once, created
+# in its final state). One statement for batches that only update (the appends that move
+# sagas on), one for those that create too; each with the audit records or without (most
+# batches record none).
+UPDATE_INSTANCES_AND_EVENTS: Final = _update_and_write(audit=False)
+UPDATE_INSTANCES_AND_EVENTS_AUDITED: Final = _update_and_write(audit=True)
+WRITE_INSTANCES_AND_EVENTS: Final = _create_update_and_write(audit=False)
+WRITE_INSTANCES_AND_EVENTS_AUDITED: Final = _create_update_and_write(audit=True)
 # A message id already in the outbox is the same message written again: keep the first.
 INSERT_OUTBOX: Final = """
 INSERT INTO outbox

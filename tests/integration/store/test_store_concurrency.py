@@ -198,10 +198,11 @@ async def test_postgres_replans_when_an_instance_changes_under_an_unlocked_batch
         racing = asyncio.create_task(
             store.append(
                 [
-                    replace(append("moving", 1, [event(5)]), lease=lease),
+                    replace(append("moving", 1, [event(5)]), lease=lease, audit=_entry("moving")),
                     replace(
                         append("steady", 1, [event(6)], state=update(wake_at=at(30))),
                         lease=lease,
+                        audit=_entry("steady"),
                     ),
                 ]
             )
@@ -216,9 +217,24 @@ async def test_postgres_replans_when_an_instance_changes_under_an_unlocked_batch
         assert [e.seq for e in await store.load_events(TENANT, "steady")] == [1, 2]
         steady = await store.get_instance(TENANT, "steady")
         assert steady is not None and (steady.last_seq, steady.wake_at) == (2, at(30))
+        # The audit records only what was appended, once, though the batch was written twice.
+        records, head = await store.audit_chain(TENANT)
+        assert [(r.seq, r.entry.target_id) for r in records] == [(1, "steady")]
+        assert verify(TENANT, records, head) is None
     finally:
         await raw.close()
         await store.close()
+
+
+def _entry(instance_id: str) -> AuditEntry:
+    return AuditEntry(
+        tenant_id=TENANT,
+        at=T0,
+        actor="ada",
+        action="instance.signal",
+        target_type="instance",
+        target_id=instance_id,
+    )
 
 
 async def _wait_for_lock_wait(raw: asyncpg.Connection[asyncpg.Record]) -> None:
