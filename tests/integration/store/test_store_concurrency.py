@@ -21,6 +21,7 @@ from saga_orchestrator.store import (
     open_store,
 )
 from saga_orchestrator.store.audit import verify
+from saga_orchestrator.store.postgres import PostgresOptions, PostgresStore
 
 from .support import T0, TENANT, append, at, create, event, update
 
@@ -221,6 +222,37 @@ async def test_postgres_replans_when_an_instance_changes_under_an_unlocked_batch
         records, head = await store.audit_chain(TENANT)
         assert [(r.seq, r.entry.target_id) for r in records] == [(1, "steady")]
         assert verify(TENANT, records, head) is None
+    finally:
+        await raw.close()
+        await store.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_an_append_cancelled_mid_statement_writes_nothing_and_frees_its_session(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store's transactions are its own (BEGIN with the tenants): a cancelled one is
+    rolled back, and the pool's only connection serves the next append at once."""
+    store = PostgresStore(pg_url, PostgresOptions(min_size=1, max_size=1))
+    raw = await asyncpg.connect(pg_url)
+    try:
+        await store.migrate()
+        await store.append([create("i-1")])
+        blocker = raw.transaction()
+        await blocker.start()
+        await raw.execute("UPDATE instances SET updated_at = now() WHERE instance_id = 'i-1'")
+        stuck = asyncio.create_task(store.append([append("i-1", 1, [event(1)])]))
+        await _wait_for_lock_wait(raw)
+        stuck.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stuck
+        await blocker.rollback()
+        assert await store.append([append("i-1", 1, [event(2)])]) == [
+            AppendResult(status=AppendStatus.APPENDED, last_seq=2)
+        ]
+        events = await store.load_events(TENANT, "i-1")
+        assert [orjson.loads(e.data).get("n") for e in events] == [None, 2]
+        assert "active transaction" not in caplog.text
     finally:
         await raw.close()
         await store.close()
