@@ -204,29 +204,20 @@ async def _write_instances_and_events(
         (instance_id, tenant_id, None if fire_at is None else utc(fire_at))
         for instance_id, (tenant_id, fire_at) in plan.timers.items()
     ]
+    written = (updates, expected_seqs, events, timers, EVENTS_CHANNEL, _notifications(plan))
     if plan.created:
         created = [plan.created[iid] for iid in sorted(plan.created)]
         rows = await conn.fetch(
             sql.WRITE_INSTANCES_AND_EVENTS_AUDITED if audit else sql.WRITE_INSTANCES_AND_EVENTS,
             [_created_record(r) for r in created],
             [None if r.lease is None else r.lease.ttl for r in created],
-            updates,
-            expected_seqs,
-            events,
-            timers,
-            EVENTS_CHANNEL,
-            _notifications(plan),
+            *written,
             *audit,
         )
     else:
         rows = await conn.fetch(
             sql.UPDATE_INSTANCES_AND_EVENTS_AUDITED if audit else sql.UPDATE_INSTANCES_AND_EVENTS,
-            updates,
-            expected_seqs,
-            events,
-            timers,
-            EVENTS_CHANNEL,
-            _notifications(plan),
+            *written,
             *audit,
         )
     inserted = {row[0] for row in rows if row[1]}
