@@ -13,6 +13,7 @@ import asyncpg
 
 from saga_orchestrator.store import (
     AppendRequest,
+    AuditEntry,
     InstanceStatus,
     InstanceUpdate,
     NewInstance,
@@ -34,6 +35,23 @@ def at(seconds: float) -> datetime:
 
 def event(n: int, kind: str = "StepSucceeded") -> Event:
     return (kind, b'{"n": %d, "text": "caf\xc3\xa9"}' % n)
+
+
+def audit_entry(
+    target_id: str,
+    *,
+    tenant: str = TENANT,
+    action: str = "instance.signal",
+    target_type: str = "instance",
+) -> AuditEntry:
+    return AuditEntry(
+        tenant_id=tenant,
+        at=T0,
+        actor="ada",
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+    )
 
 
 def update(

@@ -18,9 +18,16 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from saga_orchestrator.store import AppendStatus, AuditEntry, AuditFilter, InstanceFilter
+from saga_orchestrator.store import AppendStatus, AuditFilter, InstanceFilter
 from saga_orchestrator.store.postgres import PostgresOptions, PostgresStore
-from tests.integration.store.support import OTHER_TENANT, T0, TENANT, append, create, event
+from tests.integration.store.support import (
+    OTHER_TENANT,
+    TENANT,
+    append,
+    audit_entry,
+    create,
+    event,
+)
 from tests.support.tenant_filters import without_tenant_filters
 
 pytestmark = pytest.mark.postgres
@@ -66,17 +73,6 @@ async def unsecured(pg_url: str) -> AsyncIterator[PostgresStore]:
         await store.close()
 
 
-def _audit(tenant: str) -> AuditEntry:
-    return AuditEntry(
-        tenant_id=tenant,
-        at=T0,
-        actor="ada",
-        action="participant.put",
-        target_type="participant",
-        target_id="shop",
-    )
-
-
 async def _seed_tenant_a(store: PostgresStore, pg_url: str) -> None:
     await store.put_definition(
         tenant_id=TENANT, name="order", version="1.0.0", body=b"{}", digest="d"
@@ -85,7 +81,8 @@ async def _seed_tenant_a(store: PostgresStore, pg_url: str) -> None:
     await store.append([append("i-a", 1, [event(2)])])
     await store.put_participant(TENANT, "shop", {"base_url": "https://shop.example"})
     await store.put_tenant_limits(TENANT, {"starts_per_second": 5})
-    await store.append_audit([_audit(TENANT)])
+    shop = audit_entry("shop", action="participant.put", target_type="participant")
+    await store.append_audit([shop])
     conn = await asyncpg.connect(pg_url)
     try:
         await conn.execute("UPDATE instances SET quarantined_at = now() WHERE instance_id = 'i-a'")

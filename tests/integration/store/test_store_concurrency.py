@@ -15,7 +15,6 @@ from saga_orchestrator.store import (
     AppendRequest,
     AppendResult,
     AppendStatus,
-    AuditEntry,
     Lease,
     Store,
     open_store,
@@ -23,7 +22,7 @@ from saga_orchestrator.store import (
 from saga_orchestrator.store.audit import verify
 from saga_orchestrator.store.postgres import PostgresOptions, PostgresStore
 
-from .support import T0, TENANT, append, at, create, event, update
+from .support import T0, TENANT, append, at, audit_entry, create, event, update
 
 ROUNDS = 40
 
@@ -110,14 +109,7 @@ async def test_racing_writers_extend_one_audit_chain(two_stores: tuple[Store, St
     tenants = [f"audited-{n}" for n in range(ROUNDS // 4)]
 
     def audited(tenant: str, instance_id: str) -> AppendRequest:
-        entry = AuditEntry(
-            tenant_id=tenant,
-            at=T0,
-            actor="ada",
-            action="instance.start",
-            target_type="instance",
-            target_id=instance_id,
-        )
+        entry = audit_entry(instance_id, tenant=tenant, action="instance.start")
         return replace(create(instance_id, tenant=tenant), audit=entry)
 
     for n in range(4):
@@ -199,11 +191,13 @@ async def test_postgres_replans_when_an_instance_changes_under_an_unlocked_batch
         racing = asyncio.create_task(
             store.append(
                 [
-                    replace(append("moving", 1, [event(5)]), lease=lease, audit=_entry("moving")),
+                    replace(
+                        append("moving", 1, [event(5)]), lease=lease, audit=audit_entry("moving")
+                    ),
                     replace(
                         append("steady", 1, [event(6)], state=update(wake_at=at(30))),
                         lease=lease,
-                        audit=_entry("steady"),
+                        audit=audit_entry("steady"),
                     ),
                 ]
             )
@@ -256,17 +250,6 @@ async def test_postgres_an_append_cancelled_mid_statement_writes_nothing_and_fre
     finally:
         await raw.close()
         await store.close()
-
-
-def _entry(instance_id: str) -> AuditEntry:
-    return AuditEntry(
-        tenant_id=TENANT,
-        at=T0,
-        actor="ada",
-        action="instance.signal",
-        target_type="instance",
-        target_id=instance_id,
-    )
 
 
 async def _wait_for_lock_wait(raw: asyncpg.Connection[asyncpg.Record]) -> None:
