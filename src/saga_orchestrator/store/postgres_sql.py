@@ -110,8 +110,8 @@ RETURNING tenant_id, idempotency_key"""
 # Bulk writes pass one array of the table's own row type where they can, not one array per
 # column: asyncpg checks every array element against three abstract base classes in Python,
 # so a row of n columns would cost it n times the checks of one record; the server decodes
-# the same fields either way. A record's fields follow the table's column order (the
-# *_ROW helpers of postgres_append build them); columns a statement does not write are NULL.
+# the same fields either way. A record's fields follow the table's column order
+# (postgres_append builds them); columns a statement does not write are NULL.
 _INSTANCE_FIELDS: Final = """instance_id, tenant_id, definition_name, definition_version,
            status, current_nodes, last_seq, created_at, updated_at, parent_instance_id,
            parent_node, idempotency_key, owner_id, lease_epoch, lease_expires_at, takeovers,
