@@ -11,28 +11,48 @@ beside it instead of waiting: under load the loop then never sits idle waiting f
 the first is done). The two never hold the same instance: an instance's next append is only
 submitted once its previous one was acknowledged, and the stores already take concurrent
 transactions from other nodes.
+
+A tenant never waits for another tenant's commit: requests of tenants with nothing in flight
+start a transaction of their own beside the running ones at once, in a lane kept for them
+beyond ``max_in_flight``. Without it a tenant starting one saga waits, more often the busier
+its neighbours are, for the whole of their commit first (docs/performance.md, "Session 11").
+Those requests go alone, not with the busy tenants' queue: a busy tenant's audited request
+would wait in PostgreSQL for its chain head, locked by that tenant's running commit, and hold
+the idle tenant's transaction with it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import functools
+from collections import Counter, deque
+from collections.abc import Sequence
+from typing import Protocol
 
 from saga_orchestrator.errors import StoreUnavailable
-from saga_orchestrator.store import AppendRequest, AppendResult, Store
+from saga_orchestrator.store import AppendRequest, AppendResult
 
 _Item = tuple[AppendRequest, "asyncio.Future[AppendResult]"]
 
 
+class Appender(Protocol):
+    """What the writer needs of a store."""
+
+    async def append(self, requests: Sequence[AppendRequest]) -> list[AppendResult]: ...
+
+
 class BatchWriter:
-    def __init__(self, store: Store, *, max_batch: int = 500, max_in_flight: int = 2) -> None:
+    def __init__(self, store: Appender, *, max_batch: int = 500, max_in_flight: int = 2) -> None:
         self._store = store
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
         self._pending: deque[_Item] = deque()
         self._wakeup: asyncio.Future[None] | None = None
-        """Set while the writer waits for work: a full batch or, when idle, any request."""
+        """Set while the writer waits for work: a full batch, a request of a tenant with
+        nothing in flight or, when idle, any request."""
         self._commits: set[asyncio.Task[None]] = set()
+        self._committing: Counter[str] = Counter()
+        """Requests in the running transactions, per tenant."""
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.batches = 0
@@ -58,7 +78,11 @@ class BatchWriter:
             raise StoreUnavailable("the writer is not running")
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         self._pending.append((request, future))
-        if not self._commits or len(self._pending) >= self._max_batch:
+        if (
+            not self._commits
+            or len(self._pending) >= self._max_batch
+            or request.tenant_id not in self._committing
+        ):
             self._wake()
         return await future
 
@@ -76,21 +100,55 @@ class BatchWriter:
                 continue
             # Let producers woken in this loop turn add their requests to this batch.
             await asyncio.sleep(0)
-            count = min(len(self._pending), self._max_batch)
-            batch = [self._pending.popleft() for _ in range(count)]
+            batch = self._take()
+            if not batch:
+                continue
+            tenants = Counter(request.tenant_id for request, _ in batch)
+            self._committing.update(tenants)
             commit = asyncio.create_task(self._commit(batch), name="saga-batch-commit")
             self._commits.add(commit)
-            commit.add_done_callback(self._committed)
+            commit.add_done_callback(functools.partial(self._committed, tenants))
 
     def _ready(self) -> bool:
-        """Whether to start a transaction now: one when none is running, another beside it
-        only once a full batch waits."""
-        if not self._pending or len(self._commits) >= self._max_in_flight:
+        """Whether to start a transaction now: one when none is running; another beside them
+        once a full batch waits, or at once for tenants with nothing in flight."""
+        if not self._pending:
             return False
-        return not self._commits or len(self._pending) >= self._max_batch
+        if self._oldest_may_start():
+            return True
+        return len(self._commits) <= self._max_in_flight and any(
+            request.tenant_id not in self._committing for request, _ in self._pending
+        )
 
-    def _committed(self, commit: asyncio.Task[None]) -> None:
+    def _oldest_may_start(self) -> bool:
+        return not self._commits or (
+            len(self._commits) < self._max_in_flight and len(self._pending) >= self._max_batch
+        )
+
+    def _take(self) -> list[_Item]:
+        """The next batch: the oldest requests, or, while they may not start, those of the
+        tenants with nothing in flight (empty: nothing may start after all)."""
+        if self._oldest_may_start():
+            count = min(len(self._pending), self._max_batch)
+            return [self._pending.popleft() for _ in range(count)]
+        if len(self._commits) > self._max_in_flight:
+            return []
+        batch: list[_Item] = []
+        waiting: deque[_Item] = deque()
+        for item in self._pending:
+            if item[0].tenant_id in self._committing or len(batch) >= self._max_batch:
+                waiting.append(item)
+            else:
+                batch.append(item)
+        self._pending = waiting
+        return batch
+
+    def _committed(self, tenants: Counter[str], commit: asyncio.Task[None]) -> None:
         self._commits.discard(commit)
+        self._committing.subtract(tenants)
+        for tenant in tenants:
+            if self._committing[tenant] <= 0:
+                del self._committing[tenant]
         self._wake()
 
     async def _commit(self, batch: list[_Item]) -> None:
