@@ -12,13 +12,14 @@ the first is done). The two never hold the same instance: an instance's next app
 submitted once its previous one was acknowledged, and the stores already take concurrent
 transactions from other nodes.
 
-A tenant never waits for another tenant's commit: requests of tenants with nothing in flight
-start a transaction of their own beside the running ones at once, in a lane kept for them
-beyond ``max_in_flight``. Without it a tenant starting one saga waits, more often the busier
-its neighbours are, for the whole of their commit first (docs/performance.md, "Session 11").
-Those requests go alone, not with the busy tenants' queue: a busy tenant's audited request
-would wait in PostgreSQL for its chain head, locked by that tenant's running commit, and hold
-the idle tenant's transaction with it.
+A tenant does not wait for another tenant's commit: while the transactions above cannot start,
+requests of tenants with nothing in flight start one of their own at once, in one more lane
+kept for them (one such transaction at a time, so that many tenants' load still batches as
+before). Without it a tenant starting one saga waits, more often the busier its neighbours
+are, for the whole of their commit first (docs/performance.md, "Session 11"). Those requests
+go alone, not with the busy tenants' queue: a busy tenant's audited request would wait in
+PostgreSQL for its chain head, locked by that tenant's running commit, and hold the idle
+tenant's transaction with it.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ class BatchWriter:
         """Set while the writer waits for work: a full batch, a request of a tenant with
         nothing in flight or, when idle, any request."""
         self._commits: set[asyncio.Task[None]] = set()
+        self._batching = 0
+        """Running transactions of the oldest requests (all but the idle tenants' lane)."""
+        self._idle_lane: asyncio.Task[None] | None = None
+        """The running transaction of tenants that had nothing in flight, if any."""
         self._committing: Counter[str] = Counter()
         """Requests in the running transactions, per tenant."""
         self._task: asyncio.Task[None] | None = None
@@ -79,9 +84,9 @@ class BatchWriter:
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         self._pending.append((request, future))
         if (
-            not self._commits
+            not self._batching
             or len(self._pending) >= self._max_batch
-            or request.tenant_id not in self._committing
+            or (self._idle_lane is None and request.tenant_id not in self._committing)
         ):
             self._wake()
         return await future
@@ -100,38 +105,43 @@ class BatchWriter:
                 continue
             # Let producers woken in this loop turn add their requests to this batch.
             await asyncio.sleep(0)
-            batch = self._take()
+            oldest = self._oldest_may_start()
+            batch = self._take_oldest() if oldest else self._take_idle_tenants()
             if not batch:
                 continue
             tenants = Counter(request.tenant_id for request, _ in batch)
             self._committing.update(tenants)
             commit = asyncio.create_task(self._commit(batch), name="saga-batch-commit")
             self._commits.add(commit)
+            if oldest:
+                self._batching += 1
+            else:
+                self._idle_lane = commit
             commit.add_done_callback(functools.partial(self._committed, tenants))
 
     def _ready(self) -> bool:
-        """Whether to start a transaction now: one when none is running; another beside them
-        once a full batch waits, or at once for tenants with nothing in flight."""
+        """Whether to start a transaction now: one when none of the oldest requests' is
+        running, another beside them once a full batch waits, or the idle tenants' lane."""
         if not self._pending:
             return False
         if self._oldest_may_start():
             return True
-        return len(self._commits) <= self._max_in_flight and any(
+        return self._idle_lane is None and any(
             request.tenant_id not in self._committing for request, _ in self._pending
         )
 
     def _oldest_may_start(self) -> bool:
-        return not self._commits or (
-            len(self._commits) < self._max_in_flight and len(self._pending) >= self._max_batch
+        return not self._batching or (
+            self._batching < self._max_in_flight and len(self._pending) >= self._max_batch
         )
 
-    def _take(self) -> list[_Item]:
-        """The next batch: the oldest requests, or, while they may not start, those of the
-        tenants with nothing in flight (empty: nothing may start after all)."""
-        if self._oldest_may_start():
-            count = min(len(self._pending), self._max_batch)
-            return [self._pending.popleft() for _ in range(count)]
-        if len(self._commits) > self._max_in_flight:
+    def _take_oldest(self) -> list[_Item]:
+        count = min(len(self._pending), self._max_batch)
+        return [self._pending.popleft() for _ in range(count)]
+
+    def _take_idle_tenants(self) -> list[_Item]:
+        """The requests of the tenants with nothing in flight (none if the lane is taken)."""
+        if self._idle_lane is not None:
             return []
         batch: list[_Item] = []
         waiting: deque[_Item] = deque()
@@ -145,6 +155,10 @@ class BatchWriter:
 
     def _committed(self, tenants: Counter[str], commit: asyncio.Task[None]) -> None:
         self._commits.discard(commit)
+        if commit is self._idle_lane:
+            self._idle_lane = None
+        else:
+            self._batching -= 1
         self._committing.subtract(tenants)
         for tenant in tenants:
             if self._committing[tenant] <= 0:

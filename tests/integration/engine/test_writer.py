@@ -160,3 +160,38 @@ async def test_a_full_batch_starts_beside_the_open_commit_up_to_the_limit(
     finally:
         held.release_all()
         await writer.stop()
+
+
+async def test_one_idle_tenants_transaction_at_a_time_so_many_tenants_still_batch(
+    held: HeldCommits,
+) -> None:
+    writer = BatchWriter(held, max_batch=10, max_in_flight=2)
+    writer.start()
+    try:
+        held.hold(TENANT)
+        held.hold(OTHER_TENANT)
+        first = submit(writer, started("a1"))
+        await settle()
+        lane = submit(writer, started("b1", OTHER_TENANT))
+        await settle()
+        rest = [submit(writer, started(f"{t}1", t)) for t in ("c", "d", "e")]
+        await settle()
+        # A second lane for the oldest requests is free, but no full batch waits; the idle
+        # tenants' lane is taken: c, d and e wait, to go together.
+        assert held.batches == [["a1"], ["b1"]]
+
+        held.release(OTHER_TENANT)
+        await appended(lane)
+        for task in rest:
+            await appended(task)
+        assert held.batches == [["a1"], ["b1"], ["c1", "d1", "e1"]]
+        assert not first.done()
+
+        later = submit(writer, started("b2", OTHER_TENANT))
+        await appended(later)  # the lane is free again
+        held.release(TENANT)
+        await appended(first)
+        assert held.batches[-1] == ["b2"]
+    finally:
+        held.release_all()
+        await writer.stop()
