@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import pytest
@@ -53,11 +54,8 @@ async def held(store: Store) -> HeldCommits:
 
 @pytest_asyncio.fixture
 async def writer(held: HeldCommits) -> AsyncIterator[BatchWriter]:
-    running = BatchWriter(held, max_batch=3, max_in_flight=1)
-    running.start()
-    yield running
-    held.release_all()  # a failed test must not leave the writer's stop waiting
-    await running.stop()
+    async with running(held, max_batch=3, max_in_flight=1) as opened:
+        yield opened
 
 
 async def settle() -> None:
@@ -73,6 +71,32 @@ def started(instance_id: str, tenant: str = TENANT, *, audited: bool = False) ->
 
 def submit(writer: BatchWriter, request: AppendRequest) -> asyncio.Task[AppendResult]:
     return asyncio.create_task(writer.submit(request))
+
+
+async def both_lanes_held(
+    held: HeldCommits, writer: BatchWriter
+) -> tuple[asyncio.Task[AppendResult], asyncio.Task[AppendResult]]:
+    """a1's commit open in the oldest requests' lane, then b1's in the idle tenants' lane."""
+    held.hold(TENANT)
+    held.hold(OTHER_TENANT)
+    first = submit(writer, started("a1"))
+    await settle()
+    lane = submit(writer, started("b1", OTHER_TENANT))
+    await settle()
+    return first, lane
+
+
+@asynccontextmanager
+async def running(
+    held: HeldCommits, *, max_batch: int, max_in_flight: int
+) -> AsyncIterator[BatchWriter]:
+    writer = BatchWriter(held, max_batch=max_batch, max_in_flight=max_in_flight)
+    writer.start()
+    try:
+        yield writer
+    finally:
+        held.release_all()  # a failed test must not leave the writer's stop waiting
+        await writer.stop()
 
 
 async def appended(task: asyncio.Task[AppendResult]) -> None:
@@ -103,12 +127,7 @@ async def test_a_tenant_does_not_wait_for_another_tenants_commit(
 async def test_the_idle_tenants_lane_is_one_beyond_the_limit(
     held: HeldCommits, writer: BatchWriter
 ) -> None:
-    held.hold(TENANT)
-    held.hold(OTHER_TENANT)
-    first = submit(writer, started("a1"))
-    await settle()
-    second = submit(writer, started("b1", OTHER_TENANT))
-    await settle()
+    first, second = await both_lanes_held(held, writer)
     third = submit(writer, started("c1", THIRD_TENANT))
     await settle()
     assert held.batches == [["a1"], ["b1"]]  # two open: the limit, and the idle tenants' lane
@@ -142,9 +161,7 @@ async def test_one_tenant_still_waits_and_commits_in_one_batch(
 async def test_a_full_batch_starts_beside_the_open_commit_up_to_the_limit(
     held: HeldCommits, max_in_flight: int
 ) -> None:
-    writer = BatchWriter(held, max_batch=2, max_in_flight=max_in_flight)
-    writer.start()
-    try:
+    async with running(held, max_batch=2, max_in_flight=max_in_flight) as writer:
         held.hold(TENANT)
         first = submit(writer, started("a1"))
         await settle()
@@ -157,23 +174,13 @@ async def test_a_full_batch_starts_beside_the_open_commit_up_to_the_limit(
         for task in (first, *full):
             await appended(task)
         assert held.batches == [["a1"], ["a2", "a3"]]
-    finally:
-        held.release_all()
-        await writer.stop()
 
 
 async def test_one_idle_tenants_transaction_at_a_time_so_many_tenants_still_batch(
     held: HeldCommits,
 ) -> None:
-    writer = BatchWriter(held, max_batch=10, max_in_flight=2)
-    writer.start()
-    try:
-        held.hold(TENANT)
-        held.hold(OTHER_TENANT)
-        first = submit(writer, started("a1"))
-        await settle()
-        lane = submit(writer, started("b1", OTHER_TENANT))
-        await settle()
+    async with running(held, max_batch=10, max_in_flight=2) as writer:
+        first, lane = await both_lanes_held(held, writer)
         rest = [submit(writer, started(f"{t}1", t)) for t in ("c", "d", "e")]
         await settle()
         # A second lane for the oldest requests is free, but no full batch waits; the idle
@@ -192,6 +199,3 @@ async def test_one_idle_tenants_transaction_at_a_time_so_many_tenants_still_batc
         held.release(TENANT)
         await appended(first)
         assert held.batches[-1] == ["b2"]
-    finally:
-        held.release_all()
-        await writer.stop()
