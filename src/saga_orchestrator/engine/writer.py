@@ -140,9 +140,8 @@ class BatchWriter:
         return [self._pending.popleft() for _ in range(count)]
 
     def _take_idle_tenants(self) -> list[_Item]:
-        """The requests of the tenants with nothing in flight (none if the lane is taken)."""
-        if self._idle_lane is not None:
-            return []
+        """The requests of the tenants with nothing in flight (only this loop takes the lane,
+        so it is still free here)."""
         batch: list[_Item] = []
         waiting: deque[_Item] = deque()
         for item in self._pending:
