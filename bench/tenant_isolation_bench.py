@@ -316,8 +316,12 @@ async def measure(args: argparse.Namespace, limits: Limits) -> tuple[list[Phase]
             }
             if redis.url is not None:
                 settings["REDIS_URL"] = redis.url
+            if args.workers > 1:
+                settings["CLUSTER_ENABLED"] = "true"
             env = node_env(settings)
-            running = await stack.enter_async_context(node(env, directory, args.profile_node))
+            running = await stack.enter_async_context(
+                node(env, directory, args.profile_node, args.workers)
+            )
             client = await stack.enter_async_context(httpx.AsyncClient(trust_env=False, timeout=30))
             for who in (quiet, noisy):
                 await register(client, running.url, who, args.steps)
@@ -336,6 +340,8 @@ async def measure(args: argparse.Namespace, limits: Limits) -> tuple[list[Phase]
 
 def describe_setup(args: argparse.Namespace, limits: Limits) -> str:
     store = "PostgreSQL (fresh database)" if args.database_url else "SQLite (fresh file)"
+    if args.workers > 1:
+        store += f", {args.workers} worker processes"
     redis = {"private": "a private redis-server", "none": "none (per-node buckets)"}
     return (
         f"saga serve on {store}, Redis: {redis.get(args.redis, args.redis)}; {args.steps} "
@@ -406,6 +412,7 @@ def parser() -> argparse.ArgumentParser:
     add("--stop-redis", action="store_true", help="a last flood that stops the private Redis")
     add("--at-quota", action="store_true", help="a control phase: noisy at exactly its quota")
     add("--database-url", help="a PostgreSQL server: the bench makes a database there, drops it")
+    add("--workers", type=int, default=1, help="saga serve --workers (more: PostgreSQL only)")
     add("--json", default=None, help="also write the results here")
     add("--profile-node", type=Path, default=None, help="pyinstrument the node: HTML report")
     add("--top", type=int, default=25, help="functions listed by the profile summary")
@@ -419,6 +426,10 @@ def main() -> None:
         parse.error("--stop-redis stops the bench's own Redis only (--redis private)")
     if args.database_url is not None and not args.database_url.startswith("postgres"):
         parse.error("--database-url must be a PostgreSQL URL (SQLite is the default)")
+    if args.workers > 1 and args.database_url is None:
+        parse.error("--workers above 1 runs a cluster: it needs --database-url")
+    if args.workers > 1 and args.profile_node is not None:
+        parse.error("--profile-node profiles one process: use it with --workers 1")
     try:
         sys.exit(asyncio.run(main_async(args)))
     except BenchFailure as failure:

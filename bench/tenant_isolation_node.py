@@ -44,6 +44,25 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its living children (``saga serve --workers``)."""
+    return process_cpu(pid) + sum(process_cpu(child) for child in _children(pid))
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended while the scan ran
+        if int(stat[1]) == pid:
+            children.append(int(entry.name))
+    return children
+
+
 def machine_busy() -> tuple[float, float]:
     """(busy, total) jiffies of every CPU since boot, from ``/proc/stat`` (NaN elsewhere)."""
     try:
@@ -120,7 +139,7 @@ class Node:
     log: Path
 
     def cpu_seconds(self) -> float:
-        return process_cpu(self.process.pid)
+        return tree_cpu(self.process.pid)
 
 
 def node_env(settings: dict[str, str]) -> dict[str, str]:
@@ -132,10 +151,12 @@ def node_env(settings: dict[str, str]) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def node(env: dict[str, str], directory: Path, profile: Path | None) -> AsyncIterator[Node]:
+async def node(
+    env: dict[str, str], directory: Path, profile: Path | None, workers: int = 1
+) -> AsyncIterator[Node]:
     port = free_port()
     serve = ["-m", "saga_orchestrator.cli", "serve", "--handlers", "tenant_isolation_handlers"]
-    serve += ["--port", str(port), "--grace", "5"]
+    serve += ["--port", str(port), "--grace", "5", "--workers", str(workers)]
     if profile is not None:
         session = profile.with_suffix(".pyisession")
         session.parent.mkdir(parents=True, exist_ok=True)
