@@ -5,11 +5,12 @@ baseline.
     python bench/tenant_isolation_bench.py [--rounds 3] [--seconds 15] [--quiet-rate 20]
         [--quota 50] [--flood-factor 10] [--flood-clients 16] [--steps 3]
         [--redis private|none|URL] [--at-quota] [--stop-redis] [--database-url URL]
-        [--json out.json] [--profile-node out.html]
+        [--workers N] [--json out.json] [--profile-node out.html]
 
 One ``saga serve`` subprocess (``--handlers tenant_isolation_handlers``: no-op steps) on a
 fresh SQLite file in a temporary directory, or on a PostgreSQL database the bench creates on
-the ``--database-url`` server and drops afterwards. It gets a JWT key of the run, a start
+the ``--database-url`` server and drops afterwards; there, ``--workers N`` makes it a cluster
+of N worker processes behind one port (``CLUSTER_ENABLED``), whose CPU is counted together. It gets a JWT key of the run, a start
 quota of ``--quota`` per second per tenant (``RATE_LIMIT_STARTS``; its bucket holds twice as
 many), ``RATE_LIMIT_REQUESTS`` ``--request-quota`` and Redis-backed limits: by default a
 ``redis-server`` of the bench's own on a free port, without persistence (so stopping it
