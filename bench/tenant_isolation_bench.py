@@ -10,13 +10,14 @@ baseline.
 One ``saga serve`` subprocess (``--handlers tenant_isolation_handlers``: no-op steps) on a
 fresh SQLite file in a temporary directory, or on a PostgreSQL database the bench creates on
 the ``--database-url`` server and drops afterwards; there, ``--workers N`` makes it a cluster
-of N worker processes behind one port (``CLUSTER_ENABLED``), whose CPU is counted together. It gets a JWT key of the run, a start
-quota of ``--quota`` per second per tenant (``RATE_LIMIT_STARTS``; its bucket holds twice as
-many), ``RATE_LIMIT_REQUESTS`` ``--request-quota`` and Redis-backed limits: by default a
-``redis-server`` of the bench's own on a free port, without persistence (so stopping it
-disturbs nobody), or ``--redis URL`` (nothing is flushed: the tenant ids carry a suffix of the
-run, so the run's bucket keys are its own), or ``--redis none`` (per-node buckets). Two
-tenants, ``quiet-<run>`` and ``noisy-<run>``, each register the saga (``--steps`` no-op steps).
+of N worker processes behind one port (``CLUSTER_ENABLED``), whose CPU is counted together. It
+gets a JWT key of the run, a start quota of ``--quota`` per second per tenant
+(``RATE_LIMIT_STARTS``; its bucket holds twice as many), ``RATE_LIMIT_REQUESTS``
+``--request-quota`` and Redis-backed limits: by default a ``redis-server`` of the bench's own
+on a free port, without persistence (so stopping it disturbs nobody), or ``--redis URL``
+(nothing is flushed: the tenant ids carry a suffix of the run, so the run's bucket keys are its
+own), or ``--redis none`` (per-node buckets). Two tenants, ``quiet-<run>`` and ``noisy-<run>``,
+each register the saga (``--steps`` no-op steps).
 
 Each round has two phases (three with ``--at-quota``), in the opposite order in even rounds,
 each after the node drained (no running instance) and the noisy buckets refilled:
