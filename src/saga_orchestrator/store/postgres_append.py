@@ -1,5 +1,11 @@
 """PostgreSQL group commit: one transaction and a constant number of round trips per batch.
 
+A batch that only moves existing instances on (no creation, audit record, outbox message:
+the appends of steps, most batches) is planned from what its requests expect and written in
+one round trip by ``saga_update_batch`` (migration 0009), which sets the tenants for its own
+implicit transaction and rolls all of it back if any instance moved on; the batch then takes
+the path below from its second step, its rows locked. Every other batch:
+
 1. lock the chain heads of the tenants it audits (if any) and read the start keys it
    mentions (if it creates with any);
 2. decide every request in Python (:func:`~saga_orchestrator.store.batch.plan_batch`) from
@@ -82,6 +88,11 @@ async def append_batch(
     race, an instance that moved on or a deadlock, from the locked rows."""
     lost: set[str] = set()
     locked = False
+    if _only_moves_on(requests):
+        try:
+            return await _update_in_one_round_trip(conn, scope, requests, cipher)
+        except (_MovedOn, asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            locked = True
     for _ in range(_ATTEMPTS):
         try:
             async with transaction(conn, scope):
@@ -127,6 +138,29 @@ async def _append_once(
     return plan.results
 
 
+def _only_moves_on(requests: Sequence[AppendRequest]) -> bool:
+    return all(r.create is None and r.audit is None and not r.outbox for r in requests)
+
+
+async def _update_in_one_round_trip(
+    conn: PoolConnectionProxy[asyncpg.Record],
+    scope: TenantScope,
+    requests: Sequence[AppendRequest],
+    cipher: EventCipher | None,
+) -> list[AppendResult]:
+    facts = expected_facts(requests, {})
+    plan = plan_batch(requests, facts, cipher)
+    if not facts.instances.keys() <= plan.updated.keys():
+        raise _MovedOn  # as in _append_once: only the locked rows can confirm the plan
+    try:
+        await conn.fetch(sql.UPDATE_BATCH, *_written(plan, facts), scope.tenants)
+    except asyncpg.PostgresError as error:
+        if error.sqlstate == sql.UPDATE_BATCH_MOVED_ON:
+            raise _MovedOn from None
+        raise
+    return plan.results
+
+
 async def _locked_facts(
     conn: PoolConnectionProxy[asyncpg.Record],
     requests: Sequence[AppendRequest],
@@ -166,6 +200,34 @@ async def _write_instances_and_events(
         if audit:
             await conn.execute(EXTEND_CHAINS, *audit)
         return
+    written = _written(plan, facts)
+    if plan.created:
+        created = [plan.created[iid] for iid in sorted(plan.created)]
+        rows = await conn.fetch(
+            sql.WRITE_INSTANCES_AND_EVENTS_AUDITED if audit else sql.WRITE_INSTANCES_AND_EVENTS,
+            [_created_record(r) for r in created],
+            [None if r.lease is None else r.lease.ttl for r in created],
+            *written,
+            *audit,
+        )
+    else:
+        rows = await conn.fetch(
+            sql.UPDATE_INSTANCES_AND_EVENTS_AUDITED if audit else sql.UPDATE_INSTANCES_AND_EVENTS,
+            *written,
+            *audit,
+        )
+    inserted = {row[0] for row in rows if row[1]}
+    if len(inserted) != len(plan.created):
+        raise _RaceLost(frozenset(plan.created).difference(inserted))
+    updated = sum(row[1] is False for row in rows)
+    if updated != len(plan.updated):
+        raise _MovedOn
+
+
+def _written(plan: Plan, facts: Facts) -> tuple[object, ...]:
+    """The parameters the update statements share: the updated instances' records and the
+    sequences they are expected at, the events, the wake-ups, the channel and the payloads of
+    the notification."""
     expected_seqs = []
     updates = []
     # In instance-id order, as the rows are locked (the join follows the array's order).
@@ -204,28 +266,7 @@ async def _write_instances_and_events(
         (instance_id, tenant_id, None if fire_at is None else utc(fire_at))
         for instance_id, (tenant_id, fire_at) in plan.timers.items()
     ]
-    written = (updates, expected_seqs, events, timers, EVENTS_CHANNEL, _notifications(plan))
-    if plan.created:
-        created = [plan.created[iid] for iid in sorted(plan.created)]
-        rows = await conn.fetch(
-            sql.WRITE_INSTANCES_AND_EVENTS_AUDITED if audit else sql.WRITE_INSTANCES_AND_EVENTS,
-            [_created_record(r) for r in created],
-            [None if r.lease is None else r.lease.ttl for r in created],
-            *written,
-            *audit,
-        )
-    else:
-        rows = await conn.fetch(
-            sql.UPDATE_INSTANCES_AND_EVENTS_AUDITED if audit else sql.UPDATE_INSTANCES_AND_EVENTS,
-            *written,
-            *audit,
-        )
-    inserted = {row[0] for row in rows if row[1]}
-    if len(inserted) != len(plan.created):
-        raise _RaceLost(frozenset(plan.created).difference(inserted))
-    updated = sum(row[1] is False for row in rows)
-    if updated != len(plan.updated):
-        raise _MovedOn
+    return (updates, expected_seqs, events, timers, EVENTS_CHANNEL, _notifications(plan))
 
 
 def _created_record(row: CreatedRow) -> tuple[object, ...]:

@@ -40,6 +40,9 @@ class TenantScope:
     """The simple query that opens the transaction (with the tenants, when they are plain)."""
     parameter: list[str] | None
     """Tenants still to set by a parameter after ``begin`` (None: ``begin`` set them)."""
+    tenants: list[str]
+    """Every tenant of the scope, for statements that set them themselves
+    (``saga_update_batch``, migration 0009)."""
 
 
 def tenant_scope(tenant_ids: Iterable[str]) -> TenantScope:
@@ -47,8 +50,9 @@ def tenant_scope(tenant_ids: Iterable[str]) -> TenantScope:
     if all(_PLAIN_TENANT.fullmatch(tenant) for tenant in tenants):
         # Each element double-quoted, so that an id such as NULL stays a string.
         literal = "{" + ",".join(f'"{tenant}"' for tenant in tenants) + "}"
-        return TenantScope(f"BEGIN; SELECT set_config('saga.tenants', '{literal}', true)", None)
-    return TenantScope("BEGIN", tenants)
+        begin = f"BEGIN; SELECT set_config('saga.tenants', '{literal}', true)"
+        return TenantScope(begin, None, tenants)
+    return TenantScope("BEGIN", tenants, tenants)
 
 
 @asynccontextmanager

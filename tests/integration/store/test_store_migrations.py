@@ -19,7 +19,7 @@ TABLES = {
     "audit_log", "audit_heads", "tenant_limits",
 }  # fmt: skip
 """Tenant-owned tables (``shared_secrets`` is node-wide: keys every node of a cluster shares)."""
-LATEST = 8
+LATEST = 9
 MIGRATIONS = [
     (1, "initial"),
     (2, "participants_outbox_claims"),
@@ -29,6 +29,7 @@ MIGRATIONS = [
     (6, "tenant_limits"),
     (7, "retention"),
     (8, "row_level_security"),
+    (9, "update_batch_function"),
 ]
 
 

@@ -10,6 +10,7 @@ from saga_orchestrator.store.postgres_session import tenant_scope
 def test_plain_tenants_ride_in_the_begin_sorted_quoted_and_once_each() -> None:
     scope = tenant_scope(["beta", "acme.eu-1", "beta", "NULL"])
     assert scope.parameter is None
+    assert scope.tenants == ["NULL", "acme.eu-1", "beta"]
     assert scope.begin == (
         """BEGIN; SELECT set_config('saga.tenants', '{"NULL","acme.eu-1","beta"}', true)"""
     )
@@ -25,4 +26,4 @@ def test_no_tenant_names_an_empty_set() -> None:
 def test_any_id_outside_the_plain_alphabet_goes_as_a_parameter(odd: str) -> None:
     scope = tenant_scope(["plain", odd])
     assert scope.begin == "BEGIN"
-    assert scope.parameter == sorted({"plain", odd})
+    assert scope.parameter == scope.tenants == sorted({"plain", odd})

@@ -1,0 +1,164 @@
+"""A batch that only moves instances on is written in one round trip (``saga_update_batch``,
+migration 0009), under row-level security, and all or nothing; any other batch keeps its
+transaction. The statements are counted with asyncpg's query logger on a ``saga_app``
+session, as the store's own are."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from saga_orchestrator.store import AppendRequest, AppendResult, AppendStatus, open_store
+from saga_orchestrator.store import postgres_sql as sql
+from saga_orchestrator.store.postgres_append import append_batch
+from saga_orchestrator.store.postgres_session import tenant_scope
+
+from .support import OTHER_TENANT, TENANT, append, at, audit_entry, create, event, update
+
+pytestmark = pytest.mark.postgres
+
+APPENDED_2 = AppendResult(status=AppendStatus.APPENDED, last_seq=2)
+
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    Session = PoolConnectionProxy[asyncpg.Record]
+
+
+@pytest_asyncio.fixture
+async def app_session(pg_url: str) -> AsyncIterator[tuple[Session, list[str]]]:
+    """Instances ``i-1``, ``i-2`` (and ``theirs`` of another tenant) at sequence 1, and a
+    ``saga_app`` session whose statements are logged."""
+    store = open_store(pg_url)
+    try:
+        await store.migrate()
+        await store.append([create("i-1"), create("i-2"), create("theirs", tenant=OTHER_TENANT)])
+    finally:
+        await store.close()
+    pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=1)
+    conn = await pool.acquire()
+    await conn.execute("SET ROLE saga_app")
+    queries: list[str] = []
+
+    def log(record: asyncpg.connection.LoggedQuery) -> None:
+        # asyncpg learns a statement's types with queries of its own (and switches JIT off
+        # around them): not the store's round trips.
+        if "typeinfo_tree" not in record.query and "'jit'" not in record.query:
+            queries.append(record.query)
+
+    conn.add_query_logger(log)
+    try:
+        yield conn, queries
+    finally:
+        await pool.release(conn)
+        await pool.close()
+
+
+async def logged(queries: list[str]) -> list[str]:
+    """The statements logged so far (asyncpg calls its loggers from the event loop)."""
+    await asyncio.sleep(0)
+    return queries
+
+
+async def events_of(conn: Session, instance_id: str) -> list[int]:
+    async with conn.transaction():
+        await conn.execute(sql.SET_LOCAL_TENANTS, [TENANT, OTHER_TENANT])
+        rows = await conn.fetch(
+            "SELECT seq FROM events WHERE instance_id = $1 ORDER BY seq", instance_id
+        )
+    return [row[0] for row in rows]
+
+
+async def test_steps_of_several_instances_are_one_statement(
+    app_session: tuple[Session, list[str]],
+) -> None:
+    conn, queries = app_session
+    batch = [
+        append("i-1", 1, [event(1)], state=update(wake_at=at(30))),
+        append("i-2", 1, [event(2)]),
+    ]
+    assert await append_batch(conn, tenant_scope([TENANT]), batch) == [APPENDED_2, APPENDED_2]
+    assert await logged(queries) == [sql.UPDATE_BATCH]
+    assert await events_of(conn, "i-1") == [1, 2]
+    assert await events_of(conn, "i-2") == [1, 2]
+    async with conn.transaction():
+        await conn.execute(sql.SET_LOCAL_TENANTS, [TENANT])
+        wakes = await conn.fetch("SELECT instance_id, fire_at FROM timers ORDER BY 1")
+    assert [(row[0], row[1]) for row in wakes] == [("i-1", at(30))]
+    # The tenants were set for that statement's transaction only.
+    assert await conn.fetchval("SELECT current_setting('saga.tenants', true)") in (None, "")
+
+
+async def test_one_instance_that_moved_on_rolls_back_the_whole_statement(
+    app_session: tuple[Session, list[str]],
+) -> None:
+    """``i-2`` is not where the batch expects it: nothing of the one-statement write stays,
+    and the batch is planned again from the locked rows, in a transaction."""
+    conn, queries = app_session
+    batch = [append("i-1", 1, [event(1)]), append("i-2", 0, [event(2)])]
+    results = await append_batch(conn, tenant_scope([TENANT]), batch)
+    assert results == [APPENDED_2, AppendResult(status=AppendStatus.CONFLICT, last_seq=1)]
+    first, *then = await logged(queries)
+    assert first == sql.UPDATE_BATCH
+    assert sql.LOCK_INSTANCES in then  # the second plan, from locked rows
+    assert await events_of(conn, "i-1") == [1, 2]  # written once, by the second plan
+    assert await events_of(conn, "i-2") == [1]
+
+
+async def test_another_tenant_s_instance_is_not_written_through_the_function(
+    app_session: tuple[Session, list[str]],
+) -> None:
+    """Row-level security holds inside the function: the scope's tenant cannot see
+    ``theirs``, so the statement finds it missing and writes nothing, and the locked plan
+    answers a conflict without learning anything of it."""
+    conn, _ = app_session
+    batch = [append("i-1", 1, [event(1)]), append("theirs", 1, [event(2)], tenant=OTHER_TENANT)]
+    results = await append_batch(conn, tenant_scope([TENANT]), batch)
+    assert results[0] == APPENDED_2
+    assert results[1].status is AppendStatus.CONFLICT
+    assert await events_of(conn, "theirs") == [1]
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        pytest.param([replace(append("i-1", 1, [event(1)]), audit=audit_entry("i-1"))], id="audit"),
+        pytest.param([create("i-3"), append("i-1", 1, [event(1)])], id="creation"),
+    ],
+)
+async def test_other_batches_keep_their_transaction(
+    app_session: tuple[Session, list[str]], batch: list[AppendRequest]
+) -> None:
+    conn, queries = app_session
+    await append_batch(conn, tenant_scope([TENANT]), batch)
+    statements = await logged(queries)
+    assert sql.UPDATE_BATCH not in statements
+    assert statements[0].startswith("BEGIN") and statements[-1] == "COMMIT"
+
+
+async def test_concurrent_batches_on_one_instance_append_each_event_once(pg_url: str) -> None:
+    """Two stores race step appends on one instance through the one-statement path: every
+    round has one winner and one conflict, and the events are exactly the winners'."""
+    first, second = open_store(pg_url), open_store(pg_url)
+    try:
+        await first.append([create("i-1")])
+        last = 1
+        for n in range(20):
+            results = await asyncio.gather(
+                first.append([append("i-1", last, [event(2 * n)])]),
+                second.append([append("i-1", last, [event(2 * n + 1)])]),
+            )
+            statuses = sorted(result.status for [result] in results)
+            assert statuses == [AppendStatus.APPENDED, AppendStatus.CONFLICT]
+            last += 1
+        assert [e.seq for e in await first.load_events(TENANT, "i-1")] == list(range(1, 22))
+    finally:
+        await first.close()
+        await second.close()
