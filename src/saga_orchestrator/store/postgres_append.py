@@ -1,10 +1,11 @@
 """PostgreSQL group commit: one transaction and a constant number of round trips per batch.
 
-A batch that only moves existing instances on (no creation, audit record, outbox message:
-the appends of steps, most batches) is planned from what its requests expect and written in
-one round trip by ``saga_update_batch`` (migration 0009), which sets the tenants for its own
-implicit transaction and rolls all of it back if any instance moved on; the batch then takes
-the path below from its second step, its rows locked. Every other batch:
+A batch without audit records, outbox messages or start keys (the appends of steps, most
+batches, and starts made without an idempotency key outside the API) is planned from what its
+requests expect and written in one round trip by ``saga_update_batch`` or, when it creates,
+``saga_write_batch`` (migration 0009): each sets the tenants for its own implicit transaction
+and rolls all of it back if an instance moved on or a creation lost its race; the batch then
+takes the path below from its second step, its rows locked. Every other batch:
 
 1. lock the chain heads of the tenants it audits (if any) and read the start keys it
    mentions (if it creates with any);
@@ -88,10 +89,12 @@ async def append_batch(
     race, an instance that moved on or a deadlock, from the locked rows."""
     lost: set[str] = set()
     locked = False
-    if _only_moves_on(requests):
+    if _fits_one_round_trip(requests):
         try:
-            return await _update_in_one_round_trip(conn, scope, requests, cipher)
+            return await _write_in_one_round_trip(conn, scope, requests, cipher)
         except (_MovedOn, asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            # A creation that lost its race lands here too: the locked plan finds the winner
+            # (or, for an id another tenant holds, loses the insert again and learns it).
             locked = True
     for _ in range(_ATTEMPTS):
         try:
@@ -138,11 +141,16 @@ async def _append_once(
     return plan.results
 
 
-def _only_moves_on(requests: Sequence[AppendRequest]) -> bool:
-    return all(r.create is None and r.audit is None and not r.outbox for r in requests)
+def _fits_one_round_trip(requests: Sequence[AppendRequest]) -> bool:
+    """Nothing to read before the write (no chain head, no start key) and nothing to write
+    beside it (no outbox message)."""
+    return all(
+        r.audit is None and not r.outbox and (r.create is None or r.create.idempotency_key is None)
+        for r in requests
+    )
 
 
-async def _update_in_one_round_trip(
+async def _write_in_one_round_trip(
     conn: PoolConnectionProxy[asyncpg.Record],
     scope: TenantScope,
     requests: Sequence[AppendRequest],
@@ -152,10 +160,21 @@ async def _update_in_one_round_trip(
     plan = plan_batch(requests, facts, cipher)
     if not facts.instances.keys() <= plan.updated.keys():
         raise _MovedOn  # as in _append_once: only the locked rows can confirm the plan
+    written = _written(plan, facts)
     try:
-        await conn.fetch(sql.UPDATE_BATCH, *_written(plan, facts), scope.tenants)
+        if plan.created:
+            created = [plan.created[iid] for iid in sorted(plan.created)]
+            await conn.fetch(
+                sql.WRITE_BATCH,
+                [_created_record(r) for r in created],
+                [None if r.lease is None else r.lease.ttl for r in created],
+                *written,
+                scope.tenants,
+            )
+        else:
+            await conn.fetch(sql.UPDATE_BATCH, *written, scope.tenants)
     except asyncpg.PostgresError as error:
-        if error.sqlstate == sql.UPDATE_BATCH_MOVED_ON:
+        if error.sqlstate == sql.BATCH_PLAN_FAILED:
             raise _MovedOn from None
         raise
     return plan.results

@@ -225,15 +225,20 @@ UPDATE_INSTANCES_AND_EVENTS: Final = _update_and_write(audit=False)
 UPDATE_INSTANCES_AND_EVENTS_AUDITED: Final = _update_and_write(audit=True)
 WRITE_INSTANCES_AND_EVENTS: Final = _create_update_and_write(audit=False)
 WRITE_INSTANCES_AND_EVENTS_AUDITED: Final = _create_update_and_write(audit=True)
-# A batch that only moves instances on, in one round trip: the same write as
-# UPDATE_INSTANCES_AND_EVENTS inside a function that sets the tenants for its own implicit
-# transaction and rolls it back, raising UPDATE_BATCH_MOVED_ON, when an instance of the batch
-# was not where the batch expected it (migration 0009).
+# A batch without audit records, outbox messages or start keys, in one round trip: the same
+# write as UPDATE_INSTANCES_AND_EVENTS (WRITE_INSTANCES_AND_EVENTS when it creates) inside a
+# function that sets the tenants for its own implicit transaction and rolls it back, raising
+# BATCH_PLAN_FAILED, when an instance was not where the batch expected it or a creation lost
+# its race (migration 0009). The tenants are the last parameter.
 UPDATE_BATCH: Final = """
 SELECT written_instance_id, written_created
 FROM saga_update_batch($1::instances[], $2::bigint[], $3::events[], $4::timers[], $5::text,
                        $6::text[], $7::text[])"""
-UPDATE_BATCH_MOVED_ON: Final = "SG001"
+WRITE_BATCH: Final = """
+SELECT written_instance_id, written_created
+FROM saga_write_batch($1::instances[], $2::float8[], $3::instances[], $4::bigint[],
+                      $5::events[], $6::timers[], $7::text, $8::text[], $9::text[])"""
+BATCH_PLAN_FAILED: Final = "SG001"
 # A message id already in the outbox is the same message written again: keep the first.
 INSERT_OUTBOX: Final = """
 INSERT INTO outbox

@@ -1,7 +1,7 @@
-"""A batch that only moves instances on is written in one round trip (``saga_update_batch``,
-migration 0009), under row-level security, and all or nothing; any other batch keeps its
-transaction. The statements are counted with asyncpg's query logger on a ``saga_app``
-session, as the store's own are."""
+"""A batch without audit records, outbox messages or start keys is written in one round trip
+(``saga_update_batch``, or ``saga_write_batch`` when it creates; migration 0009), under
+row-level security, and all or nothing; any other batch keeps its transaction. The statements
+are counted with asyncpg's query logger on a ``saga_app`` session, as the store's own are."""
 
 from __future__ import annotations
 
@@ -126,11 +126,43 @@ async def test_another_tenant_s_instance_is_not_written_through_the_function(
     assert await events_of(conn, "theirs") == [1]
 
 
+async def test_a_start_and_a_step_are_one_statement(
+    app_session: tuple[Session, list[str]],
+) -> None:
+    conn, queries = app_session
+    batch = [create("i-3"), append("i-1", 1, [event(1)])]
+    assert await append_batch(conn, tenant_scope([TENANT]), batch) == [
+        AppendResult(status=AppendStatus.APPENDED, last_seq=1),
+        APPENDED_2,
+    ]
+    assert await logged(queries) == [sql.WRITE_BATCH]
+    assert await events_of(conn, "i-3") == [1]
+    assert await events_of(conn, "i-1") == [1, 2]
+
+
+@pytest.mark.parametrize("taken", ["i-2", "theirs"], ids=["own", "another tenant's"])
+async def test_a_creation_whose_id_is_taken_rolls_back_the_whole_statement(
+    app_session: tuple[Session, list[str]], taken: str
+) -> None:
+    """The insert finds the id taken (by the same tenant, or by one the session cannot see):
+    nothing of the one-statement write stays, and the locked plan answers a conflict, the
+    step beside it written once."""
+    conn, queries = app_session
+    batch = [create(taken), append("i-1", 1, [event(1)])]
+    results = await append_batch(conn, tenant_scope([TENANT]), batch)
+    assert results[0].status is AppendStatus.CONFLICT
+    assert results[1] == APPENDED_2
+    first, *_ = await logged(queries)
+    assert first == sql.WRITE_BATCH
+    assert await events_of(conn, "i-1") == [1, 2]
+    assert await events_of(conn, taken) == [1]
+
+
 @pytest.mark.parametrize(
     "batch",
     [
         pytest.param([replace(append("i-1", 1, [event(1)]), audit=audit_entry("i-1"))], id="audit"),
-        pytest.param([create("i-3"), append("i-1", 1, [event(1)])], id="creation"),
+        pytest.param([create("i-3", key="k", digest="d"), append("i-1", 1, [event(1)])], id="key"),
     ],
 )
 async def test_other_batches_keep_their_transaction(

@@ -29,7 +29,7 @@ MIGRATIONS = [
     (6, "tenant_limits"),
     (7, "retention"),
     (8, "row_level_security"),
-    (9, "update_batch_function"),
+    (9, "one_round_trip_batches"),
 ]
 
 

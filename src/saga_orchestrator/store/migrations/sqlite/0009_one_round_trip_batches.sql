@@ -1,3 +1,3 @@
--- Nothing to do on SQLite: PostgreSQL's migration 0009 adds a function that writes a batch of
+-- Nothing to do on SQLite: PostgreSQL's migration 0009 adds functions that write a batch of
 -- appends in one round trip, and an embedded database has no round trips to save. The
 -- version is kept so that both dialects share one schema version.
