@@ -163,14 +163,7 @@ async def _write_in_one_round_trip(
     written = _written(plan, facts)
     try:
         if plan.created:
-            created = [plan.created[iid] for iid in sorted(plan.created)]
-            await conn.fetch(
-                sql.WRITE_BATCH,
-                [_created_record(r) for r in created],
-                [None if r.lease is None else r.lease.ttl for r in created],
-                *written,
-                scope.tenants,
-            )
+            await conn.fetch(sql.WRITE_BATCH, *_creations(plan), *written, scope.tenants)
         else:
             await conn.fetch(sql.UPDATE_BATCH, *written, scope.tenants)
     except asyncpg.PostgresError as error:
@@ -221,11 +214,9 @@ async def _write_instances_and_events(
         return
     written = _written(plan, facts)
     if plan.created:
-        created = [plan.created[iid] for iid in sorted(plan.created)]
         rows = await conn.fetch(
             sql.WRITE_INSTANCES_AND_EVENTS_AUDITED if audit else sql.WRITE_INSTANCES_AND_EVENTS,
-            [_created_record(r) for r in created],
-            [None if r.lease is None else r.lease.ttl for r in created],
+            *_creations(plan),
             *written,
             *audit,
         )
@@ -286,6 +277,16 @@ def _written(plan: Plan, facts: Facts) -> tuple[object, ...]:
         for instance_id, (tenant_id, fire_at) in plan.timers.items()
     ]
     return (updates, expected_seqs, events, timers, EVENTS_CHANNEL, _notifications(plan))
+
+
+def _creations(plan: Plan) -> tuple[list[tuple[object, ...]], list[float | None]]:
+    """The parameters a statement that creates instances starts with: their records (in id
+    order) and their leases' time to live."""
+    created = [plan.created[iid] for iid in sorted(plan.created)]
+    return (
+        [_created_record(r) for r in created],
+        [None if r.lease is None else r.lease.ttl for r in created],
+    )
 
 
 def _created_record(row: CreatedRow) -> tuple[object, ...]:
