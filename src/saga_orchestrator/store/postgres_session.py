@@ -42,7 +42,7 @@ class TenantScope:
     """Tenants still to set by a parameter after ``begin`` (None: ``begin`` set them)."""
     tenants: list[str]
     """Every tenant of the scope, for statements that set them themselves
-    (``saga_update_batch``, migration 0009)."""
+    (``saga_update_batch`` and ``saga_write_batch``, migration 0009)."""
 
 
 def tenant_scope(tenant_ids: Iterable[str]) -> TenantScope:
