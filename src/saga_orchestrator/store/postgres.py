@@ -36,6 +36,7 @@ from saga_orchestrator.store import postgres_leases as leases
 from saga_orchestrator.store import postgres_retention as retention
 from saga_orchestrator.store import postgres_sql as sql
 from saga_orchestrator.store.batch import validate
+from saga_orchestrator.store.chain_heads import ChainHeads
 from saga_orchestrator.store.codec import (
     check_page_size,
     decode_cursor,
@@ -143,6 +144,7 @@ class PostgresStore:
         if self._options.cluster_max_size < 1:
             raise ConfigurationError("PostgreSQL's cluster pool needs at least one connection")
         self._pools: dict[str, Pool[asyncpg.Record]] = {}
+        self._chain_heads = ChainHeads()
         self._pool_lock = asyncio.Lock()
         self._closed = False
         self.statistics = StatisticsKeeper(
@@ -413,7 +415,7 @@ class PostgresStore:
             return []
         validate(requests)
         async with self._tenant_session({r.tenant_id for r in requests}) as (conn, scope):
-            results = await append_batch(conn, scope, requests, self._cipher)
+            results = await append_batch(conn, scope, requests, self._cipher, self._chain_heads)
         self.statistics.wrote(sum([len(r.events) for r in requests]))
         return results
 

@@ -1,11 +1,16 @@
 """PostgreSQL group commit: one transaction and a constant number of round trips per batch.
 
-A batch without audit records, outbox messages or start keys (the appends of steps, most
-batches, and starts made without an idempotency key outside the API) is planned from what its
-requests expect and written in one round trip by ``saga_update_batch`` or, when it creates,
-``saga_write_batch`` (migration 0009): each sets the tenants for its own implicit transaction
-and rolls all of it back if an instance moved on or a creation lost its race; the batch then
-takes the path below from its second step, its rows locked. Every other batch:
+A batch without outbox messages or start keys (the appends of steps, most batches, and
+starts made without an idempotency key) is planned from what its requests expect and written
+in one round trip by ``saga_update_batch`` or, when it creates, ``saga_write_batch``
+(migration 0009): each sets the tenants for its own implicit transaction and rolls all of it
+back if an instance moved on or a creation lost its race; the batch then takes the path below
+from its second step, its rows locked. A batch with audit records (every API call that changes
+something) does the same through ``saga_update_audited_batch`` / ``saga_write_audited_batch``
+(migration 0010) when this node knows the chain heads of its audited tenants
+(:mod:`~saga_orchestrator.store.chain_heads`): the records are chained to those heads, and a
+head moved meanwhile rolls the batch back into the path below from its first step. Every
+other batch:
 
 1. lock the chain heads of the tenants it audits (if any) and read the start keys it
    mentions (if it creates with any);
@@ -52,9 +57,15 @@ from saga_orchestrator.store.batch import (
     expected_facts,
     plan_batch,
 )
+from saga_orchestrator.store.chain_heads import ChainHeads, Head
 from saga_orchestrator.store.codec import utc
 from saga_orchestrator.store.encryption import EventCipher
-from saga_orchestrator.store.postgres_audit import EXTEND_CHAINS, chain_parameters, lock_heads
+from saga_orchestrator.store.postgres_audit import (
+    EXTEND_CHAINS,
+    chain_parameters,
+    chain_rows,
+    lock_heads,
+)
 from saga_orchestrator.store.postgres_session import TenantScope, transaction
 from saga_orchestrator.store.protocol import AppendRequest, AppendResult
 
@@ -79,31 +90,54 @@ class _MovedOn(Exception):
     """An instance was not what the plan expected (never escapes: planned again, locked)."""
 
 
+class _HeadMoved(Exception):
+    """An audit chain head was not the one this node knew (never escapes: written again
+    after locking the heads)."""
+
+
 async def append_batch(
     conn: PoolConnectionProxy[asyncpg.Record],
     scope: TenantScope,
     requests: Sequence[AppendRequest],
     cipher: EventCipher | None = None,
+    known_heads: ChainHeads | None = None,
 ) -> list[AppendResult]:
-    """Run the batch: first from the facts the requests expect, then, after a lost creation
-    race, an instance that moved on or a deadlock, from the locked rows."""
+    """Run the batch: first from the facts the requests expect (in one round trip when it
+    can), then, after a lost creation race, an instance that moved on or a deadlock, from the
+    locked rows. ``known_heads`` holds the audit chain heads this node last wrote or read."""
+    audited = {r.audit.tenant_id for r in requests if r.audit is not None}
     lost: set[str] = set()
     locked = False
-    if _fits_one_round_trip(requests):
+    heads = _one_round_trip_heads(requests, audited, known_heads)
+    if heads is not None:
         try:
-            return await _write_in_one_round_trip(conn, scope, requests, cipher)
+            results, moved_to = await _write_in_one_round_trip(conn, scope, requests, cipher, heads)
+        except _HeadMoved:
+            # Only a chain head was stale: its lock and a plan from the expectations again.
+            assert known_heads is not None  # the heads came from it
+            known_heads.missed(audited)
         except (_MovedOn, asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             # A creation that lost its race lands here too: the locked plan finds the winner
             # (or, for an id another tenant holds, loses the insert again and learns it).
             locked = True
+        else:
+            if known_heads is not None:
+                known_heads.confirmed(moved_to)
+            return results
     for _ in range(_ATTEMPTS):
         try:
             async with transaction(conn, scope):
-                return await _append_once(conn, requests, cipher, lost, locked=locked)
+                results, moved_to = await _append_once(
+                    conn, requests, cipher, lost, audited, locked=locked
+                )
         except _RaceLost as race:
             lost |= race.instance_ids
         except (_MovedOn, asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             pass
+        else:
+            if known_heads is not None:
+                known_heads.learned(moved_to)
+            return results
         locked = True
     raise StoreError(f"append gave up after {_ATTEMPTS} collisions with concurrent writers")
 
@@ -113,11 +147,12 @@ async def _append_once(
     requests: Sequence[AppendRequest],
     cipher: EventCipher | None,
     lost: set[str],
+    audited: set[str],
     *,
     locked: bool,
-) -> list[AppendResult]:
+) -> tuple[list[AppendResult], dict[str, Head]]:
+    """The results, and the audit chain heads the batch leaves."""
     # The audit chains' heads first, the instance rows after, in every attempt: one order.
-    audited = {r.tenant_id for r in requests if r.audit is not None}
     heads = await lock_heads(conn, audited) if audited else {}
     keys = batch_start_keys(requests)
     taken = {}
@@ -135,19 +170,27 @@ async def _append_once(
         # answered for it: only the locked rows can.
         raise _MovedOn
     await _claim_start_keys(conn, plan)
-    audit = chain_parameters(plan.audit, heads)[1] if plan.audit else []
+    audit: list[list[object]] = []
+    moved_to: dict[str, Head] = {}
+    if plan.audit:
+        records, audit = chain_parameters(plan.audit, heads)
+        moved_to = {r.entry.tenant_id: (r.seq, r.hash) for r in records}
     await _write_instances_and_events(conn, plan, facts, audit)
     await _write_outbox(conn, plan)
-    return plan.results
+    return plan.results, moved_to
 
 
-def _fits_one_round_trip(requests: Sequence[AppendRequest]) -> bool:
-    """Nothing to read before the write (no chain head, no start key) and nothing to write
-    beside it (no outbox message)."""
-    return all(
-        r.audit is None and not r.outbox and (r.create is None or r.create.idempotency_key is None)
-        for r in requests
-    )
+def _one_round_trip_heads(
+    requests: Sequence[AppendRequest], audited: set[str], known_heads: ChainHeads | None
+) -> dict[str, Head] | None:
+    """The chain heads to write the batch from in one round trip (none when nothing is
+    audited), or None when it needs the locked path: a start key or a chain head to read
+    first, or an outbox message to write beside it."""
+    if any(r.outbox or (r.create is not None and r.create.idempotency_key) for r in requests):
+        return None
+    if not audited:
+        return {}
+    return None if known_heads is None else known_heads.known(audited)
 
 
 async def _write_in_one_round_trip(
@@ -155,22 +198,31 @@ async def _write_in_one_round_trip(
     scope: TenantScope,
     requests: Sequence[AppendRequest],
     cipher: EventCipher | None,
-) -> list[AppendResult]:
+    heads: dict[str, Head],
+) -> tuple[list[AppendResult], dict[str, Head]]:
+    """The results, and the audit chain heads the batch leaves."""
     facts = expected_facts(requests, {})
     plan = plan_batch(requests, facts, cipher)
     if not facts.instances.keys() <= plan.updated.keys():
         raise _MovedOn  # as in _append_once: only the locked rows can confirm the plan
     written = _written(plan, facts)
+    chained = chain_rows(plan.audit, heads) if plan.audit else None
+    audit = () if chained is None else (chained.records, chained.was, chained.moved_to)
+    if plan.created:
+        statement = sql.WRITE_AUDITED_BATCH if audit else sql.WRITE_BATCH
+        parameters = (*_creations(plan), *written, scope.tenants, *audit)
+    else:
+        statement = sql.UPDATE_AUDITED_BATCH if audit else sql.UPDATE_BATCH
+        parameters = (*written, scope.tenants, *audit)
     try:
-        if plan.created:
-            await conn.fetch(sql.WRITE_BATCH, *_creations(plan), *written, scope.tenants)
-        else:
-            await conn.fetch(sql.UPDATE_BATCH, *written, scope.tenants)
+        await conn.fetch(statement, *parameters)
     except asyncpg.PostgresError as error:
         if error.sqlstate == sql.BATCH_PLAN_FAILED:
             raise _MovedOn from None
+        if error.sqlstate == sql.AUDIT_HEAD_MOVED:
+            raise _HeadMoved from None
         raise
-    return plan.results
+    return plan.results, {} if chained is None else chained.heads
 
 
 async def _locked_facts(

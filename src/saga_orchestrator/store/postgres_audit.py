@@ -8,12 +8,14 @@ tenant's chain one after another, inside the transaction of the change they reco
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import asyncpg
 import orjson
 
 from saga_orchestrator.store.audit import GENESIS, chain
+from saga_orchestrator.store.chain_heads import Head
 from saga_orchestrator.store.codec import utc
 from saga_orchestrator.store.protocol import AuditEntry, AuditFilter, AuditOutcome, AuditRecord
 
@@ -68,7 +70,7 @@ async def write_audit(conn: Connection, entries: Sequence[AuditEntry]) -> list[A
     return records
 
 
-async def lock_heads(conn: Connection, tenant_ids: Iterable[str]) -> dict[str, tuple[int, str]]:
+async def lock_heads(conn: Connection, tenant_ids: Iterable[str]) -> dict[str, Head]:
     """Lock the tenants' chain heads (creating any missing), in tenant order; returns those
     past the genesis as (seq, hash)."""
     rows = await conn.fetch(LOCK_HEADS, sorted(set(tenant_ids)), GENESIS)
@@ -76,20 +78,14 @@ async def lock_heads(conn: Connection, tenant_ids: Iterable[str]) -> dict[str, t
 
 
 def chain_parameters(
-    entries: Sequence[AuditEntry], heads: Mapping[str, tuple[int, str]]
+    entries: Sequence[AuditEntry], heads: Mapping[str, Head]
 ) -> tuple[list[AuditRecord], list[list[object]]]:
     """The records extending the locked ``heads`` with ``entries``, and the 16 parameters of
     :func:`extend_chains` that write them."""
     records, new_heads = chain(entries, heads)
     columns: list[list[object]] = [[] for _ in range(13)]
     for record in records:
-        e = record.entry
-        values = (
-            e.tenant_id, record.seq, utc(e.at), e.actor, e.action, e.target_type, e.target_id,
-            e.outcome.value, e.reason, e.request_id, orjson.dumps(e.details).decode(),
-            record.prev_hash, record.hash,
-        )  # fmt: skip
-        for column, value in zip(columns, values, strict=True):
+        for column, value in zip(columns, _row(record), strict=True):
             column.append(value)
     ordered = sorted(new_heads.items())
     return records, [
@@ -98,6 +94,40 @@ def chain_parameters(
         [s for _, (s, _) in ordered],
         [h for _, (_, h) in ordered],
     ]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChainRows:
+    """An audited batch's share of migration 0010's functions: its records as ``audit_log``
+    rows, the heads they were chained to (``was``) and move to (``moved_to``) as
+    ``audit_heads`` rows in tenant order, and the latter as a mapping."""
+
+    records: list[tuple[object, ...]]
+    was: list[tuple[object, ...]]
+    moved_to: list[tuple[object, ...]]
+    heads: dict[str, Head]
+
+
+def chain_rows(entries: Sequence[AuditEntry], heads: Mapping[str, Head]) -> ChainRows:
+    """The records extending the known ``heads`` (one for every tenant of ``entries``)."""
+    records, new_heads = chain(entries, heads)
+    tenants = sorted(new_heads)
+    return ChainRows(
+        records=[_row(record) for record in records],
+        was=[(t, *heads[t]) for t in tenants],
+        moved_to=[(t, *new_heads[t]) for t in tenants],
+        heads=new_heads,
+    )
+
+
+def _row(record: AuditRecord) -> tuple[object, ...]:
+    """A record in ``audit_log``'s column order (migration 0003)."""
+    e = record.entry
+    return (
+        e.tenant_id, record.seq, utc(e.at), e.actor, e.action, e.target_type, e.target_id,
+        e.outcome.value, e.reason, e.request_id, orjson.dumps(e.details).decode(),
+        record.prev_hash, record.hash,
+    )  # fmt: skip
 
 
 async def list_audit(

@@ -239,6 +239,20 @@ SELECT written_instance_id, written_created
 FROM saga_write_batch($1::instances[], $2::float8[], $3::instances[], $4::bigint[],
                       $5::events[], $6::timers[], $7::text, $8::text[], $9::text[])"""
 BATCH_PLAN_FAILED: Final = "SG001"
+# The same two with an audited batch's records, when the store knows its tenants' chain heads
+# (store.chain_heads): the records' rows, the heads they were chained to and those they move
+# to; a head moved meanwhile rolls the batch back with AUDIT_HEAD_MOVED (migration 0010).
+UPDATE_AUDITED_BATCH: Final = """
+SELECT written_instance_id, written_created
+FROM saga_update_audited_batch($1::instances[], $2::bigint[], $3::events[], $4::timers[],
+                               $5::text, $6::text[], $7::text[], $8::audit_log[],
+                               $9::audit_heads[], $10::audit_heads[])"""
+WRITE_AUDITED_BATCH: Final = """
+SELECT written_instance_id, written_created
+FROM saga_write_audited_batch($1::instances[], $2::float8[], $3::instances[], $4::bigint[],
+                              $5::events[], $6::timers[], $7::text, $8::text[], $9::text[],
+                              $10::audit_log[], $11::audit_heads[], $12::audit_heads[])"""
+AUDIT_HEAD_MOVED: Final = "SG002"
 # A message id already in the outbox is the same message written again: keep the first.
 INSERT_OUTBOX: Final = """
 INSERT INTO outbox

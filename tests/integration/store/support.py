@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import asyncpg
 
@@ -19,6 +20,13 @@ from saga_orchestrator.store import (
     NewInstance,
     OutboxMessage,
 )
+from saga_orchestrator.store import postgres_sql as sql
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    Session = PoolConnectionProxy[asyncpg.Record]
+    """A pooled ``saga_app`` session, as the store's own."""
 
 T0 = datetime(2025, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
 """A fixed instant with microseconds, so round trips are checked to the microsecond."""
@@ -243,3 +251,18 @@ class RawDatabase:
 def _numbered(sql: str) -> str:
     counter = iter(range(1, sql.count("?") + 1))
     return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
+
+
+async def logged(queries: list[str]) -> list[str]:
+    """The statements logged so far (asyncpg calls its loggers from the event loop)."""
+    await asyncio.sleep(0)
+    return queries
+
+
+async def events_of(conn: Session, instance_id: str) -> list[int]:
+    async with conn.transaction():
+        await conn.execute(sql.SET_LOCAL_TENANTS, [TENANT, OTHER_TENANT])
+        rows = await conn.fetch(
+            "SELECT seq FROM events WHERE instance_id = $1 ORDER BY seq", instance_id
+        )
+    return [row[0] for row in rows]

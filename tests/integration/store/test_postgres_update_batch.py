@@ -6,74 +6,35 @@ are counted with asyncpg's query logger on a ``saga_app`` session, as the store'
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-import asyncpg
 import pytest
-import pytest_asyncio
 
 from saga_orchestrator.store import AppendRequest, AppendResult, AppendStatus, open_store
 from saga_orchestrator.store import postgres_sql as sql
 from saga_orchestrator.store.postgres_append import append_batch
 from saga_orchestrator.store.postgres_session import tenant_scope
 
-from .support import OTHER_TENANT, TENANT, append, at, audit_entry, create, event, update
+from .support import (
+    OTHER_TENANT,
+    TENANT,
+    append,
+    at,
+    audit_entry,
+    create,
+    event,
+    events_of,
+    logged,
+    update,
+)
+
+if TYPE_CHECKING:
+    from .support import Session
 
 pytestmark = pytest.mark.postgres
 
 APPENDED_2 = AppendResult(status=AppendStatus.APPENDED, last_seq=2)
-
-
-if TYPE_CHECKING:
-    from asyncpg.pool import PoolConnectionProxy
-
-    Session = PoolConnectionProxy[asyncpg.Record]
-
-
-@pytest_asyncio.fixture
-async def app_session(pg_url: str) -> AsyncIterator[tuple[Session, list[str]]]:
-    """Instances ``i-1``, ``i-2`` (and ``theirs`` of another tenant) at sequence 1, and a
-    ``saga_app`` session whose statements are logged."""
-    store = open_store(pg_url)
-    try:
-        await store.migrate()
-        await store.append([create("i-1"), create("i-2"), create("theirs", tenant=OTHER_TENANT)])
-    finally:
-        await store.close()
-    pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=1)
-    conn = await pool.acquire()
-    await conn.execute("SET ROLE saga_app")
-    queries: list[str] = []
-
-    def log(record: asyncpg.connection.LoggedQuery) -> None:
-        # asyncpg learns a statement's types with queries of its own (and switches JIT off
-        # around them): not the store's round trips.
-        if "typeinfo_tree" not in record.query and "'jit'" not in record.query:
-            queries.append(record.query)
-
-    conn.add_query_logger(log)
-    try:
-        yield conn, queries
-    finally:
-        await pool.release(conn)
-        await pool.close()
-
-
-async def logged(queries: list[str]) -> list[str]:
-    """The statements logged so far (asyncpg calls its loggers from the event loop)."""
-    await asyncio.sleep(0)
-    return queries
-
-
-async def events_of(conn: Session, instance_id: str) -> list[int]:
-    async with conn.transaction():
-        await conn.execute(sql.SET_LOCAL_TENANTS, [TENANT, OTHER_TENANT])
-        rows = await conn.fetch(
-            "SELECT seq FROM events WHERE instance_id = $1 ORDER BY seq", instance_id
-        )
-    return [row[0] for row in rows]
 
 
 async def test_steps_of_several_instances_are_one_statement(

@@ -19,7 +19,7 @@ TABLES = {
     "audit_log", "audit_heads", "tenant_limits",
 }  # fmt: skip
 """Tenant-owned tables (``shared_secrets`` is node-wide: keys every node of a cluster shares)."""
-LATEST = 9
+LATEST = 10
 MIGRATIONS = [
     (1, "initial"),
     (2, "participants_outbox_claims"),
@@ -30,6 +30,7 @@ MIGRATIONS = [
     (7, "retention"),
     (8, "row_level_security"),
     (9, "one_round_trip_batches"),
+    (10, "one_round_trip_audited_batches"),
 ]
 
 

@@ -1,0 +1,3 @@
+-- Nothing to do on SQLite: PostgreSQL's migration 0010 adds functions that write an audited
+-- batch in one round trip, and an embedded database has no round trips to save. The version
+-- is kept so that both dialects share one schema version.
