@@ -27,7 +27,7 @@ from saga_orchestrator.security.limits import (
     bucket_key,
     combined_headers,
 )
-from saga_orchestrator.security.tenant_limits import TenantLimits
+from saga_orchestrator.security.tenant_limits import NOT_CACHED, NotCached, TenantLimits
 from saga_orchestrator.security.tokens import Authenticator, Principal, Role
 
 
@@ -107,6 +107,8 @@ class Access:
     """The node's defaults."""
     overrides: Callable[[str], Awaitable[TenantLimits | None]] | None = None
     """A tenant's own limits, if it has any (cached: asked on every limited request)."""
+    known_overrides: Callable[[str], TenantLimits | NotCached | None] | None = None
+    """What ``overrides`` would answer from its cache alone (for :meth:`refusal_now`)."""
 
     async def __call__(self, request: Request) -> Principal | None:
         route = getattr(request.scope.get("route"), "path", None)
@@ -164,11 +166,7 @@ class Access:
             key = bucket_key(tenant, "settings", principal.subject)
             return [Bucket(key, defaults.requests, "settings")]
         own = None if self.overrides is None else await self.overrides(tenant)
-        limits = defaults if own is None else own.request_limits(defaults)
-        buckets = [Bucket(bucket_key(tenant, "requests"), limits.requests, "requests")]
-        if method == "POST" and route == START:
-            buckets.append(Bucket(bucket_key(tenant, "starts"), limits.starts, "starts"))
-        return buckets
+        return _tenant_buckets(tenant, method, route, defaults, own)
 
     @staticmethod
     def refusal(principal: Principal, decisions: list[Decision]) -> RateLimited:
@@ -205,6 +203,51 @@ class Access:
         if decisions is None:
             return None
         return principal, self.refusal(principal, decisions)
+
+    def refusal_now(
+        self, method: str, path: str, authorization: str | None
+    ) -> tuple[Principal, RateLimited] | None:
+        """:meth:`known_refusal`'s answer when this node has it in memory with nothing to
+        spend or read (the token's principal, the tenant's limits and the refusal of its first
+        bucket all known): a caller that cannot await gets it at once. ``None`` otherwise."""
+        if (
+            method != "POST"
+            or path != START
+            or self.authenticator is None
+            or self.limiter is None
+            or self.limits is None
+        ):
+            return None
+        principal = self.authenticator.cached(authorization)
+        if principal is None or not principal.has(OP):
+            return None
+        own = None if self.overrides is None else self._known_overrides(principal.tenant_id)
+        if own is NOT_CACHED:
+            return None
+        buckets = _tenant_buckets(principal.tenant_id, method, START, self.limits, own)
+        refusal = self.limiter.first_refusal_known(buckets)
+        if refusal is None:
+            return None
+        return principal, self.refusal(principal, [refusal])
+
+    def _known_overrides(self, tenant: str) -> TenantLimits | NotCached | None:
+        return NOT_CACHED if self.known_overrides is None else self.known_overrides(tenant)
+
+
+def _tenant_buckets(
+    tenant: str,
+    method: str,
+    route: str | None,
+    defaults: RequestLimits,
+    own: TenantLimits | None,
+) -> list[Bucket]:
+    """The buckets a request of ``tenant`` takes from: its requests', and its starts' too
+    for a start, shaped by its own limits if it has any."""
+    limits = defaults if own is None else own.request_limits(defaults)
+    buckets = [Bucket(bucket_key(tenant, "requests"), limits.requests, "requests")]
+    if method == "POST" and route == START:
+        buckets.append(Bucket(bucket_key(tenant, "starts"), limits.starts, "starts"))
+    return buckets
 
 
 def principal_of(request: Request) -> Principal:

@@ -40,6 +40,7 @@ from saga_orchestrator.api.routes import (
 )
 from saga_orchestrator.api.services import DefinitionService, HealthService, InstanceService
 from saga_orchestrator.api.tenant import TenantLimitsApi
+from saga_orchestrator.api.wire_refusal import WireRefusals
 from saga_orchestrator.core.state import SagaState
 from saga_orchestrator.orchestrator import Orchestrator
 
@@ -74,6 +75,7 @@ def create_app(orchestrator: Orchestrator, options: ApiOptions | None = None) ->
         options.rate_limiter,
         options.limits,
         orchestrator.tenant_limits.overrides,
+        orchestrator.tenant_limits.known_overrides,
     )
     app = SagaApi(
         title="Saga Orchestrator",
@@ -106,6 +108,7 @@ def create_app(orchestrator: Orchestrator, options: ApiOptions | None = None) ->
         problems=problems,
         route=start_route(instances.router),
     )
+    app.state.wire_refusals = WireRefusals(access, services.metrics, options.max_body_bytes)
     app.add_middleware(
         EdgeMiddleware,
         access=access,

@@ -132,6 +132,20 @@ def problem(
     violations: Sequence[Violation] = (),
     headers: Mapping[str, str] | None = None,
 ) -> Response:
+    content = problem_content(kind, detail, instance=instance, violations=violations)
+    return Response(
+        content, status_code=kind.status, headers=headers, media_type=PROBLEM_MEDIA_TYPE
+    )
+
+
+def problem_content(
+    kind: Kind,
+    detail: str | None = None,
+    *,
+    instance: str | None = None,
+    violations: Sequence[Violation] = (),
+) -> bytes:
+    """The problem document :func:`problem` answers with, as bytes."""
     body: dict[str, Any] = {
         "type": PROBLEM_BASE + kind.slug,
         "title": kind.title,
@@ -144,9 +158,7 @@ def problem(
         body["violations"] = [
             {"location": v.location, "rule": v.rule, "message": v.message} for v in violations
         ]
-    return Response(
-        _dumps(body), status_code=kind.status, headers=headers, media_type=PROBLEM_MEDIA_TYPE
-    )
+    return _dumps(body)
 
 
 def _dumps(body: dict[str, Any]) -> bytes:

@@ -17,6 +17,7 @@ from pathlib import Path
 import uvicorn
 
 from saga_orchestrator.api import ApiOptions, create_app
+from saga_orchestrator.console.refusing_protocol import refusing_protocol
 from saga_orchestrator.console.workers import inherited_socket
 from saga_orchestrator.errors import ConfigurationError
 from saga_orchestrator.orchestrator import Orchestrator
@@ -112,8 +113,10 @@ async def serve(
             token_file = write_token_file(settings.token_file, newcomer_token)
             banner = newcomer_banner(f"{scheme}://{host}:{port}", newcomer_token, token_file)
             print(banner, flush=True)  # noqa: T201
+        app = create_app(orchestrator, options)
         config = uvicorn.Config(
-            create_app(orchestrator, options),
+            app,
+            http=refusing_protocol(app.state.wire_refusals),
             host=host,
             port=port,
             log_level=settings.log_level.value,

@@ -511,6 +511,26 @@ class RateLimiter:
         decides, its own bucket's refusal. The buckets before the refused one are spent, as
         :meth:`check_chain` spends them; with a refusal known for the first one, the answer
         costs no round trip and spends nothing. Cheap enough to ask before any other work."""
+        known = self._known_refusal(buckets, cost)
+        if known is None:
+            return None
+        index, refusal = known
+        before = await self._spend_before(buckets[:index], cost) if index else []
+        self._counters.refused += 1
+        return before if before and not before[-1].allowed else [*before, refusal]
+
+    def first_refusal_known(self, buckets: Sequence[Bucket], cost: int = 1) -> Decision | None:
+        """:meth:`refusal_if_known`'s answer when it costs nothing at all, without awaiting:
+        the first bucket is known to refuse, so nothing is spent. ``None`` otherwise (ask
+        :meth:`refusal_if_known`)."""
+        known = self._known_refusal(buckets, cost)
+        if known is None or known[0] != 0:
+            return None
+        self._counters.refused += 1
+        return known[1]
+
+    def _known_refusal(self, buckets: Sequence[Bucket], cost: int) -> tuple[int, Decision] | None:
+        """The first bucket this node knows refuses ``cost``, and its refusal."""
         if self._redis is not None and self._down_until is None:
             known = self._first_known(buckets, cost, self._cached_refusal)
         elif self._redis is None or (
@@ -519,14 +539,10 @@ class RateLimiter:
             known = self._first_known(buckets, cost, self._memory_refusal)
         else:
             return None  # a probe of Redis is due, or allow/deny: check_chain decides
-        if known is None:
-            return None
-        index, refusal = known
-        for bucket in buckets:
-            _check_cost(bucket.limit, cost)
-        before = await self._spend_before(buckets[:index], cost) if index else []
-        self._counters.refused += 1
-        return before if before and not before[-1].allowed else [*before, refusal]
+        if known is not None:
+            for bucket in buckets:
+                _check_cost(bucket.limit, cost)
+        return known
 
     @staticmethod
     def _first_known(

@@ -16,6 +16,7 @@ last read; one that it never read fails the request like any other store outage.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections import OrderedDict
@@ -120,6 +121,15 @@ class StoredLimits:
 _Cached = tuple[float, TenantLimits | None]
 
 
+class NotCached(enum.Enum):
+    """A tenant whose overrides this node would have to read first."""
+
+    NOT_CACHED = "not cached"
+
+
+NOT_CACHED: Final = NotCached.NOT_CACHED
+
+
 class TenantLimitsBook:
     """The tenants' overrides: changed in the store, read through a per-node cache."""
 
@@ -150,6 +160,14 @@ class TenantLimitsBook:
             self._reads[tenant_id] = pending
             pending.add_done_callback(lambda done: self._read_done(tenant_id, done))
         return await asyncio.shield(pending)
+
+    def known_overrides(self, tenant_id: str) -> TenantLimits | NotCached | None:
+        """What :meth:`overrides` would answer without reading the store, or
+        :data:`NOT_CACHED` when it would have to."""
+        cached = self._cache.get(tenant_id)
+        if cached is not None and self._clock() - cached[0] < self.ttl:
+            return cached[1]
+        return NOT_CACHED
 
     async def stored(self, tenant_id: str) -> StoredLimits | None:
         """The tenant's document as the store has it now (read past the cache, which it

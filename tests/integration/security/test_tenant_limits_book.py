@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from saga_orchestrator.errors import StoreUnavailable
-from saga_orchestrator.security.tenant_limits import TenantLimits, TenantLimitsBook
+from saga_orchestrator.security.tenant_limits import NOT_CACHED, TenantLimits, TenantLimitsBook
 from saga_orchestrator.store import Store, TenantLimitsEntry, open_store
 
 LOW = TenantLimits(max_running_sagas=1)
@@ -99,6 +99,22 @@ async def test_concurrent_requests_read_the_store_once_per_expiry(
     assert await book.overrides("nobody") is None  # none stored is cached too
     assert await book.overrides("nobody") is None
     assert gated.reads == 3
+
+
+async def test_what_is_known_without_a_read_is_the_fresh_cache_only(
+    store: Store, gated: GatedStore, clock: FakeClock
+) -> None:
+    await book_of(store, clock).put("a", LOW)
+    book = book_of(gated, clock)
+    assert book.known_overrides("a") is NOT_CACHED
+    assert book.known_overrides("nobody") is NOT_CACHED
+    assert await book.overrides("a") == LOW
+    assert await book.overrides("nobody") is None
+    assert book.known_overrides("a") == LOW
+    assert book.known_overrides("nobody") is None  # known to have none
+    clock.now += 5.0
+    assert book.known_overrides("a") is NOT_CACHED  # expired: a read is due
+    assert gated.reads == 2  # known_overrides never reads
 
 
 async def test_a_change_here_applies_at_once_and_elsewhere_within_the_ttl(

@@ -121,3 +121,33 @@ def test_the_memory_refusal_changes_no_bucket() -> None:
     clock.now += 1.0
     assert buckets.refusal("k", limit) is None
     assert buckets.take_now("k", limit).allowed
+
+
+async def test_a_refusal_known_for_the_first_bucket_is_answered_without_awaiting() -> None:
+    """What the HTTP protocol asks: the first bucket's known refusal, same as
+    :meth:`refusal_if_known` gives, and nothing when a bucket before it would be spent."""
+    limiter = RateLimiter(None, clock=FakeClock())
+    small = Limit(rate=0.0001, burst=1)
+    assert limiter.first_refusal_known(chain("t", requests=small)) is None  # a full bucket
+    await limiter.check_chain(chain("t", requests=small))
+    before = limiter.counters.refused
+
+    refusal = limiter.first_refusal_known(chain("t", requests=small))
+    known = await limiter.refusal_if_known(chain("t", requests=small))
+
+    assert refusal is not None and known == [refusal]
+    assert limiter.counters.refused == before + 2
+    starts = await limiter.check("t", "starts", SLOW)
+    assert starts.remaining == SLOW.burst - 2  # spent by the admitted request only
+
+
+async def test_a_refusal_of_a_later_bucket_is_left_to_the_awaiting_path() -> None:
+    limiter = RateLimiter(None, clock=FakeClock())
+    big = Limit(rate=0.0001, burst=100)
+    for _ in range(4):
+        await limiter.check_chain(chain("t", requests=big))
+    before = limiter.counters.refused
+
+    assert limiter.first_refusal_known(chain("t", requests=big)) is None
+    assert limiter.counters.refused == before
+    assert await limiter.refusal_if_known(chain("t", requests=big)) is not None
