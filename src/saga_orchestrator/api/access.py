@@ -207,9 +207,9 @@ class Access:
     def refusal_now(
         self, method: str, path: str, authorization: str | None
     ) -> tuple[Principal, RateLimited] | None:
-        """:meth:`known_refusal`'s answer when this node has it in memory with nothing to
-        spend or read (the token's principal, the tenant's limits and the refusal of its first
-        bucket all known): a caller that cannot await gets it at once. ``None`` otherwise."""
+        """:meth:`known_refusal`'s answer when this node has it without a round trip (the
+        token's principal, the tenant's limits and the refusal known, the buckets before it
+        spent from memory): a caller that cannot await gets it at once. ``None`` otherwise."""
         if (
             method != "POST"
             or path != START
@@ -225,10 +225,10 @@ class Access:
         if own is NOT_CACHED:
             return None
         buckets = _tenant_buckets(principal.tenant_id, method, START, self.limits, own)
-        refusal = self.limiter.first_refusal_known(buckets)
-        if refusal is None:
+        decisions = self.limiter.refusal_known_now(buckets)
+        if decisions is None:
             return None
-        return principal, self.refusal(principal, [refusal])
+        return principal, self.refusal(principal, decisions)
 
     def _known_overrides(self, tenant: str) -> TenantLimits | NotCached | None:
         return NOT_CACHED if self.known_overrides is None else self.known_overrides(tenant)

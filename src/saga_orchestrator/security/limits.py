@@ -519,15 +519,19 @@ class RateLimiter:
         self._counters.refused += 1
         return before if before and not before[-1].allowed else [*before, refusal]
 
-    def first_refusal_known(self, buckets: Sequence[Bucket], cost: int = 1) -> Decision | None:
-        """:meth:`refusal_if_known`'s answer when it costs nothing at all, without awaiting:
-        the first bucket is known to refuse, so nothing is spent. ``None`` otherwise (ask
-        :meth:`refusal_if_known`)."""
+    def refusal_known_now(self, buckets: Sequence[Bucket], cost: int = 1) -> list[Decision] | None:
+        """:meth:`refusal_if_known`'s answer when it needs no round trip, without awaiting:
+        the buckets before the refused one (if any) are spent from this node's estimates or
+        its fallback. ``None`` otherwise (ask :meth:`refusal_if_known`)."""
         known = self._known_refusal(buckets, cost)
-        if known is None or known[0] != 0:
+        if known is None:
+            return None
+        index, refusal = known
+        before = self._spend_now(buckets[:index], cost) if index else []
+        if before is None:
             return None
         self._counters.refused += 1
-        return known[1]
+        return before if before and not before[-1].allowed else [*before, refusal]
 
     def _known_refusal(self, buckets: Sequence[Bucket], cost: int) -> tuple[int, Decision] | None:
         """The first bucket this node knows refuses ``cost``, and its refusal."""
@@ -580,17 +584,26 @@ class RateLimiter:
         return await self._ask_redis(buckets, cost)
 
     async def _spend_before(self, buckets: Sequence[Bucket], cost: int) -> list[Decision]:
-        """Spend the buckets before a known refusal: from this node's estimates while Redis
-        decides and every estimate admits (no round trip; see :mod:`.limit_ledger`), else as
-        a chain of their own."""
+        """Spend the buckets before a known refusal: without a round trip when
+        :meth:`_spend_now` can, else as a chain of their own."""
+        spent = self._spend_now(buckets, cost)
+        return spent if spent is not None else await self._check_chain(buckets, cost)
+
+    def _spend_now(self, buckets: Sequence[Bucket], cost: int) -> list[Decision] | None:
+        """Spend the buckets without a round trip: from this node's estimates while Redis
+        decides and every estimate admits (see :mod:`.limit_ledger`), from the fallback while
+        it decides; ``None`` when Redis must be asked (an estimate that may not admit, or a
+        probe of a Redis that failed is due)."""
         if self._redis is None or self._down_until is not None:
-            return await self._check_chain(buckets, cost)
+            if self._redis is not None and self._probe_due():
+                return None
+            return self._fallback_chain(buckets, cost)
         estimates: list[float] = []
         for bucket in buckets:
             limit = bucket.limit
             after = self._ledger.tokens_after(bucket.key, limit.rate, limit.burst, cost)
             if after is None:
-                return await self._check_chain(buckets, cost)
+                return None
             estimates.append(after)
         decisions = []
         for bucket, after in zip(buckets, estimates, strict=True):

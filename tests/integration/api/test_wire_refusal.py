@@ -168,6 +168,37 @@ async def test_a_known_flood_gets_the_edge_layers_answer_from_the_protocol(
     assert 1 <= int(early.headers["retry-after"]) <= 100
 
 
+async def test_a_refusal_of_the_starts_bucket_is_answered_by_the_protocol_too(
+    served: Served,
+) -> None:
+    """The tenant's own limits (read once, then cached) leave requests to spare and refuse
+    its starts: the request token is spent from memory and the refusal written at once."""
+    admin = jwt.encode(
+        {"sub": "root", "tenant": "own", "roles": ["admin"], "exp": int(time.time()) + 600},
+        SECRET,
+        algorithm="HS256",
+    )
+    async with httpx.AsyncClient(base_url=served.plain, timeout=10) as client:
+        limits = {"requests": {"per_second": 1000}, "starts": {"per_second": 0.01, "burst": 1}}
+        answer = await client.put(
+            "/api/v1/tenant/limits", json=limits, headers={"Authorization": f"Bearer {admin}"}
+        )
+        assert answer.status_code == 200, answer.text
+        registered = await client.post(
+            "/api/v1/sagas/definitions", json=ORDER, headers={"Authorization": f"Bearer {admin}"}
+        )
+        assert registered.status_code in (200, 201), registered.text
+    assert (await start(served.plain, "own")).status_code == 201
+    before = served.refusals.answered
+
+    refused = await start(served.wire, "own")
+
+    assert served.refusals.answered == before + 1
+    assert refused.status_code == 429
+    assert refused.json()["detail"] == "tenant 'own' is over its starts limit"
+    assert refused.headers["ratelimit-policy"] == '"requests";q=2000;w=2, "starts";q=1;w=100'
+
+
 async def test_other_requests_go_through_uvicorn(served: Served) -> None:
     """Another tenant starts; a caller whose token the node has not verified yet, or a route
     other than the start, is answered by the app."""

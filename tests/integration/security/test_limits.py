@@ -539,9 +539,11 @@ async def test_a_first_bucket_perhaps_empty_is_asked_of_redis_before_a_known_ref
             True,
         ]
         # That admission emptied the starts bucket: the next start is refused here, its
-        # requests token spent from this node's estimate (the last token it knows of)...
+        # requests token spent from this node's estimate (the last token it knows of), by a
+        # caller that cannot await as by one that can...
         before = evalsha_calls(own_redis)
-        refused = await limiter.check_chain(chain_of("t", two, one))
+        refused = limiter.refusal_known_now(chain_of("t", two, one))
+        assert refused is not None
         assert [(d.policy, d.allowed, d.remaining) for d in refused] == [
             ("requests", True, 0),
             ("starts", False, 0),
@@ -549,7 +551,9 @@ async def test_a_first_bucket_perhaps_empty_is_asked_of_redis_before_a_known_ref
         assert evalsha_calls(own_redis) == before
         assert limiter.counters.estimated_spends == 1
         await asyncio.wait_for(limiter.settle(), timeout=10)
-        # ... so now the estimate says the requests bucket may be empty: Redis decides it.
+        # ... so now the estimate says the requests bucket may be empty: Redis decides it,
+        # and a caller that cannot await is told to ask.
+        assert limiter.refusal_known_now(chain_of("t", two, one)) is None
         before = evalsha_calls(own_redis)
         known = await limiter.refusal_if_known(chain_of("t", two, one))
         assert known is not None and [(d.policy, d.allowed) for d in known] == [("requests", False)]

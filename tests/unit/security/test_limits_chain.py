@@ -124,30 +124,31 @@ def test_the_memory_refusal_changes_no_bucket() -> None:
 
 
 async def test_a_refusal_known_for_the_first_bucket_is_answered_without_awaiting() -> None:
-    """What the HTTP protocol asks: the first bucket's known refusal, same as
-    :meth:`refusal_if_known` gives, and nothing when a bucket before it would be spent."""
+    """What the HTTP protocol asks: the known refusal, as :meth:`refusal_if_known` gives it."""
     limiter = RateLimiter(None, clock=FakeClock())
     small = Limit(rate=0.0001, burst=1)
-    assert limiter.first_refusal_known(chain("t", requests=small)) is None  # a full bucket
+    assert limiter.refusal_known_now(chain("t", requests=small)) is None  # a full bucket
     await limiter.check_chain(chain("t", requests=small))
     before = limiter.counters.refused
 
-    refusal = limiter.first_refusal_known(chain("t", requests=small))
+    now = limiter.refusal_known_now(chain("t", requests=small))
     known = await limiter.refusal_if_known(chain("t", requests=small))
 
-    assert refusal is not None and known == [refusal]
+    assert now is not None and now == known
     assert limiter.counters.refused == before + 2
     starts = await limiter.check("t", "starts", SLOW)
     assert starts.remaining == SLOW.burst - 2  # spent by the admitted request only
 
 
-async def test_a_refusal_of_a_later_bucket_is_left_to_the_awaiting_path() -> None:
+async def test_a_refusal_of_a_later_bucket_spends_the_ones_before_it_without_awaiting() -> None:
     limiter = RateLimiter(None, clock=FakeClock())
     big = Limit(rate=0.0001, burst=100)
     for _ in range(4):
         await limiter.check_chain(chain("t", requests=big))
-    before = limiter.counters.refused
 
-    assert limiter.first_refusal_known(chain("t", requests=big)) is None
-    assert limiter.counters.refused == before
-    assert await limiter.refusal_if_known(chain("t", requests=big)) is not None
+    now = limiter.refusal_known_now(chain("t", requests=big))
+    known = await limiter.refusal_if_known(chain("t", requests=big))
+
+    assert now is not None and known is not None
+    assert [(d.policy, d.allowed) for d in now] == [("requests", True), ("starts", False)]
+    assert known[0].remaining == now[0].remaining - 1  # each spent its request token
