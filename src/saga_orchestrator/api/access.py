@@ -187,16 +187,8 @@ class Access:
 
         Only the start route is answered here: it is the one a flood goes for, and its rule
         and buckets are known from the method and path alone."""
-        if (
-            method != "POST"
-            or path != START
-            or self.authenticator is None
-            or self.limiter is None
-            or self.limits is None
-        ):
-            return None
-        principal = self.authenticator.cached(authorization)
-        if principal is None or not principal.has(OP):
+        principal = self._known_starter(method, path, authorization)
+        if principal is None or self.limiter is None or self.limits is None:
             return None
         buckets = await self._buckets(principal, method, START, self.limits)
         decisions = await self.limiter.refusal_if_known(buckets)
@@ -210,16 +202,8 @@ class Access:
         """:meth:`known_refusal`'s answer when this node has it without a round trip (the
         token's principal, the tenant's limits and the refusal known, the buckets before it
         spent from memory): a caller that cannot await gets it at once. ``None`` otherwise."""
-        if (
-            method != "POST"
-            or path != START
-            or self.authenticator is None
-            or self.limiter is None
-            or self.limits is None
-        ):
-            return None
-        principal = self.authenticator.cached(authorization)
-        if principal is None or not principal.has(OP):
+        principal = self._known_starter(method, path, authorization)
+        if principal is None or self.limiter is None or self.limits is None:
             return None
         own = None if self.overrides is None else self._known_overrides(principal.tenant_id)
         if own is NOT_CACHED:
@@ -229,6 +213,16 @@ class Access:
         if decisions is None:
             return None
         return principal, self.refusal(principal, decisions)
+
+    def _known_starter(self, method: str, path: str, authorization: str | None) -> Principal | None:
+        """The caller of a start, if its token verified before and it may start: the only
+        requests refused ahead of routing (``None`` also when nothing limits starts)."""
+        if method != "POST" or path != START or self.authenticator is None:
+            return None
+        if self.limiter is None or self.limits is None:
+            return None
+        principal = self.authenticator.cached(authorization)
+        return principal if principal is not None and principal.has(OP) else None
 
     def _known_overrides(self, tenant: str) -> TenantLimits | NotCached | None:
         return NOT_CACHED if self.known_overrides is None else self.known_overrides(tenant)
