@@ -5,13 +5,14 @@ or response object.
 
 The edge layer (:mod:`.edge`) already answers such a start before routing, but the request
 has crossed uvicorn's ASGI machinery by then: a task, a scope, ``receive``/``send``, a
-Starlette response, about 0.4 ms of CPU each on a slow machine, taken from the event loop every
-other tenant's requests wait on (docs/performance.md, "Session 13"). Here the same answer costs
-a lookup in memory and one ``transport.write``.
+Starlette response, all on the event loop every other tenant's requests wait on. Answered
+here, a refusal cost the node a third to two fifths less CPU (docs/performance.md,
+"Session 13").
 
 Only what is certain without awaiting is answered here (:meth:`.Access.refusal_now`: a token
-verified before, the tenant's limits cached, the refusal of its first bucket known); every
-other request goes on as before, and the edge layer or the routes decide it. The answer is the
+verified before, the tenant's limits cached, the refusal known and the buckets before it
+spent from memory); every other request goes on as before, and the edge layer or the routes
+decide it. The answer is the
 edge layer's (a test compares them): the same problem document and headers (``Retry-After``,
 ``RateLimit``, ``RateLimit-Policy``, ``X-Request-Id``, uvicorn's ``date`` and ``server``), and
 it is counted in the metrics as the edge layer counts it.
@@ -42,7 +43,7 @@ class WireRefusals:
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.answered = 0
-        """Requests answered here (for tests and the benchmark: which path answered)."""
+        """Requests answered here (tests tell by it which path answered)."""
 
     def answer(
         self,
