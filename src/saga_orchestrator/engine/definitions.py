@@ -28,6 +28,10 @@ KnownServices = Callable[[str], Awaitable[Collection[str]]]
 RESOLVE_TTL = 1.0
 """Seconds a name's resolution to a version is reused: another node's new version is picked up
 within this delay; this node's own registrations and deprecations take effect at once."""
+REFRESH_AFTER = 0.8
+"""Share of the TTL after which a resolution still answers but is made again in the
+background: a name in steady use never has a start wait for the store read (three round trips
+on PostgreSQL), which without it one start per name and TTL did."""
 
 
 class Registration(enum.StrEnum):
@@ -50,6 +54,7 @@ class DefinitionRegistry:
         known_handlers: KnownNames = lambda: None,
         known_services: KnownServices | None = None,
         features: FeatureFlags | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.features = features or FeatureFlags()
         self._store = store
@@ -61,6 +66,7 @@ class DefinitionRegistry:
         self._generation: dict[tuple[str, str], int] = {}
         """Bumped by this node's registrations, so a read begun before one is not cached."""
         self.resolve_ttl = RESOLVE_TTL
+        self._clock = clock
 
     async def register(
         self, tenant_id: str, definition: SagaDefinition, *, audit: AuditEntry | None = None
@@ -114,30 +120,41 @@ class DefinitionRegistry:
         """The highest non-deprecated version allowed by ``constraint`` (default: latest).
 
         Resolutions are cached for ``resolve_ttl`` seconds (and dropped at once when this node
-        registers or deprecates a version of that name), so a start costs no store read."""
+        registers or deprecates a version of that name), so a start costs no store read; one
+        used in the last fifth of its TTL is made again in the background."""
         key = (tenant_id, name, constraint)
         cached = self._resolved.get(key)
-        if cached is not None and time.monotonic() - cached[0] < self.resolve_ttl:
-            return cached[1]
-        # One store read per expiry, however many starts arrive meanwhile.
+        if cached is not None:
+            age = self._clock() - cached[0]
+            if age < self.resolve_ttl:
+                if age >= self.resolve_ttl * REFRESH_AFTER:
+                    self._resolution(key)
+                return cached[1]
+        return await asyncio.shield(self._resolution(key))
+
+    def _resolution(self, key: tuple[str, str, str | None]) -> asyncio.Future[CompiledDefinition]:
+        """The resolution of ``key`` under way, started if there is none: one store read per
+        expiry, however many starts arrive meanwhile."""
         pending = self._resolving.get(key)
         if pending is None:
             pending = asyncio.ensure_future(self._resolve_and_cache(key))
             self._resolving[key] = pending
             pending.add_done_callback(lambda done: self._settled(key, done))
-        return await asyncio.shield(pending)
+        return pending
 
     def _settled(
         self, key: tuple[str, str, str | None], done: asyncio.Future[CompiledDefinition]
     ) -> None:
         if self._resolving.get(key) is done:
             del self._resolving[key]
+        if not done.cancelled():
+            done.exception()  # retrieved here: a background resolution may have no waiter
 
     async def _resolve_and_cache(self, key: tuple[str, str, str | None]) -> CompiledDefinition:
         generation = self._generation.get(key[:2], 0)
         compiled = await self._resolve(*key)
         if self._generation.get(key[:2], 0) == generation:  # no registration meanwhile
-            self._resolved[key] = (time.monotonic(), compiled)
+            self._resolved[key] = (self._clock(), compiled)
         return compiled
 
     async def _resolve(

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
+from typing import Any
 
 import pytest
 
 from saga_orchestrator.core.status import InstanceStatus
-from saga_orchestrator.engine.definitions import Registration
-from saga_orchestrator.errors import DefinitionConflict, DefinitionError, NotFound
+from saga_orchestrator.engine.definitions import DefinitionRegistry, Registration
+from saga_orchestrator.errors import (
+    DefinitionConflict,
+    DefinitionError,
+    NotFound,
+    StoreUnavailable,
+)
 from saga_orchestrator.orchestrator import Orchestrator
-from saga_orchestrator.store import DefinitionRecord
+from saga_orchestrator.store import DefinitionRecord, Store
 from tests.integration.engine.support import Participants, saga, steps
+from tests.support.waiting import until
 
 
 async def test_a_registered_version_is_immutable(orchestrator: Orchestrator) -> None:
@@ -162,3 +171,73 @@ async def test_concurrent_starts_resolve_a_name_with_one_store_read(
     assert reads == 1
     await orchestrator.register(saga("order", steps("reserve"), version="1.1.0"))
     assert (await registry.resolve("default", "order")).version == "1.1.0"
+
+
+class _HeldReads:
+    """The real store; its version listings are counted, held while ``gate`` is shut and
+    refused while ``down``."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.reads = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.down = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def list_definition_versions(self, tenant_id: str, name: str) -> list[DefinitionRecord]:
+        self.reads += 1
+        await self.gate.wait()
+        if self.down:
+            raise StoreUnavailable("the database cannot be reached")
+        return await self.store.list_definition_versions(tenant_id, name)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_name_in_use_is_resolved_again_in_the_background_before_it_expires(
+    orchestrator: Orchestrator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another node's new version is picked up within the TTL without a start waiting for
+    the store; a background resolution that fails leaves the last one until it expires."""
+    await orchestrator.register(saga("order", steps("reserve")))
+    store, clock = _HeldReads(orchestrator.store), _Clock()
+    here = DefinitionRegistry(store, clock=clock)
+    assert (await here.resolve("default", "order")).version == "1.0.0"
+    clock.now += 0.7  # before the last fifth of the TTL: no read
+    assert (await here.resolve("default", "order")).version == "1.0.0"
+    assert store.reads == 1
+    await orchestrator.register(saga("order", steps("reserve"), version="1.1.0"))  # elsewhere
+    store.gate.clear()
+    clock.now += 0.15
+    for _ in range(3):  # answered while the read they started is held
+        resolved = await asyncio.wait_for(here.resolve("default", "order"), timeout=5)
+        assert resolved.version == "1.0.0"
+    await until(lambda: store.reads == 2)
+    store.gate.set()
+    async with asyncio.timeout(5):
+        while (await here.resolve("default", "order")).version != "1.1.0":  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+    assert store.reads == 2  # one read for the three, and the new answer counts from it
+
+    store.down = True
+    clock.now += 0.85
+    with caplog.at_level(logging.ERROR):
+        assert (await here.resolve("default", "order")).version == "1.1.0"
+        await until(lambda: store.reads == 3)
+        for _ in range(3):
+            await asyncio.sleep(0)  # the read fails, with no one waiting for it
+        gc.collect()
+    assert "never retrieved" not in caplog.text
+    assert (await here.resolve("default", "order")).version == "1.1.0"  # until it expires
+    clock.now += 0.2  # expired: the start waits for the store and gets its error
+    with pytest.raises(StoreUnavailable):
+        await here.resolve("default", "order")

@@ -17,6 +17,7 @@ import pytest_asyncio
 from saga_orchestrator.errors import StoreUnavailable
 from saga_orchestrator.security.tenant_limits import NOT_CACHED, TenantLimits, TenantLimitsBook
 from saga_orchestrator.store import Store, TenantLimitsEntry, open_store
+from tests.support.waiting import until
 
 LOW = TenantLimits(max_running_sagas=1)
 HIGH = TenantLimits(max_running_sagas=50)
@@ -90,10 +91,10 @@ async def test_concurrent_requests_read_the_store_once_per_expiry(
     gated.gate.set()
     assert set(await asyncio.gather(*waiting)) == {LOW}
     assert gated.reads == 1
-    clock.now += 4.9
+    clock.now += 3.9  # before the last fifth of the TTL: no read
     assert await book.overrides("a") == LOW
     assert gated.reads == 1
-    clock.now += 0.2  # expired: the next wave reads once more
+    clock.now += 1.2  # expired: the next wave reads once more
     await asyncio.gather(*(book.overrides("a") for _ in range(50)))
     assert gated.reads == 2
     assert await book.overrides("nobody") is None  # none stored is cached too
@@ -114,7 +115,46 @@ async def test_what_is_known_without_a_read_is_the_fresh_cache_only(
     assert book.known_overrides("nobody") is None  # known to have none
     clock.now += 5.0
     assert book.known_overrides("a") is NOT_CACHED  # expired: a read is due
-    assert gated.reads == 2  # known_overrides never reads
+    assert gated.reads == 2  # known_overrides does not read an expired entry
+
+
+async def test_an_entry_in_use_is_read_again_in_the_background_before_it_expires(
+    store: Store, gated: GatedStore, clock: FakeClock
+) -> None:
+    elsewhere = book_of(store, clock)
+    await elsewhere.put("a", LOW)
+    book = book_of(gated, clock)
+    assert await book.overrides("a") == LOW
+    await elsewhere.put("a", HIGH)  # another node's change
+    gated.gate.clear()  # from here on, a read is held until the gate opens
+    clock.now += 4.1  # the last fifth of the TTL
+    # Answered from the cache while the read it started is held: no request waits for it.
+    assert await asyncio.wait_for(book.overrides("a"), timeout=5) == LOW
+    assert book.known_overrides("a") == LOW
+    assert await asyncio.wait_for(book.overrides("a"), timeout=5) == LOW
+    assert gated.reads == 2  # one read for the three
+    gated.gate.set()
+    await until(lambda: book.known_overrides("a") == HIGH)
+    clock.now += 3.9  # the refreshed entry counts from its read
+    assert book.known_overrides("a") == HIGH
+    assert gated.reads == 2
+    clock.now += 0.2  # the parser's check starts the background read too
+    assert book.known_overrides("a") == HIGH
+    await until(lambda: gated.reads == 3)
+
+
+async def test_a_failed_background_read_keeps_the_entry_until_it_expires(
+    store: Store, gated: GatedStore, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    await book_of(store, clock).put("a", LOW)
+    book = book_of(gated, clock)
+    assert await book.overrides("a") == LOW
+    gated.down = True
+    clock.now += 4.5
+    with caplog.at_level(logging.WARNING, logger="saga_orchestrator.limits"):
+        assert await book.overrides("a") == LOW
+        await until(lambda: "keeping the limits last read" in caplog.text)
+    assert gated.reads == 2
 
 
 async def test_a_change_here_applies_at_once_and_elsewhere_within_the_ttl(
