@@ -2,12 +2,13 @@
 bench's own process, and the noisy tenant's flood, sent from a process of its own so that its
 CPU does not delay the quiet client (this file, run as a script).
 
-Both send ``POST /api/v1/sagas/instances`` through ``http_wire.WireTransport`` (httpx's
-request and response types, the node's own lean HTTP/1.1 client: ~50 us of CPU per request
-where ``httpx.AsyncClient`` over httpcore costs about a millisecond, which at a flood's rate
-would be the load generator's core, not the node's). Schedules use ``time.monotonic``
-(``CLOCK_MONOTONIC``, the same clock in every process), so the bench can start both loads at
-one instant.
+Both send ``POST /api/v1/sagas/instances``: the quiet tenant through
+``http_wire.WireTransport`` (httpx's request and response types, the node's own lean HTTP/1.1
+client, where ``httpx.AsyncClient`` over httpcore costs about a millisecond of CPU per
+request), the flood through ``tenant_isolation_wire.StartConnection`` (bytes prepared once per
+connection, a few times cheaper again: at 500 requests/s its CPU is CPU the node, on the same
+two cores, cannot have). Schedules use ``time.monotonic`` (``CLOCK_MONOTONIC``, the same clock
+in every process), so the bench can start both loads at one instant.
 
 - **Quiet** (:func:`paced`): open loop, request ``i`` due at ``start + i / rate``, each on a
   task of its own, so a slow answer never delays the next send.
@@ -23,6 +24,7 @@ with the start instant, floods, then prints one JSON line: its outcomes and CPU 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import sys
@@ -36,6 +38,7 @@ import orjson
 
 from saga_orchestrator.transports.http_wire import WireTransport
 from tenant_isolation_report import Outcome, header_problems
+from tenant_isolation_wire import AnswerError, StartConnection
 
 START_PATH = "/api/v1/sagas/instances"
 KEEPALIVE = 1.0
@@ -118,22 +121,60 @@ async def flood(
     caller: Caller, *, rate: float, clients: int, start_at: float, seconds: float
 ) -> list[Outcome]:
     """``clients`` connections sharing a schedule of ``rate`` starts per second."""
-    wire = transport()
     outcomes: list[Outcome] = []
     end = start_at + seconds
 
     async def client(first: int) -> None:
+        connection = StartConnection(caller.base_url, caller.token, caller.saga, START_PATH)
         number = first
-        while (due := start_at + number / rate) < end and time.monotonic() < end:
-            await _until(due)
-            outcomes.append(await _timed(wire, caller, number, start_at, due))
-            number += clients
+        try:
+            while (due := start_at + number / rate) < end and time.monotonic() < end:
+                await _until(due)
+                sent = time.monotonic()
+                status, note = await flood_start(connection, caller, number)
+                outcomes.append(
+                    Outcome(
+                        sent=sent - start_at,
+                        latency=time.monotonic() - sent,
+                        status=status,
+                        late=max(0.0, sent - due),
+                        note=note,
+                    )
+                )
+                number += clients
+        finally:
+            connection.close()
 
-    try:
-        await asyncio.gather(*(client(k) for k in range(clients)))
-    finally:
-        await wire.aclose()
+    await asyncio.gather(*(client(k) for k in range(clients)))
     return outcomes
+
+
+async def flood_start(
+    connection: StartConnection, caller: Caller, number: int
+) -> tuple[int, str | None]:
+    """As :func:`start` answers, through the flood's own client."""
+    try:
+        async with asyncio.timeout(caller.timeout):
+            answer = await connection.start(number)
+    except (AnswerError, OSError, TimeoutError) as error:
+        return 0, f"{type(error).__name__}: {error}"
+    if answer.status == 429:
+        headers = answer.headers
+        problems = _problems_of_429(
+            headers.get("retry-after"), headers.get("ratelimit"), headers.get("ratelimit-policy")
+        )
+        return 429, problems
+    if not 200 <= answer.status < 300:
+        return answer.status, answer.body[:200].decode("utf-8", "replace")
+    return answer.status, None
+
+
+@functools.lru_cache(maxsize=4096)
+def _problems_of_429(retry_after: str | None, limit: str | None, policy: str | None) -> str | None:
+    """:func:`header_problems` of these three headers (a flood's 429s repeat a few sets)."""
+    values = {"Retry-After": retry_after, "RateLimit": limit, "RateLimit-Policy": policy}
+    headers = {name: value for name, value in values.items() if value is not None}
+    return "; ".join(header_problems(headers)) or None
 
 
 # -- the flood's own process --
