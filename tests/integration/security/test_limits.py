@@ -699,3 +699,72 @@ async def test_a_known_refusal_survives_a_redis_outage_only_through_the_fallback
         assert known is not None and [(d.policy, d.allowed) for d in known] == [("requests", False)]
     finally:
         await limiter.aclose()
+
+
+# -- admissions from estimates (admit_from_estimates, as `saga serve` runs the limiter) --
+TEN = Limit(rate=0.0001, burst=10)
+
+
+async def test_a_tenant_well_inside_its_limits_is_admitted_without_a_round_trip(
+    own_redis: RedisProcess,
+) -> None:
+    """Down to half of each bucket the node admits from its estimates, paid to Redis shortly
+    after; below it Redis decides, once it has been paid what this node spent, so one node
+    admits exactly the bucket."""
+    limiter = RateLimiter(own_redis.url, timeout=5.0, admit_from_estimates=True)
+    try:
+        await limiter.check_chain(chain_of("warm-up", TEN, TEN))  # the script is loaded
+        before = evalsha_calls(own_redis)
+        first = await limiter.check_chain(chain_of("t", TEN, TEN))
+        assert evalsha_calls(own_redis) == before + 1  # nothing known yet: Redis decides
+        local = [await limiter.check_chain(chain_of("t", TEN, TEN)) for _ in range(4)]
+        assert evalsha_calls(own_redis) == before + 1
+        assert [[(d.allowed, d.remaining) for d in each] for each in [first, *local]] == [
+            [(True, left), (True, left)] for left in (9, 8, 7, 6, 5)
+        ]
+        assert limiter.counters.estimated_admissions == 4
+        # Half of each bucket is left: the next check pays Redis the four, then asks it.
+        rest = [
+            all(d.allowed for d in await limiter.check_chain(chain_of("t", TEN, TEN)))
+            for _ in range(7)
+        ]
+        assert rest == [True] * 5 + [False] * 2
+        assert evalsha_calls(own_redis) == before + 1 + 2 + 4  # pay, ask; then ask each time
+        client = redis.Redis(port=own_redis.port, decode_responses=True)
+        await asyncio.wait_for(limiter.settle(), timeout=10)
+        for scope in ("requests", "starts"):
+            tokens = float(client.hget(bucket_key("t", scope), "tokens") or "nan")
+            assert tokens == pytest.approx(0.0, abs=0.01)
+    finally:
+        await limiter.aclose()
+
+
+async def test_two_nodes_admitting_from_estimates_admit_exactly_the_bucket(
+    own_redis: RedisProcess,
+) -> None:
+    nodes = [RateLimiter(own_redis.url, timeout=5.0, admit_from_estimates=True) for _ in "ab"]
+    try:
+        admitted = 0
+        for turn in range(30):
+            decisions = await nodes[turn % 2].check_chain(chain_of("t", TEN, TEN))
+            admitted += all(d.allowed for d in decisions)
+        assert admitted == TEN.burst
+        assert sum(node.counters.estimated_admissions for node in nodes) >= 4
+    finally:
+        for node in nodes:
+            await node.aclose()
+
+
+async def test_without_admissions_from_estimates_redis_decides_every_admission(
+    own_redis: RedisProcess,
+) -> None:
+    limiter = RateLimiter(own_redis.url, timeout=5.0)
+    try:
+        await limiter.check_chain(chain_of("warm-up", TEN, TEN))  # the script is loaded
+        before = evalsha_calls(own_redis)
+        for _ in range(5):
+            await limiter.check_chain(chain_of("t", TEN, TEN))
+        assert evalsha_calls(own_redis) == before + 5
+        assert limiter.counters.estimated_admissions == 0
+    finally:
+        await limiter.aclose()
