@@ -20,14 +20,19 @@ are, for the whole of their commit first (docs/performance.md, "Session 11"). Th
 go alone, not with the busy tenants' queue: a busy tenant's audited request would wait in
 PostgreSQL for its chain head, locked by that tenant's running commit, and hold the idle
 tenant's transaction with it.
+
+A transaction's task is started by whatever makes it possible (a submission, or the end of a
+commit), and takes its requests when it first runs: everything submitted until then, in that
+loop turn, goes with it. A request to an idle writer reaches the database one loop turn after
+it was submitted, not three (a wake-up, a turn to gather, a task started), and under load
+each loop turn can be long (docs/performance.md, "Session 14").
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from saga_orchestrator.errors import StoreUnavailable
@@ -48,100 +53,85 @@ class BatchWriter:
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
         self._pending: deque[_Item] = deque()
-        self._wakeup: asyncio.Future[None] | None = None
-        """Set while the writer waits for work: a full batch, a request of a tenant with
-        nothing in flight or, when idle, any request."""
         self._commits: set[asyncio.Task[None]] = set()
         self._batching = 0
-        """Running transactions of the oldest requests (all but the idle tenants' lane)."""
+        """Transactions of the oldest requests (all but the idle tenants' lane), started or
+        about to take their batch."""
+        self._gathering = 0
+        """Of those, the ones about to take their batch: whatever is queued until then goes
+        with them, so the idle tenants' lane waits for them to show who is committing."""
         self._idle_lane: asyncio.Task[None] | None = None
-        """The running transaction of tenants that had nothing in flight, if any."""
+        """The transaction of tenants that had nothing in flight, if any."""
         self._committing: Counter[str] = Counter()
         """Requests in the running transactions, per tenant."""
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._open = False
+        self._drained: asyncio.Event | None = None
+        """Set while stopping, once nothing is queued or committing."""
         self.batches = 0
         self.requests = 0
 
     def start(self) -> None:
-        if self._task is None:
-            self._stopping = False
-            self._task = asyncio.create_task(self._run(), name="saga-batch-writer")
+        self._open = True
 
     async def stop(self) -> None:
-        """Commit what is queued, then stop."""
-        if self._task is None:
+        """Commit what is queued (and what is submitted meanwhile), then stop."""
+        if not self._open:
             return
-        self._stopping = True
-        self._wake()
-        await self._task
-        self._task = None
-        self._fail_queued(StoreUnavailable("the writer stopped"))
+        try:
+            while self._commits or self._pending:
+                self._drained = asyncio.Event()
+                self._start_what_may()
+                await self._drained.wait()
+        finally:
+            self._drained = None
+            self._open = False
+            self._fail_queued(StoreUnavailable("the writer stopped"))
 
     async def submit(self, request: AppendRequest) -> AppendResult:
-        if self._task is None:
+        if not self._open:
             raise StoreUnavailable("the writer is not running")
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         self._pending.append((request, future))
-        if (
-            not self._batching
-            or len(self._pending) >= self._max_batch
-            or (self._idle_lane is None and request.tenant_id not in self._committing)
-        ):
-            self._wake()
+        self._start_what_may(request)
         return await future
 
-    def _wake(self) -> None:
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._pending or not self._stopping or self._commits:
-            if not self._ready():
-                self._wakeup = loop.create_future()
-                await self._wakeup
-                self._wakeup = None
-                continue
-            # Let producers woken in this loop turn add their requests to this batch.
-            await asyncio.sleep(0)
-            oldest = self._oldest_may_start()
-            batch = self._take_oldest() if oldest else self._take_idle_tenants()
-            if not batch:
-                continue
-            tenants = Counter(request.tenant_id for request, _ in batch)
-            self._committing.update(tenants)
-            commit = asyncio.create_task(self._commit(batch), name="saga-batch-commit")
-            self._commits.add(commit)
-            if oldest:
-                self._batching += 1
-            else:
-                self._idle_lane = commit
-            commit.add_done_callback(functools.partial(self._committed, tenants))
-
-    def _ready(self) -> bool:
-        """Whether to start a transaction now: one when none of the oldest requests' is
-        running, another beside them once a full batch waits, or the idle tenants' lane."""
+    def _start_what_may(self, newcomer: AppendRequest | None = None) -> None:
+        """Start the transaction that may start now: one when none of the oldest requests'
+        is under way, another beside them once a full batch waits, or the idle tenants' lane
+        (for ``newcomer``'s tenant, or any tenant queued when a commit ended)."""
         if not self._pending:
-            return False
+            if self._drained is not None and not self._commits:
+                self._drained.set()
+            return
         if self._oldest_may_start():
-            return True
-        return self._idle_lane is None and any(
-            request.tenant_id not in self._committing for request, _ in self._pending
-        )
+            self._batching += 1
+            self._gathering += 1
+            self._launch(self._take_oldest)
+        elif self._idle_lane is None and not self._gathering and self._some_tenant_idle(newcomer):
+            self._idle_lane = self._launch(self._take_idle_tenants)
+
+    def _some_tenant_idle(self, newcomer: AppendRequest | None) -> bool:
+        if newcomer is not None:  # the others queued were judged when they came
+            return newcomer.tenant_id not in self._committing
+        return any(request.tenant_id not in self._committing for request, _ in self._pending)
 
     def _oldest_may_start(self) -> bool:
         return not self._batching or (
             self._batching < self._max_in_flight and len(self._pending) >= self._max_batch
         )
 
+    def _launch(self, take: Callable[[], list[_Item]]) -> asyncio.Task[None]:
+        commit = asyncio.create_task(self._commit(take), name="saga-batch-commit")
+        self._commits.add(commit)
+        return commit
+
     def _take_oldest(self) -> list[_Item]:
+        self._gathering -= 1
         count = min(len(self._pending), self._max_batch)
         return [self._pending.popleft() for _ in range(count)]
 
     def _take_idle_tenants(self) -> list[_Item]:
-        """The requests of the tenants with nothing in flight (only this loop takes the lane,
-        so it is still free here)."""
+        """The requests of the tenants with nothing in flight."""
         batch: list[_Item] = []
         waiting: deque[_Item] = deque()
         for item in self._pending:
@@ -152,7 +142,25 @@ class BatchWriter:
         self._pending = waiting
         return batch
 
-    def _committed(self, tenants: Counter[str], commit: asyncio.Task[None]) -> None:
+    async def _commit(self, take: Callable[[], list[_Item]]) -> None:
+        # The batch is taken here, when the task first runs, not when it was started: the
+        # requests submitted meanwhile go with it.
+        batch = take()
+        tenants = Counter(request.tenant_id for request, _ in batch)
+        self._committing.update(tenants)
+        cancelled = False
+        try:
+            if batch:
+                await self._append(batch)
+        except asyncio.CancelledError:
+            cancelled = True  # the loop is going away: start nothing more
+            raise
+        finally:
+            self._committed(tenants, start_next=not cancelled)
+
+    def _committed(self, tenants: Counter[str], *, start_next: bool) -> None:
+        commit = asyncio.current_task()
+        assert commit is not None
         self._commits.discard(commit)
         if commit is self._idle_lane:
             self._idle_lane = None
@@ -162,9 +170,10 @@ class BatchWriter:
         for tenant in tenants:
             if self._committing[tenant] <= 0:
                 del self._committing[tenant]
-        self._wake()
+        if start_next:
+            self._start_what_may()
 
-    async def _commit(self, batch: list[_Item]) -> None:
+    async def _append(self, batch: list[_Item]) -> None:
         try:
             results = await self._store.append([request for request, _ in batch])
         except Exception as error:  # every waiter learns of the failure

@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 
 from saga_orchestrator.engine.writer import BatchWriter
+from saga_orchestrator.errors import StoreUnavailable
 from saga_orchestrator.store import AppendRequest, AppendResult, AppendStatus, Store
 from tests.integration.store.support import OTHER_TENANT, TENANT, audit_entry, create
 
@@ -199,3 +200,43 @@ async def test_one_idle_tenants_transaction_at_a_time_so_many_tenants_still_batc
         held.release(TENANT)
         await appended(first)
         assert held.batches[-1] == ["b2"]
+
+
+async def test_an_idle_writer_sends_a_request_on_in_the_next_loop_turn(
+    held: HeldCommits, writer: BatchWriter
+) -> None:
+    """No wake-up of a writer task and no turn of its own to gather: under load every loop
+    turn the request waits through can be long."""
+    writer_call = asyncio.ensure_future(writer.submit(started("a1")))
+    await asyncio.sleep(0)  # the submission: it starts the transaction's task...
+    await asyncio.sleep(0)  # ... which takes the request to the store
+    assert held.batches == [["a1"]]
+    await appended(writer_call)
+
+
+async def test_requests_submitted_in_one_loop_turn_share_a_transaction(
+    held: HeldCommits, writer: BatchWriter
+) -> None:
+    calls = [submit(writer, started(f"a{n}")) for n in range(3)]
+    for call in calls:
+        await appended(call)
+    assert held.batches == [["a0", "a1", "a2"]]
+
+
+async def test_stopping_commits_what_is_queued_and_refuses_what_comes_after(
+    held: HeldCommits,
+) -> None:
+    writer = BatchWriter(held, max_batch=2, max_in_flight=1)
+    writer.start()
+    held.hold(TENANT)
+    calls = [submit(writer, started(f"a{n}")) for n in range(5)]
+    await settle()
+    stopping = asyncio.ensure_future(writer.stop())
+    await settle()
+    held.release(TENANT)
+    await asyncio.wait_for(stopping, timeout=10)
+    for call in calls:
+        await appended(call)
+    assert held.batches == [["a0", "a1"], ["a2", "a3"], ["a4"]]
+    with pytest.raises(StoreUnavailable):
+        await writer.submit(started("late"))
