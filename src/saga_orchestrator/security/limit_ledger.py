@@ -7,20 +7,18 @@ requests bucket, which made a refusal five times as expensive as one decided in 
 (docs/performance.md, "Tenant isolation under a flood"). Instead the node estimates the bucket
 from Redis's last answer (refilled at the bucket's rate since), spends from the estimate,
 and owes Redis the spend, which :class:`~saga_orchestrator.security.limits.RateLimiter` pays
-in one script every :data:`SETTLE_DELAY` seconds, or at once before it asks Redis about a
-bucket it owes for (Redis would otherwise admit those tokens again). An estimate is only used
-to *admit*: when it says the bucket may be empty, the chain is asked of Redis as before, so an
-estimate never refuses what Redis would admit. Between two settlements other nodes may spend
-the same bucket, so a cluster can admit up to its nodes' estimates at once: the same bound as
-the memory fallback, for at most :data:`SETTLE_DELAY` seconds. The limiter spends from
-estimates before a known refusal and, when asked to, for a whole admission while every bucket
-stays at least half full (the bound of that case is in its module's docstring).
+in one script every :data:`SETTLE_DELAY` seconds. An estimate is only used to *admit*: when it
+says the bucket may be empty, the chain is asked of Redis as before, so an estimate never
+refuses what Redis would admit. Between two settlements other nodes may spend the same bucket,
+so a cluster can admit up to its nodes' estimates at once: the same bound as the memory
+fallback, for at most :data:`SETTLE_DELAY` seconds, and only for requests whose start is
+refused anyway.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -78,9 +76,6 @@ class SpendLedger:
     @property
     def owes(self) -> bool:
         return bool(self._owed)
-
-    def owes_any(self, keys: Iterable[str]) -> bool:
-        return any(key in self._owed for key in keys)
 
     def take_debts(self) -> dict[str, Debt]:
         """What is owed to Redis, which the caller now pays (or forgives)."""

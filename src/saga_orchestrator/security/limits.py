@@ -33,16 +33,6 @@ the refused bucket: cheap enough for the API to ask before routing a request. Th
 before a refused one are spent from this node's estimate of them, paid to Redis shortly after
 in one script (:mod:`.limit_ledger`), so a flood of refused starts costs no round trip each.
 
-With ``admit_from_estimates`` (as ``saga serve`` runs it), a chain whose every bucket this
-node estimates at least half full after the spend (:data:`AMPLE_SHARE`) is admitted the same
-way, without a round trip: a tenant well inside its limits never waits for Redis, which only
-decides near a limit, and is paid whatever this node owes for a bucket before it decides that
-bucket again. One node therefore admits exactly what Redis alone would. Between two payments
-(at most :data:`.SETTLE_DELAY` apart) each of N nodes may spend down to half of what it last
-saw of a bucket: two nodes together never exceed it, N nodes may exceed it by up to
-``N / 2 - 1`` bursts once, before they see the truth at their next payment and leave the
-decisions to Redis until the bucket is half full again.
-
 :class:`ConcurrencyQuota` caps the sagas a tenant runs at once; it counts on one node only.
 """
 
@@ -404,12 +394,6 @@ class FallbackPolicy(StrEnum):
     """Fail closed: refuse everything until Redis is back."""
 
 
-AMPLE_SHARE: Final = 0.5
-"""With ``admit_from_estimates``, the share of each bucket's burst an admission from estimates
-must leave: a tenant well inside its limits is admitted without a round trip, one near them
-is decided by Redis."""
-
-
 @dataclass(slots=True)
 class LimiterCounters:
     """Counts since the limiter was built, for metrics."""
@@ -421,10 +405,7 @@ class LimiterCounters:
     cached_refusals: int = 0
     """Refusals this node repeated without asking Redis."""
     estimated_spends: int = 0
-    """Buckets spent from this node's estimate, paid to Redis later: before a known refusal,
-    or for an admission from estimates."""
-    estimated_admissions: int = 0
-    """Chains admitted from this node's estimates, without a round trip."""
+    """Buckets spent from this node's estimate before a known refusal, paid to Redis later."""
     redis_skipped: int = 0
     """Checks sent to the fallback because every Redis connection stayed busy too long."""
     refused: int = 0
@@ -455,12 +436,7 @@ class RateLimiter:
         max_connections: int = 64,
         max_keys: int = 100_000,
         clock: Clock = time.monotonic,
-        admit_from_estimates: bool = False,
     ) -> None:
-        """``admit_from_estimates``: a chain whose every bucket this node estimates at least
-        :data:`AMPLE_SHARE` full after the spend is admitted without a round trip and paid to
-        Redis within :data:`.SETTLE_DELAY` (see the module's docstring)."""
-        self._admit_from_estimates = admit_from_estimates
         self._redis = (
             None
             if redis_url is None
@@ -605,17 +581,6 @@ class RateLimiter:
                 return [cached]
             before = await self._spend_before(buckets[:index], cost)
             return before if not before[-1].allowed else [*before, cached]
-        if self._admit_from_estimates:
-            admitted = self._spend_estimated(buckets, cost, AMPLE_SHARE)
-            if admitted is not None:
-                self._counters.estimated_admissions += 1
-                return admitted
-        if self._ledger.owes_any(bucket.key for bucket in buckets):
-            # Redis must see what this node spent from its estimates before it decides again,
-            # else it would admit those tokens a second time.
-            await self._pay_debts()
-            if self._down_until is not None:
-                return self._fallback_chain(buckets, cost)
         return await self._ask_redis(buckets, cost)
 
     async def _spend_before(self, buckets: Sequence[Bucket], cost: int) -> list[Decision]:
@@ -633,18 +598,11 @@ class RateLimiter:
             if self._redis is not None and self._probe_due():
                 return None
             return self._fallback_chain(buckets, cost)
-        return self._spend_estimated(buckets, cost, 0.0)
-
-    def _spend_estimated(
-        self, buckets: Sequence[Bucket], cost: int, keep_share: float
-    ) -> list[Decision] | None:
-        """Spend every bucket from this node's estimates if each would still hold
-        ``keep_share`` of its burst (and the cost was there), else ``None`` (ask Redis)."""
         estimates: list[float] = []
         for bucket in buckets:
             limit = bucket.limit
             after = self._ledger.tokens_after(bucket.key, limit.rate, limit.burst, cost)
-            if after is None or after < limit.burst * keep_share:
+            if after is None:
                 return None
             estimates.append(after)
         decisions = []
@@ -671,7 +629,18 @@ class RateLimiter:
         stopped = False
         try:
             await asyncio.sleep(SETTLE_DELAY)
-            await self._pay_debts()
+            debts = self._ledger.take_debts()
+            if not debts or self._redis is None or self._down_until is not None:
+                return  # an outage forgives them: the fallback decides meanwhile
+            try:
+                async with asyncio.timeout(self._timeout * 2):
+                    left = await self._redis.debit(debts)
+            except (RedisError, OSError, TimeoutError) as error:
+                self._redis_failed(error)
+                return
+            for key, tokens in left.items():
+                debt = debts[key]
+                self._ledger.observe(key, debt.rate, debt.burst, tokens)
         except (asyncio.CancelledError, GeneratorExit):
             # Closed (aclose) or dropped with its event loop: what is still owed is forgiven,
             # and no new settlement may start (there may be no loop to run it).
@@ -681,21 +650,6 @@ class RateLimiter:
             self._settling = None
             if not stopped and self._ledger.owes:
                 self._schedule_settlement()
-
-    async def _pay_debts(self) -> None:
-        """Pay Redis everything owed now; a failure opens the circuit."""
-        debts = self._ledger.take_debts()
-        if not debts or self._redis is None or self._down_until is not None:
-            return  # an outage forgives them: the fallback decides meanwhile
-        try:
-            async with asyncio.timeout(self._timeout * 2):
-                left = await self._redis.debit(debts)
-        except (RedisError, OSError, TimeoutError) as error:
-            self._redis_failed(error)
-            return
-        for key, tokens in left.items():
-            debt = debts[key]
-            self._ledger.observe(key, debt.rate, debt.burst, tokens)
 
     def _redis_failed(self, error: Exception) -> None:
         """Open the circuit: the fallback decides for a cool-down, and nothing Redis said
