@@ -146,10 +146,7 @@ async def test_an_entry_in_use_is_read_again_in_the_background_before_it_expires
 async def test_a_failed_background_read_keeps_the_entry_until_it_expires(
     store: Store, gated: GatedStore, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await book_of(store, clock).put("a", LOW)
-    book = book_of(gated, clock)
-    assert await book.overrides("a") == LOW
-    gated.down = True
+    book = await read_before_an_outage(store, gated, clock)
     clock.now += 4.5
     with caplog.at_level(logging.WARNING, logger="saga_orchestrator.limits"):
         assert await book.overrides("a") == LOW
@@ -202,13 +199,21 @@ async def test_the_admin_view_reads_past_the_cache(store: Store, clock: FakeCloc
     assert await elsewhere.overrides("a") == HIGH  # and refreshes it
 
 
-async def test_a_store_outage_keeps_the_limits_last_read(
-    store: Store, gated: GatedStore, clock: FakeClock, caplog: pytest.LogCaptureFixture
-) -> None:
+async def read_before_an_outage(
+    store: Store, gated: GatedStore, clock: FakeClock
+) -> TenantLimitsBook:
+    """A book over ``gated`` that read tenant a's limits (LOW), then the store went down."""
     await book_of(store, clock).put("a", LOW)
     book = book_of(gated, clock)
     assert await book.overrides("a") == LOW
     gated.down = True
+    return book
+
+
+async def test_a_store_outage_keeps_the_limits_last_read(
+    store: Store, gated: GatedStore, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    book = await read_before_an_outage(store, gated, clock)
     clock.now += 5.0
     with caplog.at_level(logging.WARNING, logger="saga_orchestrator.limits"):
         assert await book.overrides("a") == LOW
