@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -38,8 +34,8 @@ from saga_orchestrator.security.limits import (
     RedisBuckets,
     bucket_key,
 )
+from tests.support.redis_server import RedisProcess, evalsha_calls, free_port
 
-REDIS_URL_ENV = "SAGA_TEST_REDIS_URL"
 SLOW = Limit(rate=0.0001, burst=5)  # refills one token in 10,000 s
 
 
@@ -54,82 +50,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class RedisProcess:
-    """A private ``redis-server`` that a test may stop, kill and restart on the same port."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-        try:
-            for _ in range(200):
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    if self.process.poll() is not None:
-                        break
-                    time.sleep(0.05)
-            raise RuntimeError(f"redis-server on port {self.port} did not start")
-        finally:
-            client.close()
-
-    def signal(self, signum: signal.Signals) -> None:
-        assert self.process is not None
-        self.process.send_signal(signum)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.kill()
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisProcess]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    server = RedisProcess()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
-def shared_redis_url() -> str:
-    url = os.environ.get(REDIS_URL_ENV, "redis://127.0.0.1:6379/0")
-    client = redis.Redis.from_url(url, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        reason = f"Redis at {url} is unreachable: {exc}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}; CI=true requires it", pytrace=False)
-        pytest.skip(reason)
-    finally:
-        client.close()
-    return url
 
 
 @pytest.fixture
@@ -429,15 +349,6 @@ async def test_a_hung_redis_times_out_into_memory_and_is_probed_once(
 
 
 # --- chains of buckets: one script, one round trip -------------------------------------------
-
-
-def evalsha_calls(server: RedisProcess) -> int:
-    client = redis.Redis(port=server.port)
-    try:
-        stats = client.info("commandstats").get("cmdstat_evalsha", {})
-        return int(stats.get("calls", 0))
-    finally:
-        client.close()
 
 
 def chain_of(tenant: str, requests: Limit, starts: Limit) -> list[Bucket]:
