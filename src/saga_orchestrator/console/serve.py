@@ -97,7 +97,9 @@ async def serve(
         tune_gc=True,  # this process is ours: see engine/collector.py
     )
     await orchestrator.open()
-    limiter = RateLimiter(settings.redis_url)
+    # A tenant well inside its limits is admitted without a round trip to Redis; near a limit
+    # Redis decides (security/limits.py says what a cluster may admit meanwhile).
+    limiter = RateLimiter(settings.redis_url, admit_from_estimates=True)
     token_file = None
     server: _Server | None = None
     try:

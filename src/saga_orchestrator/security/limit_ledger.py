@@ -1,25 +1,26 @@
 """What this node last learned of each Redis bucket, and what it spent since without telling
-Redis: so that a start refused by a bucket this node already knows is refused can still spend
-the buckets before it (a tenant's requests) without a round trip per refusal.
+Redis: so that a request can be admitted, or the buckets before a known refusal spent, without
+a round trip each.
 
 A flood of refused starts would otherwise cost one Redis script per request just to spend the
 requests bucket, which made a refusal five times as expensive as one decided in memory
-(docs/performance.md, "Tenant isolation under a flood"). Instead the node estimates the bucket
-from Redis's last answer (refilled at the bucket's rate since), spends from the estimate,
-and owes Redis the spend, which :class:`~saga_orchestrator.security.limits.RateLimiter` pays
-in one script every :data:`SETTLE_DELAY` seconds. An estimate is only used to *admit*: when it
-says the bucket may be empty, the chain is asked of Redis as before, so an estimate never
-refuses what Redis would admit. Between two settlements other nodes may spend the same bucket,
-so a cluster can admit up to its nodes' estimates at once: the same bound as the memory
-fallback, for at most :data:`SETTLE_DELAY` seconds, and only for requests whose start is
-refused anyway.
+(docs/performance.md, "Tenant isolation under a flood"), and a tenant well inside its limits
+would wait for Redis at every request. Instead the node estimates the bucket from Redis's last
+answer (refilled at the bucket's rate since), spends from the estimate, and owes Redis the
+spend, which :class:`~saga_orchestrator.security.limits.RateLimiter` pays in one script every
+:data:`SETTLE_DELAY` seconds, or in the same script as the next check of that bucket that Redis
+decides (Redis would otherwise admit those tokens again). An estimate is only used to *admit*:
+when it says the bucket may be empty, the chain is asked of Redis as before, so an estimate
+never refuses what Redis would admit. Between two settlements other nodes may spend the same
+bucket, so a cluster can admit up to its nodes' estimates at once; the limiter's docstring
+gives the bound of each use.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from typing import Final
 
 SETTLE_DELAY: Final = 0.05
@@ -76,6 +77,15 @@ class SpendLedger:
     @property
     def owes(self) -> bool:
         return bool(self._owed)
+
+    def take_debts_of(self, keys: Iterable[str]) -> dict[str, Debt]:
+        """What is owed for ``keys``, which the caller now pays (or forgives, or owes again)."""
+        return {key: debt for key in keys if (debt := self._owed.pop(key, None)) is not None}
+
+    def owe(self, key: str, debt: Debt) -> None:
+        """Owe ``debt`` again: a payment that did not happen (its chain was refused first)."""
+        owed = self._owed.get(key)
+        self._owed[key] = replace(debt, tokens=debt.tokens + (owed.tokens if owed else 0))
 
     def take_debts(self) -> dict[str, Debt]:
         """What is owed to Redis, which the caller now pays (or forgives)."""

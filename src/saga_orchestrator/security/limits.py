@@ -33,6 +33,17 @@ the refused bucket: cheap enough for the API to ask before routing a request. Th
 before a refused one are spent from this node's estimate of them, paid to Redis shortly after
 in one script (:mod:`.limit_ledger`), so a flood of refused starts costs no round trip each.
 
+With ``admit_from_estimates`` (as ``saga serve`` runs it), a chain whose every bucket this
+node estimates at least half full after the spend (:data:`AMPLE_SHARE`) is admitted the same
+way, without a round trip: a tenant well inside its limits never waits for Redis, which only
+decides near a limit. What this node owes for a bucket is paid in the same script that next
+decides it (before the decision, so Redis never admits those tokens twice): one node admits
+exactly what Redis alone would. Between two payments (at most :data:`.SETTLE_DELAY` apart)
+each of N nodes may spend down to half of what it last saw of a bucket: two nodes together
+never exceed it, N nodes may exceed it by up to ``N / 2 - 1`` bursts once, before they see the
+truth at their next payment and leave the decisions to Redis until the bucket is half full
+again.
+
 :class:`ConcurrencyQuota` caps the sagas a tenant runs at once; it counts on one node only.
 """
 
@@ -260,33 +271,32 @@ class MemoryBuckets:
         return _decide(False, tokens, limit, cost, policy)
 
 
-# KEYS: the buckets, spent in order; ARGV: the mode, then rate (tokens/s), burst and cost of
-# each bucket, in turn. Mode "take": a refusal stops the chain, and the buckets after it are
-# neither spent nor touched (a request already refused must not spend a start as well). Mode
-# "debit": pays what a node spent from its estimates (security/limit_ledger.py), never below
-# empty. Returns {allowed, tokens left} of each bucket checked. One script, so several buckets
-# cost one round trip and see one clock. Floats travel as strings: Redis turns a Lua number
-# reply into an integer.
+# KEYS: the buckets, spent in order; ARGV: rate (tokens/s), burst, cost and debt of each bucket,
+# in turn. A bucket first pays its debt (what a node spent from its estimates since Redis last
+# saw it: security/limit_ledger.py), never below empty, then spends its cost; a refusal stops
+# the chain, and the buckets after it are neither spent nor touched (a request already refused
+# must not spend a start as well). A cost of 0 never refuses: that is how debts alone are paid.
+# Returns {allowed, tokens left} of each bucket checked. One script, so several buckets and
+# their debts cost one round trip and see one clock. Floats travel as strings: Redis turns a
+# Lua number reply into an integer.
 _TAKE_SCRIPT: Final = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local stamp_text = string.format('%.17g', now)
-local debit = ARGV[1] == 'debit'
 local reply = {}
 for i, key in ipairs(KEYS) do
-  local rate = tonumber(ARGV[3 * i - 1])
-  local burst = tonumber(ARGV[3 * i])
-  local cost = tonumber(ARGV[3 * i + 1])
+  local rate = tonumber(ARGV[4 * i - 3])
+  local burst = tonumber(ARGV[4 * i - 2])
+  local cost = tonumber(ARGV[4 * i - 1])
+  local debt = tonumber(ARGV[4 * i])
   local state = redis.call('HMGET', key, 'tokens', 'stamp')
   local tokens = tonumber(state[1]) or burst
   local stamp = tonumber(state[2]) or now
   tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
+  tokens = math.max(0, tokens - debt)
   local allowed = 0
   if tokens >= cost then
     tokens = tokens - cost
-    allowed = 1
-  elseif debit then
-    tokens = 0
     allowed = 1
   end
   local left = string.format('%.17g', tokens)
@@ -346,18 +356,25 @@ class RedisBuckets:
         (decision,) = await self.take_chain([Bucket(key, limit, policy)], cost)
         return decision
 
-    async def take_chain(self, buckets: Sequence[Bucket], cost: int = 1) -> list[Decision]:
+    async def take_chain(
+        self, buckets: Sequence[Bucket], cost: int = 1, debts: Mapping[str, int] | None = None
+    ) -> list[Decision]:
         """Spend ``cost`` tokens of each bucket in turn, in one atomic script, stopping at the
-        first refusal: the decisions of the buckets checked, the refused one last."""
+        first refusal: the decisions of the buckets checked, the refused one last. A bucket
+        first pays what ``debts`` says is owed to it (tokens spent from a node's estimates),
+        never below empty; the debts of buckets after a refusal are not paid."""
         for bucket in buckets:
             _check_cost(bucket.limit, cost)
+        owed = debts or {}
         keys = [bucket.key for bucket in buckets]
         args = [
             arg
             for bucket in buckets
-            for arg in (repr(float(bucket.limit.rate)), bucket.limit.burst, cost)
-        ]
-        reply = await self._script(keys, ["take", *args])
+            for arg in (
+                repr(float(bucket.limit.rate)), bucket.limit.burst, cost, owed.get(bucket.key, 0)
+            )
+        ]  # fmt: skip
+        reply = await self._script(keys, args)
         return [
             _decide(bool(reply[2 * i]), float(reply[2 * i + 1]), bucket.limit, cost, bucket.policy)
             for i, bucket in enumerate(buckets[: len(reply) // 2])
@@ -369,9 +386,9 @@ class RedisBuckets:
         args = [
             arg
             for key in keys
-            for arg in (repr(float(debts[key].rate)), debts[key].burst, debts[key].tokens)
+            for arg in (repr(float(debts[key].rate)), debts[key].burst, 0, debts[key].tokens)
         ]
-        reply = await self._script(keys, ["debit", *args])
+        reply = await self._script(keys, args)
         return {key: float(reply[2 * i + 1]) for i, key in enumerate(keys)}
 
     async def _script(self, keys: list[str], args: list[str | int]) -> list[Any]:
@@ -381,6 +398,12 @@ class RedisBuckets:
             await self._client.script_load(_TAKE_SCRIPT)
             reply = await self._client.evalsha(_TAKE_SHA, len(keys), *keys, *args)
         return reply
+
+
+AMPLE_SHARE: Final = 0.5
+"""With ``admit_from_estimates``, the share of each bucket's burst an admission from estimates
+must leave: a tenant well inside its limits is admitted without a round trip, one near them
+is decided by Redis."""
 
 
 class FallbackPolicy(StrEnum):
@@ -405,7 +428,10 @@ class LimiterCounters:
     cached_refusals: int = 0
     """Refusals this node repeated without asking Redis."""
     estimated_spends: int = 0
-    """Buckets spent from this node's estimate before a known refusal, paid to Redis later."""
+    """Buckets spent from this node's estimate, paid to Redis later: before a known refusal,
+    or for an admission from estimates."""
+    estimated_admissions: int = 0
+    """Chains admitted from this node's estimates, without a round trip."""
     redis_skipped: int = 0
     """Checks sent to the fallback because every Redis connection stayed busy too long."""
     refused: int = 0
@@ -436,7 +462,14 @@ class RateLimiter:
         max_connections: int = 64,
         max_keys: int = 100_000,
         clock: Clock = time.monotonic,
+        admit_from_estimates: bool = False,
+        settle_delay: float = SETTLE_DELAY,
     ) -> None:
+        """``admit_from_estimates``: a chain whose every bucket this node estimates at least
+        :data:`AMPLE_SHARE` full after the spend is admitted without a round trip and paid to
+        Redis within ``settle_delay`` seconds (see the module's docstring)."""
+        self._admit_from_estimates = admit_from_estimates
+        self._settle_delay = settle_delay
         self._redis = (
             None
             if redis_url is None
@@ -581,6 +614,11 @@ class RateLimiter:
                 return [cached]
             before = await self._spend_before(buckets[:index], cost)
             return before if not before[-1].allowed else [*before, cached]
+        if self._admit_from_estimates:
+            admitted = self._spend_estimated(buckets, cost, AMPLE_SHARE)
+            if admitted is not None:
+                self._counters.estimated_admissions += 1
+                return admitted
         return await self._ask_redis(buckets, cost)
 
     async def _spend_before(self, buckets: Sequence[Bucket], cost: int) -> list[Decision]:
@@ -598,11 +636,18 @@ class RateLimiter:
             if self._redis is not None and self._probe_due():
                 return None
             return self._fallback_chain(buckets, cost)
+        return self._spend_estimated(buckets, cost, 0.0)
+
+    def _spend_estimated(
+        self, buckets: Sequence[Bucket], cost: int, keep_share: float
+    ) -> list[Decision] | None:
+        """Spend every bucket from this node's estimates if each would still hold
+        ``keep_share`` of its burst (and the cost was there), else ``None`` (ask Redis)."""
         estimates: list[float] = []
         for bucket in buckets:
             limit = bucket.limit
             after = self._ledger.tokens_after(bucket.key, limit.rate, limit.burst, cost)
-            if after is None:
+            if after is None or after < limit.burst * keep_share:
                 return None
             estimates.append(after)
         decisions = []
@@ -628,7 +673,7 @@ class RateLimiter:
         """Pay Redis what was spent from estimates, :data:`.SETTLE_DELAY` after the first."""
         stopped = False
         try:
-            await asyncio.sleep(SETTLE_DELAY)
+            await asyncio.sleep(self._settle_delay)
             debts = self._ledger.take_debts()
             if not debts or self._redis is None or self._down_until is not None:
                 return  # an outage forgives them: the fallback decides meanwhile
@@ -678,16 +723,21 @@ class RateLimiter:
         # Before the round trip: Redis decided after this instant, so a bucket's refill,
         # counted from here, is never later than Redis's own.
         asked_at = self._clock()
+        # What this node spent of these buckets from its estimates is paid in the same script,
+        # before Redis decides: else Redis would admit those tokens a second time.
+        debts = self._ledger.take_debts_of(bucket.key for bucket in buckets)
         try:
-            decisions = await self._take_in_slot(buckets, cost, probe=probe)
+            decisions = await self._take_in_slot(buckets, cost, debts, probe=probe)
         except (RedisError, OSError, TimeoutError) as error:
-            self._redis_failed(error)
+            self._redis_failed(error)  # forgives the debts with the rest
             return self._fallback_chain(buckets, cost)
         finally:
             if probe:
                 self._probing = False
         if decisions is None:
+            self._owe_again(debts, buckets)
             return self._fallback_chain(buckets, cost)
+        self._owe_again(debts, buckets[len(decisions) :])  # after a refusal: not paid
         self._down_until = None
         self._counters.redis_checks += len(decisions)
         for bucket, decision in zip(buckets, decisions, strict=False):
@@ -700,8 +750,18 @@ class RateLimiter:
                 self._remember_refusal(bucket.key, bucket.limit, cost, refusal, asked_at)
         return decisions
 
+    def _owe_again(self, debts: Mapping[str, Debt], unpaid: Sequence[Bucket]) -> None:
+        if self._down_until is not None:
+            return  # an outage forgives them: the fallback decides meanwhile
+        for bucket in unpaid:
+            debt = debts.get(bucket.key)
+            if debt is not None:
+                self._ledger.owe(bucket.key, debt)
+        if self._ledger.owes:
+            self._schedule_settlement()
+
     async def _take_in_slot(
-        self, buckets: Sequence[Bucket], cost: int, *, probe: bool
+        self, buckets: Sequence[Bucket], cost: int, debts: Mapping[str, Debt], *, probe: bool
     ) -> list[Decision] | None:
         """Redis's decisions, or ``None`` when no connection came free in time or the circuit
         opened while this check waited for one."""
@@ -716,7 +776,8 @@ class RateLimiter:
             if self._down_until is not None and not probe:
                 return None
             async with asyncio.timeout(self._timeout * 2):
-                return await self._redis.take_chain(buckets, cost)
+                owed = {key: debt.tokens for key, debt in debts.items()}
+                return await self._redis.take_chain(buckets, cost, owed)
         finally:
             self._slots.release()
 
