@@ -146,6 +146,8 @@ def allowed_methods(routers: Sequence[APIRouter]) -> AllowedMethods:
 def build_services(orchestrator: Orchestrator, options: ApiOptions) -> Services:
     metrics = ApiMetrics()
     metrics.watch_breakers(orchestrator.breaker_snapshots)
+    if options.rate_limiter is not None:
+        metrics.watch_limiter(options.rate_limiter)
     return Services(
         definitions=DefinitionService(orchestrator.definitions, orchestrator.store),
         instances=InstanceService(

@@ -8,10 +8,11 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from saga_orchestrator.core.status import InstanceStatus
+from saga_orchestrator.security.limits import RateLimiter
 from saga_orchestrator.transports.breaker import BreakerSnapshot, BreakerState
 
 METRICS_MEDIA_TYPE: Final = CONTENT_TYPE_LATEST
@@ -56,6 +57,9 @@ class ApiMetrics:
 
     def watch_breakers(self, snapshots: Callable[[], Sequence[BreakerSnapshot]]) -> None:
         self.registry.register(BreakerCollector(snapshots))
+
+    def watch_limiter(self, limiter: RateLimiter) -> None:
+        self.registry.register(LimiterCollector(limiter))
 
     def saga_started(self, saga_name: str) -> None:
         self.started.labels(saga_name=saga_name).inc()
@@ -106,3 +110,51 @@ class BreakerCollector(Collector):
             rate.add_metric([snap.tenant_id, snap.service], snap.failure_rate)
         yield state
         yield rate
+
+
+class LimiterCollector(Collector):
+    """The rate limiter's counters on this node, read at scrape time: who decides (Redis, or
+    the node itself, and why), what it refused, and whether the fallback is deciding."""
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self._limiter = limiter
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._limiter.counters
+        decided = CounterMetricFamily(
+            "saga_rate_limit_bucket_decisions",
+            "Token-bucket decisions, by who made them: redis; estimate (this node's estimate "
+            "of a Redis bucket, paid to Redis later); known_refusal (a refusal Redis made "
+            "lately, repeated without a round trip); fallback (Redis absent or down).",
+            labels=["decided_by"],
+        )
+        decided.add_metric(["redis"], counts.redis_checks)
+        decided.add_metric(["estimate"], counts.estimated_spends)
+        decided.add_metric(["known_refusal"], counts.cached_refusals)
+        decided.add_metric(["fallback"], counts.fallback_checks)
+        yield decided
+        yield CounterMetricFamily(
+            "saga_rate_limit_refused",
+            "Requests refused by a rate limit (answered 429), whoever decided.",
+            value=counts.refused,
+        )
+        yield CounterMetricFamily(
+            "saga_rate_limit_estimated_admissions",
+            "Requests admitted from this node's estimates, without a round trip to Redis.",
+            value=counts.estimated_admissions,
+        )
+        yield CounterMetricFamily(
+            "saga_rate_limit_redis_errors",
+            "Redis errors and timeouts, each of which sent decisions to the fallback.",
+            value=counts.redis_errors,
+        )
+        yield CounterMetricFamily(
+            "saga_rate_limit_redis_skipped",
+            "Checks sent to the fallback because no Redis connection came free in time.",
+            value=counts.redis_skipped,
+        )
+        yield GaugeMetricFamily(
+            "saga_rate_limit_fallback_active",
+            "1 while the fallback decides (Redis absent, down or cooling down), else 0.",
+            value=float(self._limiter.mode == "memory"),
+        )

@@ -99,6 +99,12 @@ async def limited(
     await limiter.aclose()
 
 
+def metric(text: str, name: str) -> float:
+    """A sample's value in a Prometheus exposition (``name`` with its labels, if any)."""
+    (value,) = [line.split(" ")[1] for line in text.splitlines() if line.startswith(name + " ")]
+    return float(value)
+
+
 async def _wait_for_redis(limiter: RateLimiter) -> None:
     async with asyncio.timeout(10):
         while limiter.mode != "redis":
@@ -139,6 +145,15 @@ async def test_a_flooding_tenant_is_refused_and_another_is_not(
     assert re.search(r'"starts";r=0;t=\d+', refused.headers["ratelimit"])
     assert limiter.mode == "redis"
 
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app), base_url="http://saga.test"
+    ) as client:
+        text = (await client.get("/metrics", headers=auth(CALM))).text
+    assert metric(text, "saga_rate_limit_refused_total") == 100 - LIMITS.starts.burst
+    assert metric(text, 'saga_rate_limit_bucket_decisions_total{decided_by="redis"}') >= 15
+    assert metric(text, 'saga_rate_limit_bucket_decisions_total{decided_by="fallback"}') == 0
+    assert metric(text, "saga_rate_limit_fallback_active") == 0
+
 
 async def test_redis_dying_mid_run_falls_back_without_a_500(
     limited: tuple[FastAPI, RateLimiter], redis_server: tuple[str, subprocess.Popen[bytes]]
@@ -161,6 +176,13 @@ async def test_redis_dying_mid_run_falls_back_without_a_500(
     assert limiter.mode == "memory"  # the documented fallback: this node's own buckets
     assert not [s for s in statuses if s >= 500]
     assert statuses[201] >= LIMITS.starts.burst  # starts went on (within the node's buckets)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app), base_url="http://saga.test"
+    ) as client:
+        text = (await client.get("/metrics", headers=auth(CALM))).text
+    assert metric(text, "saga_rate_limit_fallback_active") == 1  # what an alert watches
+    assert metric(text, "saga_rate_limit_redis_errors_total") >= 1
+    assert metric(text, 'saga_rate_limit_bucket_decisions_total{decided_by="fallback"}') >= 25
 
 
 TWO_STARTS = RequestLimits(requests=Limit(rate=1000, burst=1000), starts=Limit(rate=0.01, burst=2))
