@@ -109,6 +109,29 @@ def test_without_a_key_it_refuses_a_public_address(tmp_path: Path) -> None:
     assert "refusing to serve on 0.0.0.0 without authentication" in result.stderr
 
 
+def test_without_a_key_it_refuses_an_inherited_public_socket(tmp_path: Path) -> None:
+    """A worker serves the socket its supervisor bound (LISTEN_FD): the address checked is
+    that socket's, whatever --host says."""
+    with socket.create_server(("0.0.0.0", 0)) as public:
+        public.set_inheritable(True)
+        result = subprocess.run(
+            [*SAGA, "serve", "--host", "127.0.0.1", "--port", str(public.getsockname()[1])],
+            cwd=ROOT,
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("JWT_")},
+                "DATABASE_URL": f"sqlite:///{tmp_path / 'saga.db'}",
+                "LISTEN_FD": str(public.fileno()),
+            },
+            pass_fds=(public.fileno(),),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2, result.stderr
+    assert "refusing to serve on 0.0.0.0 without authentication" in result.stderr
+
+
 def test_a_weak_secret_is_refused(tmp_path: Path) -> None:
     result = subprocess.run(
         [*SAGA, "serve", "--port", str(free_port())],

@@ -71,7 +71,10 @@ async def serve(
     if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
         raise ConfigurationError("HTTPS needs both TLS_CERT_FILE and TLS_KEY_FILE")
     scheme = "https" if settings.tls_cert_file else "http"
-    authenticator, newcomer_token = authentication(settings, host)
+    listener = inherited_socket()
+    # A socket handed down by a supervisor is bound already: judge its address, not --host.
+    bound_host = host if listener is None else str(listener.getsockname()[0])
+    authenticator, newcomer_token = authentication(settings, bound_host)
     orchestrator = Orchestrator(
         settings.database_url,
         handlers=handlers,
@@ -130,7 +133,6 @@ async def serve(
             access_log=False,
         )
         log.info("serving on http://%s:%d with %d handlers", host, port, len(handlers))
-        listener = inherited_socket()
         server = _Server(config)
         await server.serve(sockets=None if listener is None else [listener])
     finally:
