@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     """API requests per second per tenant (bursts of twice as many)."""
     rate_limit_starts: float = Field(default=50.0, gt=0)
     """Saga starts per second per tenant (bursts of twice as many)."""
+    rate_limit_principal_requests: float | None = Field(default=None, gt=0)
+    """API requests per second of each caller (a token's subject) within its tenant, bursts
+    of twice as many; unset: one caller may use all of its tenant's."""
     integration_events: str = ""
     """Tenants whose sagas publish lifecycle events to the ``saga.events`` topic exchange:
     comma-separated tenant ids, or ``*`` for all (needs AMQP_URL). Empty: none."""

@@ -166,14 +166,15 @@ class Access:
             key = bucket_key(tenant, "settings", principal.subject)
             return [Bucket(key, defaults.requests, "settings")]
         own = None if self.overrides is None else await self.overrides(tenant)
-        return _tenant_buckets(tenant, method, route, defaults, own)
+        return _tenant_buckets(principal, method, route, defaults, own)
 
     @staticmethod
     def refusal(principal: Principal, decisions: list[Decision]) -> RateLimited:
-        return RateLimited(
-            f"tenant {principal.tenant_id!r} is over its {decisions[-1].policy} limit",
-            combined_headers(decisions),
-        )
+        policy = decisions[-1].policy
+        who = f"tenant {principal.tenant_id!r}"
+        if policy == "principal":
+            who = f"caller {principal.subject!r} of {who}"
+        return RateLimited(f"{who} is over its {policy} limit", combined_headers(decisions))
 
     async def known_refusal(
         self, method: str, path: str, authorization: str | None
@@ -208,7 +209,7 @@ class Access:
         own = None if self.overrides is None else self._known_overrides(principal.tenant_id)
         if own is NOT_CACHED:
             return None
-        buckets = _tenant_buckets(principal.tenant_id, method, START, self.limits, own)
+        buckets = _tenant_buckets(principal, method, START, self.limits, own)
         decisions = self.limiter.refusal_known_now(buckets)
         if decisions is None:
             return None
@@ -229,16 +230,21 @@ class Access:
 
 
 def _tenant_buckets(
-    tenant: str,
+    principal: Principal,
     method: str,
     route: str | None,
     defaults: RequestLimits,
     own: TenantLimits | None,
 ) -> list[Bucket]:
-    """The buckets a request of ``tenant`` takes from: its requests', and its starts' too
-    for a start, shaped by its own limits if it has any."""
+    """The buckets a request of ``principal`` takes from: its tenant's requests', its own
+    (a caller's share) when there is a per-caller limit, and its tenant's starts' too for a
+    start, shaped by the tenant's own limits if it has any."""
+    tenant = principal.tenant_id
     limits = defaults if own is None else own.request_limits(defaults)
     buckets = [Bucket(bucket_key(tenant, "requests"), limits.requests, "requests")]
+    if limits.principal is not None:
+        key = bucket_key(tenant, "principal", principal.subject)
+        buckets.append(Bucket(key, limits.principal, "principal"))
     if method == "POST" and route == START:
         buckets.append(Bucket(bucket_key(tenant, "starts"), limits.starts, "starts"))
     return buckets

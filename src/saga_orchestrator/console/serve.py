@@ -109,10 +109,7 @@ async def serve(
         options = ApiOptions(
             authenticator=authenticator,
             rate_limiter=limiter,
-            limits=RequestLimits(
-                requests=Limit.per_second(settings.rate_limit_requests),
-                starts=Limit.per_second(settings.rate_limit_starts),
-            ),
+            limits=request_limits(settings),
         )
         if newcomer_token is not None:
             token_file = write_token_file(settings.token_file, newcomer_token)
@@ -143,6 +140,16 @@ async def serve(
         await limiter.aclose()
         if token_file is not None:
             token_file.unlink(missing_ok=True)  # the token dies with the run's secret
+
+
+def request_limits(settings: Settings) -> RequestLimits:
+    """Every tenant's default buckets, from the ``RATE_LIMIT_*`` settings."""
+    per_caller = settings.rate_limit_principal_requests
+    return RequestLimits(
+        requests=Limit.per_second(settings.rate_limit_requests),
+        starts=Limit.per_second(settings.rate_limit_starts),
+        principal=None if per_caller is None else Limit.per_second(per_caller),
+    )
 
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})

@@ -128,6 +128,9 @@ class RequestLimits:
     """API requests of the tenant."""
     starts: Limit = Limit(rate=50.0, burst=100)
     """Saga starts of the tenant (each also counts as a request)."""
+    principal: Limit | None = None
+    """API requests of each caller (a token's subject) of the tenant, so that one runaway
+    client cannot spend its whole tenant's requests; ``None``: no per-caller bucket."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

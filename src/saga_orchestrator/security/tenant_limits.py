@@ -25,7 +25,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Final
 
@@ -112,7 +112,8 @@ class TenantLimits(BaseModel):
         """``defaults`` with this tenant's request and start buckets in their place."""
         if self.requests is None and self.starts is None:
             return defaults
-        return RequestLimits(
+        return replace(
+            defaults,
             requests=defaults.requests if self.requests is None else self.requests.to_limit(),
             starts=defaults.starts if self.starts is None else self.starts.to_limit(),
         )

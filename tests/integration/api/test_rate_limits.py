@@ -185,6 +185,42 @@ async def test_redis_dying_mid_run_falls_back_without_a_500(
     assert metric(text, 'saga_rate_limit_bucket_decisions_total{decided_by="fallback"}') >= 25
 
 
+async def test_one_caller_cannot_spend_its_whole_tenants_requests(node: Orchestrator) -> None:
+    """With a per-caller limit, a runaway client of a tenant is refused on its own bucket
+    while another caller of the same tenant goes on."""
+    per_caller = RequestLimits(
+        requests=Limit(rate=1000, burst=1000),
+        starts=Limit(rate=1000, burst=1000),
+        principal=Limit(rate=0.01, burst=3),
+    )
+    options = replace(
+        FAST_OPTIONS,
+        authenticator=Authenticator(AuthSettings(hmac_secret=SECRET)),
+        rate_limiter=RateLimiter(None),
+        limits=per_caller,
+    )
+    app = create_app(node, options)
+
+    def caller(subject: str) -> dict[str, str]:
+        token = mint_token(SECRET, subject=subject, tenant_id=CALM, roles=[Role.ADMIN], ttl=600)
+        return {"Authorization": f"Bearer {token}"}
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://a") as client:
+            runaway = [
+                await client.get("/api/v1/sagas/instances", headers=caller("batch-job"))
+                for _ in range(5)
+            ]
+            other = await client.get("/api/v1/sagas/instances", headers=caller("web-ui"))
+    assert [answer.status_code for answer in runaway] == [200, 200, 200, 429, 429]
+    refused = runaway[-1]
+    assert refused.headers["ratelimit-policy"].split(", ")[-1] == '"principal";q=3;w=300'
+    assert int(refused.headers["retry-after"]) >= 1
+    assert "caller 'batch-job'" in refused.json()["detail"]
+    assert other.status_code == 200
+
+
 TWO_STARTS = RequestLimits(requests=Limit(rate=1000, burst=1000), starts=Limit(rate=0.01, burst=2))
 
 
