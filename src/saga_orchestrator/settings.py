@@ -31,7 +31,7 @@ DEFAULT_DATABASE_URL: Final = "sqlite:///saga.db"
 """The embedded default: a SQLite file ``saga.db`` in the working directory."""
 
 _SECRET_FIELDS: Final = frozenset(
-    {"database_url", "amqp_url", "jwt_secret", "redis_url", "encryption_keys"}
+    {"database_url", "amqp_url", "jwt_secret", "metrics_token", "redis_url", "encryption_keys"}
 )
 """Fields whose value is never echoed in an error: a URL may carry a password."""
 
@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     """Required ``aud`` when set."""
     jwt_tenant_claim: str = "tenant"
     jwt_roles_claim: str = "roles"
+    metrics_token: str | None = Field(default=None, repr=False)
+    """The platform's Prometheus scrape token: a static secret (≥ 32 random bytes, never the
+    ``JWT_SECRET``; not a JWT) whose bearer reads every tenant's series on ``GET /metrics`` and
+    nothing else. A tenant admin's token reads its own tenant's series there. Unset: no caller
+    sees every tenant's."""
     token_file: str = ".saga-token"
     """Where ``saga serve`` writes the admin token it makes when no key is configured, and
     where the client commands look for a token when neither ``--token`` nor ``SAGA_TOKEN``

@@ -92,6 +92,40 @@ def test_without_a_key_it_makes_one_listens_on_loopback_and_prints_an_admin_toke
     assert not token_file.exists()  # the token died with the run's key
 
 
+def test_metrics_for_the_newcomers_token_and_for_a_scraper(tmp_path: Path) -> None:
+    """Without a key, the printed admin token reads its tenant's metrics; METRICS_TOKEN is
+    the scraper's, good on /metrics only."""
+    scrape = secrets.token_urlsafe(48)
+    with serving(tmp_path, env={"METRICS_TOKEN": scrape}) as (url, _process, log):
+        admin = {"Authorization": f"Bearer {(tmp_path / '.saga-token').read_text().strip()}"}
+        scraper = {"Authorization": f"Bearer {scrape}"}
+        httpx.get(f"{url}/api/v1/sagas/instances", headers=admin)
+        own = httpx.get(f"{url}/metrics", headers=admin)
+        assert own.status_code == 200
+        assert 'route="/api/v1/sagas/instances"' in own.text
+        every = httpx.get(f"{url}/metrics", headers=scraper)
+        assert every.status_code == 200
+        assert 'route="/api/v1/sagas/instances"' in every.text
+        assert httpx.get(f"{url}/api/v1/sagas/instances", headers=scraper).status_code == 401
+        assert "METRICS_TOKEN" in log.read_text()  # the banner says how to scrape
+        assert scrape not in log.read_text()
+
+
+def test_a_weak_metrics_token_is_refused(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*SAGA, "serve", "--port", str(free_port())],
+        cwd=ROOT,
+        env={**os.environ, **SERVER_ENV, "METRICS_TOKEN": "prometheus" * 4},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "METRICS_TOKEN: too predictable" in result.stderr
+    assert "prometheus" not in result.stderr
+
+
 def test_without_a_key_it_refuses_a_public_address(tmp_path: Path) -> None:
     result = subprocess.run(
         [*SAGA, "serve", "--host", "0.0.0.0", "--port", str(free_port())],

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from saga_orchestrator.console.serve import metrics_token
 from saga_orchestrator.errors import ConfigurationError
+from saga_orchestrator.security.tokens import generate_secret
 from saga_orchestrator.settings import (
     DEFAULT_DATABASE_URL,
     LogLevel,
@@ -13,7 +15,7 @@ from saga_orchestrator.settings import (
     mask_password,
 )
 
-VARIABLES = ("DATABASE_URL", "MAX_CONCURRENT_SAGAS", "LOG_LEVEL", "TENANT_ID")
+VARIABLES = ("DATABASE_URL", "MAX_CONCURRENT_SAGAS", "LOG_LEVEL", "TENANT_ID", "METRICS_TOKEN")
 
 
 @pytest.fixture(autouse=True)
@@ -121,6 +123,33 @@ def test_secrets_never_appear_in_errors_or_repr() -> None:
     with pytest.raises(ConfigurationError) as raised:
         load_settings(jwt_secret=["not", "text"])
     assert "not" not in str(raised.value).split(":", 1)[1]
+
+
+def test_the_metrics_token_is_read_from_the_environment_and_never_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    token = generate_secret()
+    monkeypatch.setenv("METRICS_TOKEN", token)
+    settings = load_settings()
+    assert settings.metrics_token == token
+    assert token not in repr(settings)
+    assert metrics_token(settings) == token
+    monkeypatch.delenv("METRICS_TOKEN")
+    assert metrics_token(load_settings()) is None
+
+
+@pytest.mark.parametrize("weak", ["", "hunter2", "changeme" * 4, "a" * 64])
+def test_a_weak_metrics_token_is_refused_at_start_without_echoing_it(weak: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"^METRICS_TOKEN: ") as caught:
+        metrics_token(load_settings(metrics_token=weak))
+    assert weak == "" or weak not in str(caught.value)
+
+
+def test_the_metrics_token_must_not_be_the_jwt_secret() -> None:
+    shared = generate_secret()
+    with pytest.raises(ConfigurationError, match=r"^METRICS_TOKEN: must not be the JWT_SECRET"):
+        metrics_token(load_settings(metrics_token=shared, jwt_secret=shared))
+    assert metrics_token(load_settings(metrics_token=shared, jwt_secret=generate_secret()))
 
 
 def test_the_database_url_never_appears_in_its_repr() -> None:

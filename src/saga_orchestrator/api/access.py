@@ -6,13 +6,18 @@ before it). Completion
 callbacks are authorized by the attempt's own completion token, not by a bearer token; health
 checks and the API's description are public. A route missing from :data:`ACCESS` is refused
 to everyone (and a test fails), so a new route cannot be left open by accident.
+
+``GET /metrics`` takes one more credential: the platform's scrape token (``METRICS_TOKEN``), a
+static bearer secret that is not a JWT and names no tenant. It sees every tenant's series; a
+tenant admin sees its own tenant's and the node-wide ones (:mod:`.metrics`). The scrape token
+is accepted on that route only: anywhere else it is a malformed token, 401 like any other.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from fastapi import Request
@@ -28,7 +33,7 @@ from saga_orchestrator.security.limits import (
     combined_headers,
 )
 from saga_orchestrator.security.tenant_limits import NOT_CACHED, NotCached, TenantLimits
-from saga_orchestrator.security.tokens import Authenticator, Principal, Role
+from saga_orchestrator.security.tokens import Authenticator, Principal, Role, StaticToken
 
 
 class Public(enum.Enum):
@@ -44,6 +49,9 @@ V, OP, A = Role.VIEWER, Role.OPERATOR, Role.ADMIN
 START: Final = "/api/v1/sagas/instances"
 INSTANCE = "/api/v1/sagas/instances/{instance_id}"
 SETTINGS = "/api/v1/tenant/limits"
+METRICS: Final = "/metrics"
+SCRAPER: Final = "metrics-scraper"
+"""The actor of requests made with the scrape token (in logs; they change nothing)."""
 
 ACCESS: Final[dict[tuple[str, str], Rule]] = {
     ("GET", "/health"): Public.ANYONE,
@@ -52,7 +60,9 @@ ACCESS: Final[dict[tuple[str, str], Rule]] = {
     ("GET", "/docs"): Public.ANYONE,
     ("GET", "/docs/oauth2-redirect"): Public.ANYONE,
     ("GET", "/redoc"): Public.ANYONE,
-    ("GET", "/metrics"): A,  # node-wide, every tenant's counters
+    # An admin sees its own tenant's series; the platform's scrape token (not a role: see
+    # the module's docstring) sees every tenant's.
+    ("GET", METRICS): A,
     ("GET", "/api/v1/sagas/schema"): V,
     ("GET", "/api/v1/sagas/definitions"): V,
     ("POST", "/api/v1/sagas/definitions"): A,
@@ -109,13 +119,34 @@ class Access:
     """A tenant's own limits, if it has any (cached: asked on every limited request)."""
     known_overrides: Callable[[str], TenantLimits | NotCached | None] | None = None
     """What ``overrides`` would answer from its cache alone (for :meth:`refusal_now`)."""
+    metrics_token: StaticToken | None = field(default=None, repr=False)
+    """The platform's scrape token: every tenant's series on ``GET /metrics``, nothing else."""
 
     async def __call__(self, request: Request) -> Principal | None:
         route = getattr(request.scope.get("route"), "path", None)
-        principal = await self.admit(request.method, route, request.headers.get("authorization"))
+        authorization = request.headers.get("authorization")
+        if self.scrapes(request.method, route, authorization):
+            # No tenant's buckets to spend from: the scraper is the platform's, not a tenant's.
+            current_context().actor = SCRAPER
+            request.state.every_tenant = True
+            return None
+        principal = await self.admit(request.method, route, authorization)
         if principal is not None:
             request.state.principal = principal
+            # Without authentication there is no boundary between callers to keep: the
+            # embedding sees what its node does.
+            request.state.every_tenant = self.authenticator is None
         return principal
+
+    def scrapes(self, method: str, route: str | None, authorization: str | None) -> bool:
+        """Whether this is the platform's scraper reading ``/metrics`` (and only that route:
+        elsewhere its token goes to the authenticator, which refuses it)."""
+        return (
+            self.metrics_token is not None
+            and route == METRICS
+            and method in ("GET", "HEAD")
+            and self.metrics_token.matches(authorization)
+        )
 
     async def admit(
         self, method: str, route: str | None, authorization: str | None
@@ -248,6 +279,12 @@ def _tenant_buckets(
     if method == "POST" and route == START:
         buckets.append(Bucket(bucket_key(tenant, "starts"), limits.starts, "starts"))
     return buckets
+
+
+def sees_every_tenant(request: Request) -> bool:
+    """Whether :class:`Access` let this request in as one that may see every tenant's data:
+    the scraper, or any caller of an app without authentication. False unless it said so."""
+    return getattr(request.state, "every_tenant", False) is True
 
 
 def principal_of(request: Request) -> Principal:

@@ -43,6 +43,7 @@ from saga_orchestrator.api.tenant import TenantLimitsApi
 from saga_orchestrator.api.wire_refusal import WireRefusals
 from saga_orchestrator.core.state import SagaState
 from saga_orchestrator.orchestrator import Orchestrator
+from saga_orchestrator.security.tokens import StaticToken
 
 DESCRIPTION = """\
 Durable sagas for distributed transactions: register definitions, start instances, follow
@@ -54,11 +55,16 @@ their events, and act on the ones an operator must handle. Every error is an RFC
 def create_app(orchestrator: Orchestrator, options: ApiOptions | None = None) -> FastAPI:
     """The API of ``orchestrator``, which the caller opens before serving and closes after."""
     options = options or ApiOptions()
+    scrape_token = (
+        None
+        if options.metrics_token is None
+        else StaticToken(options.metrics_token, name="metrics_token")
+    )
     services = build_services(orchestrator, options)
     metrics = services.metrics
 
     def count_settled(state: SagaState) -> None:
-        metrics.saga_finished(state.definition_name, state.status)
+        metrics.saga_finished(state.tenant_id, state.definition_name, state.status)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -76,6 +82,7 @@ def create_app(orchestrator: Orchestrator, options: ApiOptions | None = None) ->
         options.limits,
         orchestrator.tenant_limits.overrides,
         orchestrator.tenant_limits.known_overrides,
+        metrics_token=scrape_token,
     )
     app = SagaApi(
         title="Saga Orchestrator",

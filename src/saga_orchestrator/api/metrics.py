@@ -1,10 +1,20 @@
 """Prometheus metrics of one app, in a registry of its own (never the process-wide default, so
-two apps in one process, as in tests, do not share counters)."""
+two apps in one process, as in tests, do not share counters).
+
+Each collector is registered as node-wide (no tenant's data: HTTP requests by route template,
+the rate limiter's counters) or per tenant (every sample labelled ``tenant``: saga counts,
+circuit breakers). :meth:`ApiMetrics.render` gives every series to the platform's scraper and,
+for one tenant, the node-wide series and that tenant's samples only: a tenant admin must not
+learn another tenant's saga names or participant services (semantics: a caller sees only its
+own tenant's data). A collector registered as neither, or a per-tenant sample without a
+``tenant`` label, is left out of a tenant's view: a new metric is hidden until classified,
+never leaked.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Final
+from typing import Final, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -18,54 +28,79 @@ from saga_orchestrator.transports.breaker import BreakerSnapshot, BreakerState
 METRICS_MEDIA_TYPE: Final = CONTENT_TYPE_LATEST
 UNMATCHED_ROUTE: Final = "<unmatched>"
 """The route label of requests that matched no route (keeps the label set bounded)."""
+TENANT_LABEL: Final = "tenant"
+"""The label naming the tenant whose data a sample is: what a tenant's view filters on."""
 
 _DURATION_BUCKETS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+_C = TypeVar("_C", bound=Collector)
 
 
 class ApiMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "saga_http_requests",
-            "HTTP requests answered, by route template, method and status.",
-            ["method", "route", "status"],
-            registry=self.registry,
+        self._node_wide: list[Collector] = []
+        self._per_tenant: list[Collector] = []
+        self.requests = self._node(
+            Counter(
+                "saga_http_requests",
+                "HTTP requests answered, by route template, method and status.",
+                ["method", "route", "status"],
+                registry=None,
+            )
         )
-        self.duration = Histogram(
-            "saga_http_request_duration_seconds",
-            "Time from receiving a request to the end of its response.",
-            ["method", "route"],
-            buckets=_DURATION_BUCKETS,
-            registry=self.registry,
+        self.duration = self._node(
+            Histogram(
+                "saga_http_request_duration_seconds",
+                "Time from receiving a request to the end of its response.",
+                ["method", "route"],
+                buckets=_DURATION_BUCKETS,
+                registry=None,
+            )
         )
-        self.started = Counter(
-            "saga_instances_started",
-            "Instances created through the API (idempotent repeats not counted).",
-            ["saga_name"],
-            registry=self.registry,
+        self.started = self._tenants(
+            Counter(
+                "saga_instances_started",
+                "Instances created through the API (idempotent repeats not counted).",
+                [TENANT_LABEL, "saga_name"],
+                registry=None,
+            )
         )
-        self.finished = Counter(
-            "saga_instances_finished",
-            "Instances started or resumed through the API that settled, by status "
-            "(terminal, or failed: parked for an operator).",
-            ["saga_name", "status"],
-            registry=self.registry,
+        self.finished = self._tenants(
+            Counter(
+                "saga_instances_finished",
+                "Instances started or resumed through the API that settled, by status "
+                "(terminal, or failed: parked for an operator).",
+                [TENANT_LABEL, "saga_name", "status"],
+                registry=None,
+            )
         )
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
+    def _node(self, collector: _C) -> _C:
+        """Register a collector whose series hold no tenant's data (every caller sees them)."""
+        self.registry.register(collector)
+        self._node_wide.append(collector)
+        return collector
+
+    def _tenants(self, collector: _C) -> _C:
+        """Register a collector whose every sample carries a ``tenant`` label."""
+        self.registry.register(collector)
+        self._per_tenant.append(collector)
+        return collector
+
     def watch_breakers(self, snapshots: Callable[[], Sequence[BreakerSnapshot]]) -> None:
-        self.registry.register(BreakerCollector(snapshots))
+        self._tenants(BreakerCollector(snapshots))
 
     def watch_limiter(self, limiter: RateLimiter) -> None:
-        self.registry.register(LimiterCollector(limiter))
+        self._node(LimiterCollector(limiter))
 
-    def saga_started(self, saga_name: str) -> None:
-        self.started.labels(saga_name=saga_name).inc()
+    def saga_started(self, tenant_id: str, saga_name: str) -> None:
+        self.started.labels(tenant=tenant_id, saga_name=saga_name).inc()
 
-    def saga_finished(self, saga_name: str, status: InstanceStatus) -> None:
-        self.finished.labels(saga_name=saga_name, status=status.value).inc()
+    def saga_finished(self, tenant_id: str, saga_name: str, status: InstanceStatus) -> None:
+        self.finished.labels(tenant=tenant_id, saga_name=saga_name, status=status.value).inc()
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route, status)
@@ -81,8 +116,39 @@ class ApiMetrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def render(self) -> bytes:
+    def render_all(self) -> bytes:
+        """Every series: for the platform's scraper, or an app without authentication."""
         return generate_latest(self.registry)
+
+    def render_tenant(self, tenant_id: str) -> bytes:
+        """What an admin of ``tenant_id`` may see (see the module's docstring)."""
+        return generate_latest(TenantView(self._node_wide, self._per_tenant, tenant_id))
+
+
+class TenantView(Collector):
+    """One tenant's view of the registry's collectors: the node-wide ones whole, and of the
+    per-tenant ones only the samples labelled with this tenant. Each family is still listed
+    (its HELP and TYPE), with no samples when the tenant has none: the exposition's shape
+    does not depend on the caller."""
+
+    def __init__(
+        self, node_wide: Sequence[Collector], per_tenant: Sequence[Collector], tenant_id: str
+    ) -> None:
+        self._node_wide = node_wide
+        self._per_tenant = per_tenant
+        self._tenant_id = tenant_id
+
+    def collect(self) -> Iterator[Metric]:
+        for collector in self._node_wide:
+            yield from collector.collect()
+        for collector in self._per_tenant:
+            for family in collector.collect():
+                yield self._own(family)
+
+    def _own(self, family: Metric) -> Metric:
+        kept = Metric(family.name, family.documentation, family.type, family.unit)
+        kept.samples = [s for s in family.samples if s.labels.get(TENANT_LABEL) == self._tenant_id]
+        return kept
 
 
 class BreakerCollector(Collector):
@@ -95,12 +161,12 @@ class BreakerCollector(Collector):
         state = GaugeMetricFamily(
             "saga_participant_circuit_state",
             "1 for the state each participant service's circuit breaker is in.",
-            labels=["tenant", "service", "state"],
+            labels=[TENANT_LABEL, "service", "state"],
         )
         rate = GaugeMetricFamily(
             "saga_participant_failure_rate",
             "Failed calls / calls over the breaker's window.",
-            labels=["tenant", "service"],
+            labels=[TENANT_LABEL, "service"],
         )
         for snap in self._snapshots():
             for each in BreakerState:

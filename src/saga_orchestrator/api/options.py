@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -33,3 +33,7 @@ class ApiOptions:
     limits: RequestLimits | None = None
     """The node's default request and start limits of every tenant (None: unlimited); a
     tenant's admins may override them (``PUT /api/v1/tenant/limits``)."""
+    metrics_token: str | None = field(default=None, repr=False)
+    """The platform's scrape token: a request to ``GET /metrics`` whose bearer is this secret
+    (not a JWT) sees every tenant's series, where a tenant admin sees its own tenant's. Refused
+    by :func:`~saga_orchestrator.api.create_app` if short or guessable. None: no scraper."""

@@ -145,7 +145,7 @@ class InstanceService:
         engine: Engine,
         store: Store,
         clock: Clock,
-        on_started: Callable[[str], None] = lambda _name: None,
+        on_started: Callable[[str, str], None] = lambda _tenant, _name: None,
     ) -> None:
         self._engine = engine
         self._store = store
@@ -190,7 +190,7 @@ class InstanceService:
             if slot is not None:
                 del self._starting[slot]
         if result.created:
-            self._on_started(result.definition_name)
+            self._on_started(tenant_id, result.definition_name)
         state = await self._engine.state(tenant_id, result.instance_id)
         return Started(result=result, status=state.status)
 

@@ -27,6 +27,7 @@ from saga_orchestrator.security.tokens import (
     AuthSettings,
     Role,
     check_hmac_secret,
+    check_secret,
     generate_secret,
     mint_token,
 )
@@ -75,6 +76,7 @@ async def serve(
     # A socket handed down by a supervisor is bound already: judge its address, not --host.
     bound_host = host if listener is None else str(listener.getsockname()[0])
     authenticator, newcomer_token = authentication(settings, bound_host)
+    scrape_token = metrics_token(settings)
     orchestrator = Orchestrator(
         settings.database_url,
         handlers=handlers,
@@ -110,6 +112,7 @@ async def serve(
             authenticator=authenticator,
             rate_limiter=limiter,
             limits=request_limits(settings),
+            metrics_token=scrape_token,
         )
         if newcomer_token is not None:
             token_file = write_token_file(settings.token_file, newcomer_token)
@@ -199,6 +202,19 @@ def authentication(settings: Settings, host: str) -> tuple[Authenticator, str | 
     return Authenticator(AuthSettings(hmac_secret=secret)), token
 
 
+def metrics_token(settings: Settings) -> str | None:
+    """The platform's scrape token, refused at start like a weak JWT secret is."""
+    token = settings.metrics_token
+    if token is None:
+        return None
+    check_secret(token, name="METRICS_TOKEN")
+    if token == settings.jwt_secret:
+        # Whoever holds the scrape token (a Prometheus config, a sidecar) would hold the key
+        # that signs every tenant's admin tokens.
+        raise ConfigurationError("METRICS_TOKEN: must not be the JWT_SECRET; make one of its own")
+    return token
+
+
 def write_token_file(path: str, token: str) -> Path:
     """Readable by this user only: the token is an admin credential."""
     target = Path(path)
@@ -217,6 +233,8 @@ def newcomer_banner(url: str, token: str, token_file: Path) -> str:
         f'    curl -H "Authorization: Bearer $(cat {token_file.name})" \\\n'
         f"         {url}/api/v1/sagas/instances\n"
         f"    open {url}/docs and use Authorize with the token\n"
+        f"    {url}/metrics shows this token the tenant's series; a Prometheus scraper\n"
+        "    of every tenant's needs METRICS_TOKEN set (docs/security.md#metrics)\n"
     )
 
 

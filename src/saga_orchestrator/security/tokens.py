@@ -35,6 +35,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import hashlib
+import hmac
 import json
 import math
 import re
@@ -61,8 +63,10 @@ __all__ = [
     "Authenticator",
     "Principal",
     "Role",
+    "StaticToken",
     "Unauthenticated",
     "check_hmac_secret",
+    "check_secret",
     "generate_secret",
     "mint_token",
 ]
@@ -186,7 +190,12 @@ class _Verified:
 
 
 def check_hmac_secret(secret: str) -> None:
-    """Refuse a secret that is short or guessable.
+    """Refuse an HS256 key that is short or guessable (:func:`check_secret`'s rule)."""
+    check_secret(secret, name="JWT secret")
+
+
+def check_secret(secret: str, *, name: str) -> None:
+    """Refuse a secret that is short or guessable; ``name`` says which in the message.
 
     The rule: at least :data:`MIN_HMAC_SECRET_BYTES` (32) bytes in UTF-8; at least 12 distinct
     characters; letters, digits or symbols mixed (not all of one class); and an estimated
@@ -197,7 +206,7 @@ def check_hmac_secret(secret: str) -> None:
     size = len(secret.encode())
     if size < MIN_HMAC_SECRET_BYTES:
         raise ConfigurationError(
-            f"JWT secret: must be at least {MIN_HMAC_SECRET_BYTES} bytes (got {size}); "
+            f"{name}: must be at least {MIN_HMAC_SECRET_BYTES} bytes (got {size}); "
             "generate one with secrets.token_urlsafe(48)"
         )
     counts = Counter(secret)
@@ -205,7 +214,7 @@ def check_hmac_secret(secret: str) -> None:
     classes = {_char_class(c) for c in counts}
     if len(counts) < MIN_HMAC_SECRET_DISTINCT or len(classes) < 2 or bits < MIN_HMAC_SECRET_BITS:
         raise ConfigurationError(
-            "JWT secret: too predictable (repeated or single-class characters); "
+            f"{name}: too predictable (repeated or single-class characters); "
             "generate one with secrets.token_urlsafe(48)"
         )
 
@@ -219,6 +228,39 @@ def _char_class(char: str) -> str:
 def generate_secret() -> str:
     """A fresh HS256 secret (64 URL-safe characters, 384 random bits)."""
     return secrets.token_urlsafe(48)
+
+
+class StaticToken:
+    """A static bearer secret, not a JWT (the platform's metrics scrape token): a header
+    matches when it is ``Bearer <secret>``.
+
+    The secret must pass :func:`check_secret`. Only its SHA-256 digest is kept, and a header is
+    compared digest to digest with :func:`hmac.compare_digest`: the comparison takes the same
+    time whatever the header, and its length tells nothing of the secret's.
+    """
+
+    __slots__ = ("_digest",)
+
+    def __init__(self, secret: str, *, name: str) -> None:
+        check_secret(secret, name=name)
+        self._digest = hashlib.sha256(secret.encode()).digest()
+
+    def matches(self, authorization_header: str | None) -> bool:
+        if not authorization_header or len(authorization_header) > MAX_AUTHORIZATION_BYTES:
+            return False
+        scheme, _, credentials = authorization_header.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        try:
+            # Headers arrive decoded as latin-1: encoding back gives the bytes the client sent
+            # (a non-ASCII secret sent as UTF-8 still matches).
+            sent = credentials.strip().encode("latin-1")
+        except UnicodeEncodeError:
+            return False
+        return hmac.compare_digest(hashlib.sha256(sent).digest(), self._digest)
+
+    def __repr__(self) -> str:
+        return "StaticToken(***)"
 
 
 def mint_token(

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import orjson
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from saga_orchestrator.api import ApiOptions
 
@@ -24,6 +28,27 @@ FAST_OPTIONS = ApiOptions(
     heartbeat_interval=0.05,
     stream_poll_interval=0.05,
 )
+
+
+def routes(app: FastAPI) -> list[tuple[str, str]]:
+    """Every (method, path template) the app serves, through included routers too."""
+    found: list[tuple[str, str]] = []
+    pending: list[Any] = list(app.routes)
+    while pending:
+        route = pending.pop()
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            pending.extend(included.routes)
+        elif isinstance(route, APIRoute):
+            found.extend((method, route.path) for method in route.methods or ())
+    assert len(found) > 20, "the app's routes were not found"
+    return sorted(found)
+
+
+def concrete(path: str) -> str:
+    """A URL of the path template ``path``."""
+    values = {"instance_id": str(uuid.uuid4()), "step": "a", "name": "order", "version": "1.0.0"}
+    return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
 
 
 async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -4,8 +4,6 @@ credentials that do not get in."""
 
 from __future__ import annotations
 
-import re
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -15,7 +13,6 @@ import jwt
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
 
 from saga_orchestrator.api import create_app
 from saga_orchestrator.api.access import ACCESS, Public, rule_for
@@ -27,7 +24,7 @@ from saga_orchestrator.security.tokens import (
     generate_secret,
     mint_token,
 )
-from tests.integration.api.support import FAST_OPTIONS
+from tests.integration.api.support import FAST_OPTIONS, concrete, routes
 from tests.integration.engine.support import Participants
 
 SECRET = generate_secret()
@@ -60,21 +57,6 @@ async def client(secured: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield opened
 
 
-def routes(app: FastAPI) -> list[tuple[str, str]]:
-    """Every (method, path template) the app serves, through included routers too."""
-    found: list[tuple[str, str]] = []
-    pending: list[Any] = list(app.routes)
-    while pending:
-        route = pending.pop()
-        included = getattr(route, "original_router", None)
-        if included is not None:
-            pending.extend(included.routes)
-        elif isinstance(route, APIRoute):
-            found.extend((method, route.path) for method in route.methods or ())
-    assert len(found) > 20, "the app's routes were not found"
-    return sorted(found)
-
-
 def test_every_route_has_exactly_one_rule(secured: FastAPI) -> None:
     served = routes(secured)
     missing = [key for key in served if rule_for(*key) is None]
@@ -84,11 +66,6 @@ def test_every_route_has_exactly_one_rule(secured: FastAPI) -> None:
 
 
 _NON_API = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
-
-
-def _concrete(path: str) -> str:
-    values = {"instance_id": str(uuid.uuid4()), "step": "a", "name": "order", "version": "1.0.0"}
-    return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
 
 
 ALLOWED = {
@@ -110,7 +87,7 @@ async def test_the_role_matrix(
     for method, path in routes(secured):
         rule = rule_for(method, path)
         assert rule is not None
-        url = _concrete(path)
+        url = concrete(path)
         answer = await client.request(method, url, headers=bearer(token(role)), json={})
         anonymous = await client.request(method, url, json={})
         if isinstance(rule, Public):

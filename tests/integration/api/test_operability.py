@@ -140,9 +140,12 @@ async def test_metrics_count_requests_and_sagas(
         'saga_http_request_duration_seconds_count{method="POST",route="/api/v1/sagas/instances"}'
     )
     assert value(duration) == 2
-    assert value('saga_instances_started_total{saga_name="order"}') == 1
-    assert value('saga_instances_finished_total{saga_name="order",status="compensated"}') == 1
-    assert value('saga_instances_finished_total{saga_name="easy",status="completed"}') == 1
+    own = 'tenant="default"'
+    assert value(f'saga_instances_started_total{{saga_name="order",{own}}}') == 1
+    order = f'saga_instances_finished_total{{saga_name="order",status="compensated",{own}}}'
+    assert value(order) == 1
+    easy = f'saga_instances_finished_total{{saga_name="easy",status="completed",{own}}}'
+    assert value(easy) == 1
 
 
 async def test_each_app_has_its_own_metrics(node: Orchestrator) -> None:

@@ -24,13 +24,16 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from saga_orchestrator.errors import ConfigurationError
 from saga_orchestrator.security.tokens import (
+    MAX_AUTHORIZATION_BYTES,
     MIN_HMAC_SECRET_BYTES,
     Authenticator,
     AuthSettings,
     Principal,
     Role,
+    StaticToken,
     Unauthenticated,
     check_hmac_secret,
+    check_secret,
     generate_secret,
     mint_token,
 )
@@ -551,6 +554,13 @@ def test_weak_secrets_are_refused_without_echoing_them(secret: str) -> None:
     assert secret not in str(caught.value)
 
 
+def test_the_rule_names_the_secret_it_refuses() -> None:
+    with pytest.raises(ConfigurationError, match=r"^METRICS_TOKEN: too predictable"):
+        check_secret("changeme" * 4, name="METRICS_TOKEN")
+    with pytest.raises(ConfigurationError, match=r"^METRICS_TOKEN: must be at least 32 bytes"):
+        check_secret("hunter2", name="METRICS_TOKEN")
+
+
 def test_a_weak_secret_is_refused_by_the_authenticator_and_by_mint_token() -> None:
     with pytest.raises(ConfigurationError):
         Authenticator(replace(BASE, hmac_secret="changeme" * 4))
@@ -745,3 +755,42 @@ async def test_a_rotated_jwks_file_is_reread_after_the_interval(
     clock.now += 301
     assert (await authenticator.authenticate(bearer(rotated))).subject == "user-1"
     assert authenticator.jwks_fetches == 2
+
+
+# --- static bearer tokens (the metrics scrape token) ------------------------------------------
+
+
+def test_a_static_token_matches_only_its_own_bearer() -> None:
+    static = StaticToken(SECRET, name="METRICS_TOKEN")
+    assert static.matches(f"Bearer {SECRET}")
+    assert static.matches(f"  bearer   {SECRET}  ")  # the scheme's case, spaces around
+    for header in [
+        None,
+        "",
+        SECRET,
+        f"Basic {SECRET}",
+        f"Bearer {SECRET[:-1]}",
+        f"Bearer {SECRET}x",
+        f"Bearer {SECRET.upper()}",
+        f"Bearer {generate_secret()}",
+        "Bearer ",
+        f"Bearer {SECRET}" + " " * MAX_AUTHORIZATION_BYTES,  # over the header size limit
+    ]:
+        assert not static.matches(header), header
+
+
+def test_a_static_token_compares_the_bytes_the_client_sent() -> None:
+    """A header arrives decoded as latin-1: a non-ASCII secret, sent as UTF-8, matches; a
+    header that cannot have come off the wire does not."""
+    secret = SECRET + "é"
+    static = StaticToken(secret, name="METRICS_TOKEN")
+    assert static.matches("Bearer " + secret.encode().decode("latin-1"))
+    assert not static.matches("Bearer " + SECRET + "\u20ac")
+
+
+def test_a_static_token_is_refused_when_weak_and_never_shown() -> None:
+    with pytest.raises(ConfigurationError, match=r"^METRICS_TOKEN: "):
+        StaticToken("changeme" * 4, name="METRICS_TOKEN")
+    static = StaticToken(SECRET, name="METRICS_TOKEN")
+    assert SECRET not in repr(static)
+    assert not hasattr(static, "__dict__")  # only its digest is kept (slots)

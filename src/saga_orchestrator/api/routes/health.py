@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import PlainTextResponse
 
-from saga_orchestrator.api.dependencies import Services, health_service, services
+from saga_orchestrator.api.access import principal_of, sees_every_tenant
+from saga_orchestrator.api.dependencies import health_service, services_of
 from saga_orchestrator.api.metrics import METRICS_MEDIA_TYPE
 from saga_orchestrator.api.problems import problem_responses
 from saga_orchestrator.api.schemas import Liveness, Readiness
@@ -35,8 +36,17 @@ async def ready(health: Annotated[HealthService, Depends(health_service)]) -> Re
 @router.get(
     "/metrics",
     summary="Prometheus metrics",
+    description="A tenant admin sees its own tenant's series (samples labelled `tenant`) and "
+    "the node-wide ones (HTTP requests, rate limiter); the platform's scraper, whose bearer "
+    "is the node's `METRICS_TOKEN` (not a JWT), sees every tenant's.",
     response_class=PlainTextResponse,
     responses={200: {"description": "Prometheus text exposition format."}},
 )
-async def metrics(node: Annotated[Services, Depends(services)]) -> Response:
-    return Response(node.metrics.render(), media_type=METRICS_MEDIA_TYPE)
+async def metrics(request: Request) -> Response:
+    node = services_of(request).metrics
+    if sees_every_tenant(request):
+        body = node.render_all()
+    else:
+        # principal_of refuses a request Access did not authenticate: never everything.
+        body = node.render_tenant(principal_of(request).tenant_id)
+    return Response(body, media_type=METRICS_MEDIA_TYPE)
