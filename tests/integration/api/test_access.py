@@ -4,6 +4,7 @@ credentials that do not get in."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -15,7 +16,7 @@ import pytest_asyncio
 from fastapi import FastAPI
 
 from saga_orchestrator.api import create_app
-from saga_orchestrator.api.access import ACCESS, Public, rule_for
+from saga_orchestrator.api.access import ACCESS, SETTINGS, Public, rule_for
 from saga_orchestrator.orchestrator import Orchestrator
 from saga_orchestrator.security.tokens import (
     Authenticator,
@@ -104,51 +105,122 @@ async def test_the_role_matrix(
     assert checked >= 20  # the matrix really ran over the API
 
 
+LEDGER = "acme-ledger"
+SHOP_URL = "https://acme-shop.example.com"
+NODE_WIDE = {
+    ("GET", "/health"),
+    ("GET", "/ready"),
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/docs/oauth2-redirect"),
+    ("GET", "/redoc"),
+    ("GET", "/api/v1/sagas/schema"),  # the saga language's JSON Schema
+    ("GET", "/api/v1/cluster/nodes"),  # the cluster's nodes: no tenant's data
+}
+"""Routes that answer no tenant's data, whoever asks."""
+CALLERS_OWN = {
+    ("POST", "/api/v1/sagas/definitions"),
+    ("PUT", "/api/v1/participants/{name}"),
+    ("GET", SETTINGS),
+    ("PUT", SETTINGS),
+    ("DELETE", SETTINGS),
+}
+"""Routes that act on the caller's own tenant whatever they name: probed for leaving the other
+tenant's objects as they were."""
+FILTERS = {
+    "saga_name": LEDGER,
+    "version": "1.0.0",
+    "target_id": "{instance}",
+    "actor": "acme-admin",
+}
+"""Values of the other tenant's objects for the list routes' query parameters of these names."""
+
+
 async def test_tenants_do_not_see_each_other(client: httpx.AsyncClient) -> None:
+    """Every route the app serves, called with another tenant's ids and filters, answers 404
+    or nothing of theirs. The routes come from the app: a new route is probed as its shape
+    says (a path with ids: 404; a list: none of the other tenant's markers), or fails here
+    until it is classified above."""
+    app = client._transport.app  # type: ignore[attr-defined]
     admin, other_admin = bearer(token(Role.ADMIN)), bearer(token(Role.ADMIN, OTHER))
-    assert (
-        await client.post("/api/v1/sagas/definitions", json=ORDER, headers=admin)
-    ).status_code == 201
+    ledger = {**ORDER, "name": LEDGER}
+    created = await client.post("/api/v1/sagas/definitions", json=ledger, headers=admin)
+    assert created.status_code == 201, created.text
     started = await client.post(
-        "/api/v1/sagas/instances", json={"saga_name": "order", "context": {}}, headers=admin
+        "/api/v1/sagas/instances", json={"saga_name": LEDGER, "context": {}}, headers=admin
     )
     assert started.status_code == 201, started.text
     instance = started.json()["id"]
-    await client.put(
-        "/api/v1/participants/shop", json={"base_url": "https://shop.example.com"}, headers=admin
-    )
-    base = f"/api/v1/sagas/instances/{instance}"
-    for method, url in [
-        ("GET", base),
-        ("GET", f"{base}/events"),
-        ("GET", f"{base}/stream"),
-        ("POST", f"{base}/cancel"),
-        ("POST", f"{base}/retry"),
-        ("POST", f"{base}/resolve"),
-        ("POST", f"{base}/steps/a/skip"),
-        ("GET", "/api/v1/sagas/definitions/order"),
-        ("GET", "/api/v1/sagas/definitions/order/1.0.0"),
-        ("POST", "/api/v1/sagas/definitions/order/1.0.0/deprecate"),
-        ("GET", "/api/v1/participants/shop"),
-        ("DELETE", "/api/v1/participants/shop"),
+    shop = await client.put("/api/v1/participants/shop", json={"base_url": SHOP_URL}, headers=admin)
+    assert shop.status_code in (200, 201), shop.text
+    markers = (instance, LEDGER, SHOP_URL.removeprefix("https://"))
+    ids = {"instance_id": instance, "version": "1.0.0", "step": "a"}
+
+    def theirs_in(path: str) -> str:
+        name = "shop" if path.startswith("/api/v1/participants/") else LEDGER
+        return re.sub(r"\{(\w+)\}", lambda m: {**ids, "name": name}[m.group(1)], path)
+
+    probed: list[tuple[str, str]] = []
+    for method, path in routes(app):
+        rule = rule_for(method, path)
+        if (method, path) in NODE_WIDE | CALLERS_OWN:
+            continue
+        url = theirs_in(path)
+        if method == "POST" and path == "/api/v1/sagas/instances":
+            body: Any = {"saga_name": LEDGER, "context": {}}  # a start of their saga
+        elif rule is Public.COMPLETION_TOKEN:  # a well-formed report of each kind
+            body = {"error": {"type": "Nope"}} if path.endswith("/fail") else {"output": {}}
+        else:
+            body = {"reason": "not mine"} if method == "POST" else None
+        if "{" in path or method != "GET":
+            answer = await client.request(method, url, json=body, headers=other_admin)
+            # Another tenant's bearer is no completion token: refused before any lookup.
+            expected = (401, 403) if rule is Public.COMPLETION_TOKEN else (404,)
+            assert answer.status_code in expected, (method, url, answer.status_code, answer.text)
+        else:  # a list: with the other tenant's values in every filter it has
+            query = {
+                name: value.replace("{instance}", instance)
+                for name, value in FILTERS.items()
+                if name in _query_parameters(app, path)
+            }
+            for params in ({}, query) if query else ({},):
+                answer = await client.get(url, params=params, headers=other_admin)
+                assert answer.status_code == 200, (method, url, answer.status_code, answer.text)
+                leaked = [marker for marker in markers if marker in answer.text]
+                assert leaked == [], (method, url, params, answer.status_code, leaked)
+        probed.append((method, path))
+    assert len(probed) >= 20  # the sweep really ran over the API
+
+    # The caller's own namespace: the same names made there leave the other tenant's alone.
+    for method, url, body in [
+        (
+            "POST",
+            "/api/v1/sagas/definitions",
+            {**ledger, "steps": [{"name": "b", "action": "reserve"}]},
+        ),
+        ("PUT", "/api/v1/participants/shop", {"base_url": "https://globex.example.com"}),
+        ("PUT", SETTINGS, {"starts": {"per_second": 1}}),
+        ("DELETE", SETTINGS, None),
     ]:
-        body = {"reason": "not mine"} if method == "POST" else None
         answer = await client.request(method, url, json=body, headers=other_admin)
-        assert answer.status_code == 404, (method, url, answer.status_code, answer.text)
-    # Lists and starts see only the caller's tenant.
-    listed = await client.get("/api/v1/sagas/instances", headers=other_admin)
-    assert listed.json()["items"] == []
-    assert (await client.get("/api/v1/sagas/definitions", headers=other_admin)).json()[
-        "items"
-    ] == []
-    assert (await client.get("/api/v1/participants", headers=other_admin)).json()["items"] == []
-    foreign_start = await client.post(
-        "/api/v1/sagas/instances", json={"saga_name": "order", "context": {}}, headers=other_admin
-    )
-    assert foreign_start.status_code == 404
-    # The owner still sees everything.
-    assert (await client.get(base, headers=admin)).status_code == 200
-    assert (await client.get("/api/v1/participants/shop", headers=admin)).status_code == 200
+        assert answer.status_code < 300, (method, url, answer.status_code, answer.text)
+    mine = await client.get(f"/api/v1/sagas/definitions/{LEDGER}/1.0.0", headers=admin)
+    assert [step["name"] for step in mine.json()["definition"]["steps"]] == ["a"]
+    theirs = await client.get("/api/v1/participants/shop", headers=admin)
+    assert theirs.json()["service"]["base_url"].startswith(SHOP_URL)
+    limits, untouched = [
+        (await client.get(SETTINGS, headers=headers)).json()
+        for headers in (admin, bearer(token(Role.ADMIN, "initech")))
+    ]
+    assert (limits.pop("tenant_id"), untouched.pop("tenant_id")) == (TENANT, "initech")
+    assert limits == untouched  # still the defaults, as a tenant that never set any
+    still = await client.get(f"/api/v1/sagas/instances/{instance}", headers=admin)
+    assert still.status_code == 200
+
+
+def _query_parameters(app: FastAPI, path: str) -> set[str]:
+    operation = app.openapi()["paths"][path]["get"]
+    return {p["name"] for p in operation.get("parameters", []) if p["in"] == "query"}
 
 
 async def test_a_body_cannot_name_another_tenant(client: httpx.AsyncClient) -> None:
