@@ -68,7 +68,14 @@ class NotFound(SagaError):
 
 
 class InvalidInput(SagaError):
-    """A request carries data that cannot be accepted (e.g. context fails the input schema)."""
+    """A request carries data that cannot be accepted (e.g. context fails the input schema).
+
+    ``violations``, when given, name each field refused, as a request that fails validation
+    does (the API lists them in its problem document)."""
+
+    def __init__(self, message: str, *, violations: Sequence[Violation] = ()) -> None:
+        super().__init__(message)
+        self.violations = tuple(violations)
 
 
 class InvalidTransition(SagaError):

@@ -49,7 +49,7 @@ from saga_orchestrator.engine.relay import OutboxRelay
 from saga_orchestrator.engine.retention import RetentionChore
 from saga_orchestrator.engine.runtime import Engine, EngineOptions, StartResult
 from saga_orchestrator.errors import ConfigurationError, SagaError
-from saga_orchestrator.security.tenant_limits import TenantLimitsBook
+from saga_orchestrator.security.tenant_limits import NO_CEILINGS, LimitCeilings, TenantLimitsBook
 from saga_orchestrator.store import PostgresOptions, PostgresStore, Store, open_store
 from saga_orchestrator.store.encryption import EventCipher
 from saga_orchestrator.transports.amqp import AmqpPublisher, AmqpSettings, ReplyConsumer
@@ -84,6 +84,7 @@ class Orchestrator:
         amqp_url: str | None = None,
         integration_event_tenants: Iterable[str] = (),
         max_running_sagas_per_tenant: int | None = None,
+        limit_ceilings: LimitCeilings = NO_CEILINGS,
         encryption_keys: str | None = None,
         node_id: str | None = None,
         node_address: str = "embedded",
@@ -116,9 +117,12 @@ class Orchestrator:
                 "serves a single node"
             )
         self.participants = ParticipantRegistry(self.store)
-        self.tenant_limits = TenantLimitsBook(self.store)
+        # The ceilings bind what the API lets a tenant's admins set; embedded, the caller is
+        # the operator and none is needed.
+        self.tenant_limits = TenantLimitsBook(self.store, ceilings=limit_ceilings)
         self.max_running_sagas_per_tenant = max_running_sagas_per_tenant
-        """The node's default cap; a tenant's overrides (:attr:`tenant_limits`) may change it."""
+        """The node's default cap; a tenant's overrides (:attr:`tenant_limits`) may change it,
+        up to their ceiling."""
         self.definitions = DefinitionRegistry(
             self.store,
             known_handlers=self.handlers.names if require_known_handlers else lambda: None,

@@ -16,14 +16,15 @@ import enum
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_core import ErrorDetails
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from saga_orchestrator.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from saga_orchestrator.definition.features import FeatureFlags
+    from saga_orchestrator.security.tenant_limits import LimitCeilings
 
 __all__ = ["DEFAULT_DATABASE_URL", "LogLevel", "Settings", "load_settings", "mask_password"]
 
@@ -129,6 +130,22 @@ class Settings(BaseSettings):
     rate_limit_principal_requests: float | None = Field(default=None, gt=0)
     """API requests per second of each caller (a token's subject) within its tenant, bursts
     of twice as many; unset: one caller may use all of its tenant's."""
+    # The ceilings bound what a tenant's admins may set for their own tenant: an admin is the
+    # tenant's, not the node's, and limits whose point is to protect the other tenants must not
+    # be theirs to lift. Each defaults to the node's default, so an admin may only lower it.
+    rate_limit_requests_ceiling: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """The highest request rate a tenant's admins may set for their tenant (default:
+    ``RATE_LIMIT_REQUESTS``); not below it."""
+    rate_limit_requests_burst_ceiling: int | None = Field(default=None, gt=0)
+    """The largest request burst a tenant's admins may set (default: twice the rate ceiling,
+    the rule of the defaults); not below the default burst."""
+    rate_limit_starts_ceiling: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """The highest start rate a tenant's admins may set (default: ``RATE_LIMIT_STARTS``)."""
+    rate_limit_starts_burst_ceiling: int | None = Field(default=None, gt=0)
+    """The largest start burst a tenant's admins may set (default: twice the rate ceiling)."""
+    max_running_sagas_per_tenant_ceiling: int | None = Field(default=None, gt=0)
+    """The highest ``max_running_sagas`` a tenant's admins may set (default:
+    ``MAX_RUNNING_SAGAS_PER_TENANT``; with that unset, no ceiling, as there is no cap)."""
     integration_events: str = ""
     """Tenants whose sagas publish lifecycle events to the ``saga.events`` topic exchange:
     comma-separated tenant ids, or ``*`` for all (needs AMQP_URL). Empty: none."""
@@ -160,6 +177,77 @@ class Settings(BaseSettings):
             composition=self.saga_composition_enabled,
         )
 
+    def limit_ceilings(self) -> LimitCeilings:
+        """The most a tenant's admins may set for their tenant: the ``*_CEILING`` settings,
+        or the node's defaults where they are unset."""
+        # Imported here, as for feature_flags: the limiter loads the Redis client.
+        from saga_orchestrator.security.tenant_limits import (  # noqa: PLC0415
+            LimitCeilings,
+            bucket_ceiling,
+        )
+
+        requests, starts = self.rate_limit_requests_ceiling, self.rate_limit_starts_ceiling
+        running = self.max_running_sagas_per_tenant_ceiling
+        return LimitCeilings(
+            requests=bucket_ceiling(
+                self.rate_limit_requests if requests is None else requests,
+                self.rate_limit_requests_burst_ceiling,
+            ),
+            starts=bucket_ceiling(
+                self.rate_limit_starts if starts is None else starts,
+                self.rate_limit_starts_burst_ceiling,
+            ),
+            max_running_sagas=self.max_running_sagas_per_tenant if running is None else running,
+        )
+
+    @field_validator("rate_limit_requests_ceiling", "rate_limit_starts_ceiling")
+    @classmethod
+    def _rate_ceiling_not_below_the_default(
+        cls, value: float | None, info: ValidationInfo
+    ) -> float | None:
+        # A ceiling below the default would bind only the tenants that set limits of their
+        # own, while the others kept the higher default: most likely a mistake, so refused.
+        setting = (info.field_name or "").removesuffix("_ceiling")
+        default = info.data.get(setting)
+        if value is not None and default is not None and value < default:
+            raise _below_default(f"{setting.upper()} ({default})")
+        return value
+
+    @field_validator("rate_limit_requests_burst_ceiling", "rate_limit_starts_burst_ceiling")
+    @classmethod
+    def _burst_ceiling_not_below_the_default(
+        cls, value: int | None, info: ValidationInfo
+    ) -> int | None:
+        setting = (info.field_name or "").removesuffix("_burst_ceiling")
+        rate = info.data.get(setting)
+        if value is None or rate is None:
+            return value
+        # Imported only when a burst ceiling is set: the rule lives with the buckets.
+        from saga_orchestrator.security.limits import Limit  # noqa: PLC0415
+
+        default = Limit.per_second(rate).burst
+        if value < default:
+            raise _below_default(f"the default burst ({default}, twice {setting.upper()})")
+        return value
+
+    @field_validator("max_running_sagas_per_tenant_ceiling")
+    @classmethod
+    def _running_ceiling_not_below_the_default(
+        cls, value: int | None, info: ValidationInfo
+    ) -> int | None:
+        if value is None or "max_running_sagas_per_tenant" not in info.data:
+            return value
+        default = info.data["max_running_sagas_per_tenant"]
+        if default is None:
+            raise PydanticCustomError(
+                "ceiling_without_cap",
+                "needs MAX_RUNNING_SAGAS_PER_TENANT: without it a tenant that sets no cap of "
+                "its own runs with none, so a ceiling would bind only those that set one",
+            )
+        if value < default:
+            raise _below_default(f"MAX_RUNNING_SAGAS_PER_TENANT ({default})")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower_case_level(cls, value: object) -> object:
@@ -173,6 +261,12 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**given)
     except ValidationError as error:
         raise ConfigurationError(_one_line(error)) from None
+
+
+def _below_default(default: str) -> PydanticCustomError:
+    return PydanticCustomError(
+        "ceiling_below_default", "must be at least {default}", {"default": default}
+    )
 
 
 def mask_password(url: str) -> str:

@@ -362,12 +362,23 @@ def test_limits_set_show_and_reset(server: str) -> None:
     shown = ok(saga("limits", "show", url=server))
     assert "Limits of tenant default (version 1)" in shown
     rows = {line.strip().split("  ")[0]: line.split() for line in shown.splitlines()}
-    assert rows["starts per second"][-4:] == ["20.0", "20.0", "(burst", "40)"]  # own, applied
-    assert rows["max running sagas"][-2:] == ["40", "40"]
+    # own, applied, and the ceiling: RATE_LIMIT_STARTS of the server, as no ceiling is set
+    assert rows["starts per second"][-7:] == [
+        "20.0", "20.0", "(burst", "40)", "100000.0", "(burst", "200000)"
+    ]  # fmt: skip
+    assert rows["max running sagas"][-3:] == ["40", "40", "none"]
     refused = saga("limits", "set", "--requests-per-second", "0", url=server)
     assert refused.returncode == 1
     assert "requests.per_second" in refused.stderr
     assert "Traceback" not in refused.stderr
+    # saga serve builds the ceilings from its settings: by default, its default limits.
+    above = saga("limits", "set", "--requests-per-second", "100001", url=server)
+    assert above.returncode == 1
+    assert (
+        "body.requests.per_second: 100001 is above the ceiling of 100000 set by the node's "
+        "operator" in " ".join(above.stderr.split())
+    )
+    assert as_json(saga("limits", "show", "-o", "json", url=server))["version"] == 1
     usage = saga("limits", "set", "--starts-burst", "3", url=server)
     assert usage.returncode == 2
     assert "--starts-per-second" in usage.stderr

@@ -6,6 +6,8 @@ import pytest
 
 from saga_orchestrator.console.serve import metrics_token
 from saga_orchestrator.errors import ConfigurationError
+from saga_orchestrator.security.limits import Limit
+from saga_orchestrator.security.tenant_limits import LimitCeilings
 from saga_orchestrator.security.tokens import generate_secret
 from saga_orchestrator.settings import (
     DEFAULT_DATABASE_URL,
@@ -195,3 +197,114 @@ def test_pool_size_and_leader_lease_refuse_nonsense(
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigurationError, match=name):
         load_settings()
+
+
+CEILING_VARIABLES = (
+    "RATE_LIMIT_REQUESTS",
+    "RATE_LIMIT_STARTS",
+    "MAX_RUNNING_SAGAS_PER_TENANT",
+    "RATE_LIMIT_REQUESTS_CEILING",
+    "RATE_LIMIT_REQUESTS_BURST_CEILING",
+    "RATE_LIMIT_STARTS_CEILING",
+    "RATE_LIMIT_STARTS_BURST_CEILING",
+    "MAX_RUNNING_SAGAS_PER_TENANT_CEILING",
+)
+
+
+@pytest.fixture
+def no_limit_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in CEILING_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.usefixtures("no_limit_variables")
+def test_the_ceilings_default_to_the_defaults_so_an_admin_may_only_lower() -> None:
+    assert load_settings().limit_ceilings() == LimitCeilings(
+        requests=Limit(rate=100.0, burst=200),
+        starts=Limit(rate=50.0, burst=100),
+        max_running_sagas=None,  # no cap by default: no ceiling either
+    )
+    moved = load_settings(
+        rate_limit_requests=30, rate_limit_starts=2.5, max_running_sagas_per_tenant=8
+    )
+    assert moved.limit_ceilings() == LimitCeilings(
+        requests=Limit(rate=30.0, burst=60),
+        starts=Limit(rate=2.5, burst=5),
+        max_running_sagas=8,
+    )
+
+
+@pytest.mark.usefixtures("no_limit_variables")
+def test_an_operator_raises_the_ceilings_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MAX_RUNNING_SAGAS_PER_TENANT", "10")
+    monkeypatch.setenv("RATE_LIMIT_REQUESTS_CEILING", "1000")
+    monkeypatch.setenv("RATE_LIMIT_STARTS_CEILING", "200")
+    monkeypatch.setenv("RATE_LIMIT_STARTS_BURST_CEILING", "250")
+    monkeypatch.setenv("MAX_RUNNING_SAGAS_PER_TENANT_CEILING", "40")
+    assert load_settings().limit_ceilings() == LimitCeilings(
+        requests=Limit(rate=1000.0, burst=2000),  # the burst follows the rate, as by default
+        starts=Limit(rate=200.0, burst=250),
+        max_running_sagas=40,
+    )
+    monkeypatch.setenv("RATE_LIMIT_REQUESTS_BURST_CEILING", "200")  # the default burst: allowed
+    assert load_settings().limit_ceilings().requests == Limit(rate=1000.0, burst=200)
+
+
+@pytest.mark.usefixtures("no_limit_variables")
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        (
+            {"RATE_LIMIT_REQUESTS_CEILING": "-5"},
+            "RATE_LIMIT_REQUESTS_CEILING: must be greater than 0 (got -5)",
+        ),
+        (
+            {"RATE_LIMIT_STARTS_CEILING": "lots"},
+            "RATE_LIMIT_STARTS_CEILING: must be a valid number, unable to parse string as a "
+            "number (got lots)",
+        ),
+        (
+            {"RATE_LIMIT_STARTS_CEILING": "inf"},
+            "RATE_LIMIT_STARTS_CEILING: must be a finite number (got inf)",
+        ),
+        (
+            {"RATE_LIMIT_REQUESTS_BURST_CEILING": "0"},
+            "RATE_LIMIT_REQUESTS_BURST_CEILING: must be greater than 0 (got 0)",
+        ),
+        (
+            {"RATE_LIMIT_REQUESTS_BURST_CEILING": "2.5"},
+            "RATE_LIMIT_REQUESTS_BURST_CEILING: must be a valid integer, unable to parse string "
+            "as an integer (got 2.5)",
+        ),
+        (
+            {"RATE_LIMIT_REQUESTS_CEILING": "50"},
+            "RATE_LIMIT_REQUESTS_CEILING: must be at least RATE_LIMIT_REQUESTS (100.0) (got 50)",
+        ),
+        (
+            {"RATE_LIMIT_STARTS": "20", "RATE_LIMIT_STARTS_BURST_CEILING": "39"},
+            "RATE_LIMIT_STARTS_BURST_CEILING: must be at least the default burst "
+            "(40, twice RATE_LIMIT_STARTS) (got 39)",
+        ),
+        (
+            {"MAX_RUNNING_SAGAS_PER_TENANT": "10", "MAX_RUNNING_SAGAS_PER_TENANT_CEILING": "9"},
+            "MAX_RUNNING_SAGAS_PER_TENANT_CEILING: must be at least "
+            "MAX_RUNNING_SAGAS_PER_TENANT (10) (got 9)",
+        ),
+        (
+            {"MAX_RUNNING_SAGAS_PER_TENANT_CEILING": "100"},
+            "MAX_RUNNING_SAGAS_PER_TENANT_CEILING: needs MAX_RUNNING_SAGAS_PER_TENANT: without "
+            "it a tenant that sets no cap of its own runs with none, so a ceiling would bind "
+            "only those that set one (got 100)",
+        ),
+    ],
+)
+def test_a_bad_ceiling_is_refused_at_startup_naming_it(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], message: str
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    assert str(caught.value) == message

@@ -8,7 +8,7 @@ This is the one place where the project's error hierarchy meets HTTP status code
     Forbidden            403   forbidden
     RateLimited          429   rate-limited (with ``Retry-After`` and ``RateLimit`` headers)
     NotFound             404   not-found
-    InvalidInput         422   invalid-input
+    InvalidInput         422   invalid-input (with ``violations`` when it names fields)
     ExpressionError      422   invalid-expression
     AttemptNotInFlight   410   attempt-over (a completion token for an attempt that ended)
     InvalidTransition    409   invalid-transition
@@ -199,7 +199,7 @@ class ProblemHandlers:
             headers = {"WWW-Authenticate": _challenge(error)}
         elif isinstance(error, RateLimited):
             headers = error.headers
-        violations = error.violations if isinstance(error, DefinitionError) else ()
+        violations = error.violations if isinstance(error, DefinitionError | InvalidInput) else ()
         return problem(kind, str(error), instance=path, violations=violations, headers=headers)
 
     async def validation(self, request: Request, error: RequestValidationError) -> Response:

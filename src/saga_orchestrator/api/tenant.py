@@ -9,7 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from saga_orchestrator.api.audit import audit_entry
 from saga_orchestrator.security.limits import Limit, RequestLimits
-from saga_orchestrator.security.tenant_limits import StoredLimits, TenantLimits, TenantLimitsBook
+from saga_orchestrator.security.tenant_limits import (
+    LimitCeilings,
+    StoredLimits,
+    TenantLimits,
+    TenantLimitsBook,
+)
 
 
 class _Model(BaseModel):
@@ -31,6 +36,20 @@ class AppliedLimits(_Model):
     max_running_sagas: int | None = Field(description="`null`: no cap.")
 
 
+class Ceilings(_Model):
+    requests: BucketOut | None = Field(description="`null`: no ceiling but the API's bounds.")
+    starts: BucketOut | None = Field(description="`null`: no ceiling but the API's bounds.")
+    max_running_sagas: int | None = Field(description="`null`: no ceiling but the API's bounds.")
+
+    @classmethod
+    def of(cls, ceilings: LimitCeilings) -> Ceilings:
+        return cls(
+            requests=None if ceilings.requests is None else BucketOut.of(ceilings.requests),
+            starts=None if ceilings.starts is None else BucketOut.of(ceilings.starts),
+            max_running_sagas=ceilings.max_running_sagas,
+        )
+
+
 class TenantLimitsOut(_Model):
     tenant_id: str = Field(description="The caller's tenant (from the bearer token).")
     limits: TenantLimits = Field(
@@ -43,7 +62,15 @@ class TenantLimitsOut(_Model):
     applied: AppliedLimits = Field(
         description=(
             "What the node that answered applies to the tenant now: its defaults with the "
-            "overrides in their place. Other nodes apply a change within seconds."
+            "overrides in their place, each no higher than its ceiling. Other nodes apply a "
+            "change within seconds."
+        )
+    )
+    ceilings: Ceilings = Field(
+        description=(
+            "The most the tenant's admins may set, from the node's operator: a `PUT` above one "
+            "is refused, and an override stored above one (before it was lowered) applies as "
+            "the ceiling."
         )
     )
 
@@ -66,6 +93,9 @@ class TenantLimitsApi:
         return await self._out(tenant_id, await self._book.stored(tenant_id))
 
     async def put(self, tenant_id: str, limits: TenantLimits) -> TenantLimitsOut:
+        # Refused before anything is stored: a tenant's admin may not lift its own tenant's
+        # limits past what the operator allows (the point of them is the other tenants).
+        self._book.ceilings.check(limits, prefix="body.")
         audit = audit_entry(
             tenant_id,
             "tenant_limits.put",
@@ -81,7 +111,9 @@ class TenantLimitsApi:
 
     async def _out(self, tenant_id: str, stored: StoredLimits | None) -> TenantLimitsOut:
         limits = TenantLimits() if stored is None else stored.limits
-        requests = None if self._defaults is None else limits.request_limits(self._defaults)
+        ceilings = self._book.ceilings
+        applied = ceilings.clamp(limits)
+        requests = None if self._defaults is None else applied.request_limits(self._defaults)
         return TenantLimitsOut(
             tenant_id=tenant_id,
             limits=limits,
@@ -92,4 +124,5 @@ class TenantLimitsApi:
                 starts=None if requests is None else BucketOut.of(requests.starts),
                 max_running_sagas=await self._running_quota(tenant_id),
             ),
+            ceilings=Ceilings.of(ceilings),
         )

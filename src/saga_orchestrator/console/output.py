@@ -109,19 +109,24 @@ def print_limits(console: Console, shown: Mapping[str, Any]) -> None:
     stored = "the node's defaults" if version is None else f"version {version}"
     title = f"Limits of tenant {shown.get('tenant_id')} ({stored})"
     table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left")
-    for column in ("limit", "tenant's own", "applied"):
+    for column in ("limit", "tenant's own", "applied", "ceiling"):
         table.add_column(column)
     own: Mapping[str, Any] = shown.get("limits") or {}
     applied: Mapping[str, Any] = shown.get("applied") or {}
+    ceilings: Mapping[str, Any] = shown.get("ceilings") or {}
     for name in ("requests", "starts"):
         table.add_row(
             f"{name} per second",
             _bucket(own.get(name), "-"),
             _bucket(applied.get(name), "not limited"),
+            _bucket(ceilings.get(name), "none"),
         )
     running = "max running sagas"
     table.add_row(
-        running, _cap(own.get("max_running_sagas"), "-"), _cap(applied.get("max_running_sagas"))
+        running,
+        _cap(own.get("max_running_sagas"), "-"),
+        _cap(applied.get("max_running_sagas")),
+        _cap(ceilings.get("max_running_sagas"), "none"),
     )
     console.print(table)
 

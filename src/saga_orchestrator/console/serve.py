@@ -89,6 +89,7 @@ async def serve(
         amqp_url=settings.amqp_url,
         integration_event_tenants=settings.integration_event_tenants(),
         max_running_sagas_per_tenant=settings.max_running_sagas_per_tenant,
+        limit_ceilings=settings.limit_ceilings(),
         encryption_keys=settings.encryption_keys,
         node_id=settings.node_id,
         node_address=settings.public_url or _local_url(host, port, scheme),

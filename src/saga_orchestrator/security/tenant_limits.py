@@ -5,6 +5,13 @@ Every limit has a node-wide default from the settings (``RATE_LIMIT_REQUESTS``,
 override any of them; a field left out (``None``) keeps the node's default, so a change of the
 settings still reaches every tenant that did not override that field.
 
+A tenant's admin administers the tenant, not the node: the operator's :class:`LimitCeilings`
+(the ``*_CEILING`` settings, by default the defaults themselves) bound what it may set, so no
+tenant can lift its own limits and flood the node the other tenants share. The API refuses an
+override above a ceiling; one stored anyway (before the ceiling was lowered, by an older
+version, or straight into the database) is clamped to the ceiling wherever it applies, since
+every reader takes the overrides from :class:`TenantLimitsBook`.
+
 The overrides live in the store, one document per tenant. Checking them must not cost a query
 per request, so :class:`TenantLimitsBook` keeps them on each node for :data:`CACHE_TTL`
 seconds: when an entry is stale, one caller reads the store while the others wait for that
@@ -31,17 +38,20 @@ from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from saga_orchestrator.errors import StoreError
+from saga_orchestrator.errors import InvalidInput, StoreError, Violation
 from saga_orchestrator.security.limits import Limit, RequestLimits
 from saga_orchestrator.store import AuditEntry, Store, TenantLimitsEntry
 
 __all__ = [
     "CACHE_TTL",
+    "NO_CEILINGS",
     "REFRESH_AFTER",
     "BucketLimit",
+    "LimitCeilings",
     "StoredLimits",
     "TenantLimits",
     "TenantLimitsBook",
+    "bucket_ceiling",
 ]
 
 log = logging.getLogger("saga_orchestrator.limits")
@@ -123,6 +133,111 @@ class TenantLimits(BaseModel):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LimitCeilings:
+    """The most a tenant's admins may set for their tenant; ``None``: no ceiling beyond the
+    bounds of :class:`TenantLimits` itself."""
+
+    requests: Limit | None = None
+    starts: Limit | None = None
+    max_running_sagas: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, bucket in (("requests", self.requests), ("starts", self.starts)):
+            # The clamped value must still be a valid override (per_second >= MIN_RATE).
+            if bucket is not None and bucket.rate < MIN_RATE:
+                raise InvalidInput(f"the {name} ceiling must be at least {MIN_RATE} per second")
+        if self.max_running_sagas is not None and self.max_running_sagas < 1:
+            raise InvalidInput("the max_running_sagas ceiling must be at least 1")
+
+    def violations(self, limits: TenantLimits, prefix: str = "") -> list[Violation]:
+        """Each value of ``limits`` above its ceiling, named ``prefix`` + its field."""
+        found = [
+            violation
+            for name, bucket, ceiling in (
+                ("requests", limits.requests, self.requests),
+                ("starts", limits.starts, self.starts),
+            )
+            if bucket is not None and ceiling is not None
+            for violation in _bucket_violations(f"{prefix}{name}", bucket, ceiling)
+        ]
+        cap, ceiling = limits.max_running_sagas, self.max_running_sagas
+        if cap is not None and ceiling is not None and cap > ceiling:
+            found.append(_above(f"{prefix}max_running_sagas", cap, ceiling))
+        return found
+
+    def check(self, limits: TenantLimits, prefix: str = "") -> None:
+        """Raise :class:`InvalidInput` naming every value of ``limits`` above its ceiling."""
+        found = self.violations(limits, prefix)
+        if found:
+            detail = "; ".join(f"{v.location}: {v.message}" for v in found)
+            raise InvalidInput(detail, violations=found)
+
+    def clamp(self, limits: TenantLimits) -> TenantLimits:
+        """``limits`` with each value above its ceiling lowered to it."""
+        requests = _clamped(limits.requests, self.requests)
+        starts = _clamped(limits.starts, self.starts)
+        cap, ceiling = limits.max_running_sagas, self.max_running_sagas
+        running = cap if cap is None or ceiling is None else min(cap, ceiling)
+        if (requests, starts, running) == (limits.requests, limits.starts, cap):
+            return limits
+        return TenantLimits(requests=requests, starts=starts, max_running_sagas=running)
+
+
+NO_CEILINGS: Final = LimitCeilings()
+"""What an embedded node has: its code's caller is the operator, and no API lets a tenant in."""
+
+
+def bucket_ceiling(per_second: float, burst: int | None = None) -> Limit:
+    """The ceiling of a bucket: ``burst`` defaults to twice the rate, the rule of the
+    ``RATE_LIMIT_*`` defaults. A rate below :data:`MIN_RATE` is raised to it: no override can
+    go lower, so a lower ceiling would only refuse every one."""
+    rate = max(per_second, MIN_RATE)
+    return Limit.per_second(rate) if burst is None else Limit(rate=rate, burst=burst)
+
+
+def _bucket_violations(name: str, bucket: BucketLimit, ceiling: Limit) -> list[Violation]:
+    found = []
+    if bucket.per_second > ceiling.rate:
+        found.append(_above(f"{name}.per_second", bucket.per_second, ceiling.rate))
+    burst = bucket.to_limit().burst
+    if burst > ceiling.burst:
+        if bucket.burst is None:  # the admin gave none: say where the number comes from
+            message = (
+                f"{burst} (twice per_second, as no burst was given) is above the ceiling of "
+                f"{ceiling.burst}; give a burst of at most {ceiling.burst}"
+            )
+            found.append(Violation(location=f"{name}.burst", rule="ceiling", message=message))
+        else:
+            found.append(_above(f"{name}.burst", burst, ceiling.burst))
+    return found
+
+
+def _above(location: str, asked: float, ceiling: float) -> Violation:
+    return Violation(
+        location=location,
+        rule="ceiling",
+        message=f"{_number(asked)} is above the ceiling of {_number(ceiling)} set by the node's "
+        "operator",
+    )
+
+
+def _number(value: float) -> str:
+    """``100`` rather than ``100.0``, and never ``1e+06``: the numbers an admin would type."""
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _clamped(bucket: BucketLimit | None, ceiling: Limit | None) -> BucketLimit | None:
+    if bucket is None or ceiling is None:
+        return bucket
+    limit = bucket.to_limit()
+    if limit.rate <= ceiling.rate and limit.burst <= ceiling.burst:
+        return bucket
+    return BucketLimit(
+        per_second=min(limit.rate, ceiling.rate), burst=min(limit.burst, ceiling.burst)
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StoredLimits:
     """A tenant's overrides as stored, with the document's version."""
 
@@ -145,17 +260,23 @@ NOT_CACHED: Final = NotCached.NOT_CACHED
 
 
 class TenantLimitsBook:
-    """The tenants' overrides: changed in the store, read through a per-node cache."""
+    """The tenants' overrides: changed in the store, read through a per-node cache.
+
+    What it answers for enforcement (:meth:`overrides`, :meth:`known_overrides`) is clamped to
+    :attr:`ceilings`; what it answers as stored (:meth:`stored`, :meth:`put`) is not, so an
+    admin sees what was set and, beside it, what applies."""
 
     def __init__(
         self,
         store: Store,
         *,
+        ceilings: LimitCeilings = NO_CEILINGS,
         ttl: float = CACHE_TTL,
         max_tenants: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
+        self.ceilings = ceilings
         self.ttl = ttl
         self._max_tenants = max_tenants
         self._clock = clock
@@ -220,7 +341,7 @@ class TenantLimitsBook:
         """What this node now knows to be stored; a read already under way no longer counts
         (it may have started before the change)."""
         self._reads.pop(tenant_id, None)
-        self._remember(tenant_id, limits)
+        self._remember(tenant_id, self._applied(limits))
 
     async def _load(self, tenant_id: str, stale: _Cached | None) -> TenantLimits | None:
         try:
@@ -232,10 +353,15 @@ class TenantLimitsBook:
             limits = stale[1]
         else:
             stored = None if entry is None else _parse(entry)
-            limits = None if stored is None else stored.limits
+            limits = None if stored is None else self._applied(stored.limits)
         if self._reads.get(tenant_id) is asyncio.current_task():
             self._remember(tenant_id, limits)
         return limits
+
+    def _applied(self, limits: TenantLimits | None) -> TenantLimits | None:
+        """What applies of ``limits``: clamped once, on the way into the cache, rather than
+        on every request."""
+        return None if limits is None else self.ceilings.clamp(limits)
 
     def _read_done(self, tenant_id: str, done: asyncio.Task[TenantLimits | None]) -> None:
         if self._reads.get(tenant_id) is done:

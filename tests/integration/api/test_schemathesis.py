@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from saga_orchestrator.api import create_app
 from saga_orchestrator.orchestrator import Orchestrator
+from saga_orchestrator.security.tenant_limits import LimitCeilings, bucket_ceiling
 from saga_orchestrator.security.tokens import (
     Authenticator,
     AuthSettings,
@@ -72,6 +73,12 @@ CONFIG = SchemathesisConfig.from_dict(
 ORDER = {"name": "order", "version": "1.0.0", "steps": [{"name": "a", "action": "reserve"}]}
 
 
+# Ceilings as saga serve's default settings make them (with a running cap), so that fuzzed
+# PUT /tenant/limits bodies above them meet the refusal and its documented problem.
+CEILINGS = LimitCeilings(
+    requests=bucket_ceiling(100.0), starts=bucket_ceiling(50.0), max_running_sagas=1000
+)
+
 SECRET = generate_secret()
 TOKENS = {
     role: mint_token(SECRET, subject=f"a-{role.value}", tenant_id="default", roles=[role], ttl=3600)
@@ -81,7 +88,9 @@ TOKENS = {
 
 def served_app(database_url: str) -> FastAPI:
     """The API with a node that its lifespan opens and closes, behind bearer tokens."""
-    node = Orchestrator(database_url, handlers=Participants(NAMES).registry())
+    node = Orchestrator(
+        database_url, handlers=Participants(NAMES).registry(), limit_ceilings=CEILINGS
+    )
     authenticator = Authenticator(AuthSettings(hmac_secret=SECRET))
     app = create_app(node, replace(FAST_OPTIONS, authenticator=authenticator))
     own_lifespan = app.router.lifespan_context

@@ -1,5 +1,6 @@
-"""A tenant's own limits through the real app: its admins set them for their tenant only, the
-rate limiter and the running cap apply them in place of the node's defaults, and a reset brings
+"""A tenant's own limits through the real app: its admins set them for their tenant only, up
+to the operator's ceilings, the rate limiter and the running cap apply them in place of the
+node's defaults (an override stored above a ceiling applying as the ceiling), and a reset brings
 the defaults back.
 
 Buckets refill one token per 1000 s, so what a test admits is exactly a burst however slowly it
@@ -22,6 +23,7 @@ import redis
 from saga_orchestrator.api import create_app
 from saga_orchestrator.orchestrator import Orchestrator
 from saga_orchestrator.security.limits import Limit, RateLimiter, RequestLimits
+from saga_orchestrator.security.tenant_limits import LimitCeilings
 from saga_orchestrator.security.tokens import (
     Authenticator,
     AuthSettings,
@@ -37,6 +39,13 @@ LIMITS = "/api/v1/tenant/limits"
 INSTANCES = "/api/v1/sagas/instances"
 ORDER = {"name": "order", "version": "1.0.0", "steps": [{"name": "a", "action": "reserve"}]}
 DEFAULTS = RequestLimits(requests=Limit(rate=0.001, burst=8), starts=Limit(rate=0.001, burst=6))
+CEILINGS = LimitCeilings(
+    requests=Limit(rate=100.0, burst=200),
+    starts=Limit(rate=10.0, burst=15),  # below twice the rate: a burst left out may exceed it
+    max_running_sagas=100,
+)
+"""The operator's ceilings of these tests (as ``saga serve`` builds from its settings): above
+the defaults, so the tests may raise a tenant's limits as an operator allowing it would."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +105,7 @@ def buckets(request: pytest.FixtureRequest) -> Iterator[str | None]:
 
 async def _api(database_url: str, redis_url: str | None, **node_options: Any) -> AsyncIterator[Api]:
     participants = Participants(("reserve",))
+    node_options.setdefault("limit_ceilings", CEILINGS)
     node = Orchestrator(database_url, handlers=participants.registry(), **node_options)
     # A generous timeout: a loaded machine must not look like a Redis outage here.
     limiter = RateLimiter(redis_url, timeout=5.0, max_connections=16)
@@ -228,6 +238,11 @@ async def test_the_limits_show_what_is_stored_and_what_applies(api: Api) -> None
             "starts": {"per_second": 0.001, "burst": 6},
             "max_running_sagas": 4,
         },
+        "ceilings": {
+            "requests": {"per_second": 100.0, "burst": 200},
+            "starts": {"per_second": 10.0, "burst": 15},
+            "max_running_sagas": 100,
+        },
     }
     first = await api.put(api.a, {"starts": {"per_second": 2.5}, "max_running_sagas": 10})
     assert first.status_code == 200, first.text
@@ -327,3 +342,124 @@ async def test_changes_and_refusals_are_in_the_audit_log(api: Api) -> None:
     assert put["details"] == {"limits": {"max_running_sagas": 3}}
     other = (await api.client.get("/api/v1/audit", headers=api.auth(api.b))).json()
     assert not [r for r in other["items"] if r["action"].startswith("tenant_limits.")]
+
+
+# The operator's ceilings
+
+
+@pytest.mark.parametrize(
+    ("body", "location", "asked", "ceiling"),
+    [
+        (
+            {"requests": {"per_second": 100.5, "burst": 5}},
+            "body.requests.per_second",
+            "100.5",
+            "100",
+        ),
+        ({"requests": {"per_second": 1, "burst": 201}}, "body.requests.burst", "201", "200"),
+        ({"starts": {"per_second": 11, "burst": 5}}, "body.starts.per_second", "11", "10"),
+        ({"starts": {"per_second": 1, "burst": 16}}, "body.starts.burst", "16", "15"),
+        ({"starts": {"per_second": 8}}, "body.starts.burst", "16", "15"),  # twice the rate
+        ({"max_running_sagas": 101}, "body.max_running_sagas", "101", "100"),
+    ],
+)
+async def test_a_put_above_a_ceiling_is_refused_naming_the_field_and_both_values(
+    api: Api, body: dict[str, Any], location: str, asked: str, ceiling: str
+) -> None:
+    kept = {"max_running_sagas": 3}
+    assert (await api.put(api.a, kept)).status_code == 200
+    refused = await api.put(api.a, body)
+    assert refused.status_code == 422, refused.text
+    assert refused.headers["content-type"] == PROBLEM
+    problem = refused.json()
+    [violation] = problem["violations"]
+    assert (violation["location"], violation["rule"]) == (location, "ceiling")
+    assert f"{asked} " in violation["message"]
+    assert f"ceiling of {ceiling}" in violation["message"]
+    assert problem["detail"] == f"{location}: {violation['message']}"
+    shown = (await api.get(api.a, LIMITS)).json()  # nothing stored
+    assert (shown["version"], shown["limits"]["max_running_sagas"]) == (1, 3)
+
+
+async def test_every_value_above_its_ceiling_is_named_at_once(api: Api) -> None:
+    body = {"requests": {"per_second": 500, "burst": 1000}, "max_running_sagas": 1000}
+    refused = await api.put(api.a, body)
+    assert refused.status_code == 422, refused.text
+    assert [v["location"] for v in refused.json()["violations"]] == [
+        "body.requests.per_second",
+        "body.requests.burst",
+        "body.max_running_sagas",
+    ]
+    assert (await api.get(api.a, LIMITS)).json()["version"] is None
+
+
+async def test_limits_at_their_ceilings_are_accepted(api: Api) -> None:
+    at = {
+        "requests": {"per_second": 100, "burst": 200},
+        "starts": {"per_second": 7.5},  # a burst of 15, from twice the rate
+        "max_running_sagas": 100,
+    }
+    saved = await api.put(api.a, at)
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["applied"] == {
+        "requests": {"per_second": 100.0, "burst": 200},
+        "starts": {"per_second": 7.5, "burst": 15},
+        "max_running_sagas": 100,
+    }
+
+
+async def test_an_override_stored_above_a_ceiling_applies_as_the_ceiling(api: Api) -> None:
+    # As stored before the ceilings were lowered, or by a version without them.
+    above = {
+        "requests": {"per_second": 5000},
+        "starts": {"per_second": 2},
+        "max_running_sagas": 900,
+    }
+    await api.node.store.put_tenant_limits(api.a, above)
+    shown = (await api.get(api.a, LIMITS)).json()
+    assert shown["limits"] == {  # what is stored, as stored
+        "requests": {"per_second": 5000.0, "burst": None},
+        "starts": {"per_second": 2.0, "burst": None},
+        "max_running_sagas": 900,
+    }
+    assert shown["applied"] == {
+        "requests": {"per_second": 100.0, "burst": 200},
+        "starts": {"per_second": 2.0, "burst": 4},  # within its ceiling: as set
+        "max_running_sagas": 100,
+    }
+    assert await api.node.running_quota(api.a) == 100
+
+
+@pytest_asyncio.fixture
+async def tight(sqlite_url: str, buckets: str | None) -> AsyncIterator[Api]:
+    """Ceilings at the defaults, as ``saga serve`` has them unless the operator raises them."""
+    ceilings = LimitCeilings(
+        requests=DEFAULTS.requests, starts=DEFAULTS.starts, max_running_sagas=1
+    )
+    async for api in _api(
+        sqlite_url, buckets, max_running_sagas_per_tenant=1, limit_ceilings=ceilings
+    ):
+        yield api
+
+
+async def test_an_override_stored_above_a_ceiling_is_not_admitted_past_it(tight: Api) -> None:
+    tight.participants.gates["reserve"] = asyncio.Event()  # every saga waits at its first step
+    above = {"requests": {"per_second": 1000, "burst": 50}, "max_running_sagas": 40}
+    await tight.node.store.put_tenant_limits(tight.a, above)
+    assert (await tight.start(tight.a)).status_code == 201
+    refused = await tight.start(tight.a)  # the running cap's ceiling: 1
+    assert refused.status_code == 429, refused.text
+    assert "sagas running" in refused.json()["detail"]
+    # Two starts spent two requests of a bucket of 8 (the ceiling, not 50).
+    assert await tight.admitted(tight.a, 8) == [200] * 6 + [429] * 2
+    refused = await tight.get(tight.a)
+    assert refused.headers["ratelimit-policy"] == '"requests";q=8;w=8000'
+
+
+async def test_with_the_ceilings_at_the_defaults_an_admin_may_only_lower_them(tight: Api) -> None:
+    raised = await tight.put(tight.a, {"requests": {"per_second": 0.001, "burst": 9}})
+    assert raised.status_code == 422, raised.text
+    assert "above the ceiling of 8" in raised.json()["detail"]
+    lowered = await tight.put(tight.a, {"requests": {"per_second": 0.001, "burst": 2}})
+    assert lowered.status_code == 200, lowered.text
+    assert await tight.admitted(tight.a, 3) == [200, 200, 429]

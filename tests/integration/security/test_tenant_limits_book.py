@@ -15,7 +15,14 @@ import pytest
 import pytest_asyncio
 
 from saga_orchestrator.errors import StoreUnavailable
-from saga_orchestrator.security.tenant_limits import NOT_CACHED, TenantLimits, TenantLimitsBook
+from saga_orchestrator.security.limits import Limit
+from saga_orchestrator.security.tenant_limits import (
+    NOT_CACHED,
+    BucketLimit,
+    LimitCeilings,
+    TenantLimits,
+    TenantLimitsBook,
+)
 from saga_orchestrator.store import Store, TenantLimitsEntry, open_store
 from tests.support.waiting import until
 
@@ -249,3 +256,42 @@ async def test_the_cache_keeps_at_most_its_bound_of_tenants(
     assert gated.reads == 3
     await book.overrides("a")  # the least recently used went first
     assert gated.reads == 4
+
+
+CEILINGS = LimitCeilings(requests=Limit(rate=10.0, burst=20), max_running_sagas=5)
+ABOVE = {"requests": {"per_second": 500, "burst": 900}, "max_running_sagas": 50}
+"""An override above CEILINGS, as stored before they were lowered (or by an older version)."""
+
+
+async def test_overrides_stored_above_the_ceilings_are_clamped_to_them(
+    store: Store, gated: GatedStore, clock: FakeClock
+) -> None:
+    await store.put_tenant_limits("a", ABOVE)
+    book = TenantLimitsBook(gated, ceilings=CEILINGS, ttl=5.0, clock=clock)
+    clamped = TenantLimits(requests=BucketLimit(per_second=10.0, burst=20), max_running_sagas=5)
+    assert await book.overrides("a") == clamped
+    assert book.known_overrides("a") == clamped
+    stored = await book.stored("a")  # what the admin sees as set is what is stored
+    assert stored is not None
+    assert stored.limits == TenantLimits.model_validate(ABOVE)
+    assert book.known_overrides("a") == clamped  # the read past the cache refreshed it clamped
+    await book.put("b", TenantLimits.model_validate(ABOVE))  # the API refuses; this is the store
+    assert await book.overrides("b") == clamped
+    gated.down = True  # what a node keeps through an outage is clamped too
+    clock.now += 5.0
+    assert await book.overrides("a") == clamped
+
+
+async def test_a_read_under_way_answers_its_waiters_clamped(
+    store: Store, gated: GatedStore, clock: FakeClock
+) -> None:
+    await store.put_tenant_limits("a", ABOVE)
+    book = TenantLimitsBook(gated, ceilings=CEILINGS, ttl=5.0, clock=clock)
+    gated.gate.clear()
+    early = asyncio.ensure_future(book.overrides("a"))
+    await gated.answered.wait()
+    await book.reset("a")  # the read under way no longer counts for the cache...
+    gated.gate.set()
+    answered = await early
+    assert answered is not None
+    assert answered.max_running_sagas == 5  # ...but its waiter is answered clamped

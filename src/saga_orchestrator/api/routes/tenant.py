@@ -21,12 +21,21 @@ Tenant = Annotated[str, Depends(current_tenant)]
 Limits = Annotated[TenantLimitsApi, Depends(tenant_limits_api)]
 
 _READ_ERRORS: Final[dict[int | str, dict[str, Any]]] = problem_responses(503)
-_WRITE_ERRORS: Final[dict[int | str, dict[str, Any]]] = problem_responses(400, 413, 422, 503)
+_WRITE_ERRORS: Final[dict[int | str, dict[str, Any]]] = problem_responses(
+    400,
+    413,
+    422,
+    503,
+    s422=(
+        "The body is invalid, or asks for more than a ceiling; `violations` names each field "
+        "(with the value asked and the ceiling)."
+    ),
+)
 
 
 @router.get(
     "/limits",
-    summary="The tenant's limits: its overrides and what applies",
+    summary="The tenant's limits: its overrides, what applies, and their ceilings",
     responses=_READ_ERRORS,
 )
 async def get_limits(tenant: Tenant, limits: Limits) -> TenantLimitsOut:
@@ -38,7 +47,9 @@ async def get_limits(tenant: Tenant, limits: Limits) -> TenantLimitsOut:
     summary="Set the tenant's limits (replacing its previous overrides)",
     description=(
         "Each of `requests`, `starts` and `max_running_sagas` overrides the node's default "
-        "for this tenant; one left out keeps the default. The node that answers applies the "
+        "for this tenant; one left out keeps the default. None may exceed its ceiling, set by "
+        "the node's operator (`GET` shows them): a tenant's admin may lower its limits, and "
+        "raise them only as far as the operator allows. The node that answers applies the "
         "change at once, every other node within 5 seconds."
     ),
     responses=_WRITE_ERRORS,
