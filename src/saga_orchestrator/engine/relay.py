@@ -8,6 +8,10 @@ attempt deadline passed unsent are dropped. While the broker is down the rows st
 outbox and the relay backs off; nothing is lost, and nothing is published before its
 transaction committed.
 
+Bodies sealed at rest come back opened from the claim; a message whose body does not open
+(its key is no longer configured) is not published, and waits for its lease to end. Marking a
+message published erases its body.
+
 Delivery is at least once: a confirm whose ``mark_outbox_published`` did not commit, or a
 publish slower than the lease, sends the message again; consumers dedupe on its message id.
 The relay never tracks a "last published id": ids are allocated before commit, so a smaller
@@ -57,6 +61,9 @@ class RelayCounters:
     """Claims that got at least one message."""
     expired: int = 0
     """Step commands dropped unsent because their attempt's deadline had passed."""
+    unreadable: int = 0
+    """Claims of messages whose sealed body did not open (its key is not configured, or the
+    row was altered): not published, tried again when their lease ends."""
     last_error: str | None = None
 
 
@@ -142,6 +149,7 @@ class OutboxRelay:
         if not rows:
             return 0, 0
         self.counters.rounds += 1
+        claimed = len(rows)
         now = datetime.now(UTC)
         expired = [row.id for row in rows if _expired(row, now)]
         if expired:
@@ -150,8 +158,21 @@ class OutboxRelay:
             await self.store.mark_outbox_published(expired)
             self.counters.expired += len(expired)
             rows = [row for row in rows if row.id not in set(expired)]
-            if not rows:
-                return len(expired), len(expired)
+        unreadable = [row for row in rows if row.unreadable is not None]
+        if unreadable:
+            # Never published (an empty body would lose the command) nor released: they stay
+            # claimed until their lease ends, so they are retried, say once the key is back,
+            # without holding up the messages behind them.
+            self.counters.unreadable += len(unreadable)
+            self.counters.last_error = unreadable[0].unreadable
+            log.error(
+                "outbox relay: %d message(s) not published: %s",
+                len(unreadable),
+                unreadable[0].unreadable,
+            )
+            rows = [row for row in rows if row.unreadable is None]
+        if not rows:
+            return claimed, len(expired)
         try:
             confirmed = await self.publisher.publish([to_message(row) for row in rows])
         except Exception:
@@ -168,7 +189,7 @@ class OutboxRelay:
             log.warning("outbox relay: %s (unroutable or refused)", self.counters.last_error)
             if self.refused_retry < self.lease_seconds:
                 self._release_later(failed)
-        return len(rows) + len(expired), len(done) + len(expired)
+        return claimed, len(done) + len(expired)
 
     def _release_later(self, ids: list[int]) -> None:
         async def release() -> None:

@@ -32,6 +32,9 @@ StartKey = tuple[str, str]
 EventRow = tuple[str, str, int, str, bytes, datetime]
 """(tenant_id, instance_id, seq, type, data, recorded_at)"""
 
+OutboxRowToWrite = tuple[OutboxMessage, bytes, str | None, datetime]
+"""(message, body as stored, id of the key that sealed it or None, created_at)"""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Facts:
@@ -61,7 +64,7 @@ class Plan:
     """Existing instance -> its final (update, last_seq)."""
     start_keys: list[NewInstance] = field(default_factory=list)
     events: list[EventRow] = field(default_factory=list)
-    outbox: list[tuple[OutboxMessage, datetime]] = field(default_factory=list)
+    outbox: list[OutboxRowToWrite] = field(default_factory=list)
     timers: dict[str, tuple[str, datetime | None]] = field(default_factory=dict)
     """instance_id -> (tenant_id, fire_at): an upsert, or a delete when fire_at is None."""
     audit: list[AuditEntry] = field(default_factory=list)
@@ -198,6 +201,13 @@ class _Planner:
             self.plan.updated[request.instance_id] = (request.update, last_seq)
         return self._write(request)
 
+    def _stored(self, message: OutboxMessage, at: datetime) -> OutboxRowToWrite:
+        # Sealed like the events: a step command's body is a step input, business data.
+        if self.cipher is None:
+            return (message, message.body, None, at)
+        key_id, sealed = self.cipher.seal_message(message)
+        return (message, sealed, key_id, at)
+
     def _conflict(self, request: AppendRequest) -> AppendResult:
         current = self.instances.get(request.instance_id)
         # Another tenant's instance is reported as missing: no sequence leaks across tenants.
@@ -232,7 +242,7 @@ class _Planner:
         last_seq = request.expected_seq + len(request.events)
         self.instances[instance_id] = (tenant, last_seq)
         if request.outbox:
-            self.plan.outbox += [(message, recorded_at) for message in request.outbox]
+            self.plan.outbox += [self._stored(m, recorded_at) for m in request.outbox]
         self.plan.timers[instance_id] = (tenant, request.update.wake_at)
         if request.audit is not None:
             self.plan.audit.append(request.audit)

@@ -1,4 +1,4 @@
-"""Encryption at rest of saga histories: each event's JSON, sealed with AES-256-GCM.
+"""Encryption at rest of saga histories and outbox messages, sealed with AES-256-GCM.
 
 Events hold what sagas carry (contexts, step inputs and outputs), so a dump of the database
 must not reveal them. With keys configured, the store seals each event as it is written and
@@ -10,15 +10,22 @@ opens it as it is read; everything above the store sees plain events.
   events use the new key and old ones still open with theirs while they are listed.
 - The tenant, the instance and the sequence number are authenticated data: a sealed event
   copied to another place in the history, or another tenant's, does not open.
+- Outbox messages (step commands carry step inputs) are sealed too, with the same keys, as
+  the store writes them, and opened as the relay claims them: the body column holds the nonce
+  and ciphertext, and the row's ``sealed_with`` names the key.
+  The tenant, instance, message id, exchange and routing key are authenticated, so a sealed
+  body copied to another message, or rerouted to another queue, does not open. Publishing
+  erases the body anyway (see the stores' ``mark_outbox_published``).
 - The type of each event, the instances' read model (status, names, timestamps) and the
-  outbox are not encrypted: they carry no business data (the outbox's commands do, briefly,
-  until published).
+  outbox's addressing (ids, exchange, routing key, headers) are not encrypted: they carry no
+  business data.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -28,6 +35,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from saga_orchestrator.errors import ConfigurationError, StoreError
+from saga_orchestrator.store.protocol import OutboxMessage, OutboxRow
 
 PREFIX: Final = b'"enc:v1:'
 _KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
@@ -87,9 +95,71 @@ class EventCipher:
                 f"event {instance_id}#{seq} does not open: altered, or moved from elsewhere"
             ) from None
 
+    def seal_message(self, message: OutboxMessage) -> tuple[str, bytes]:
+        """An outbox message's body, sealed with the active key: (key id, nonce + ciphertext).
+
+        Raw bytes, not the events' base64 JSON string: the body column is binary, and the key
+        id goes to a column of its own, so a plain body can never be mistaken for a sealed
+        one (a step input may well start with ``"enc:v1:``)."""
+        nonce = os.urandom(12)
+        sealed = self._keys[self.active].encrypt(nonce, message.body, _message_aad(message))
+        return self.active, nonce + sealed
+
+    def open_message(self, key_id: str, row: OutboxRow) -> bytes:
+        """The body of a claimed row sealed with ``key_id``."""
+        cipher = self._keys.get(key_id)
+        if cipher is None:
+            raise StoreError(
+                f"outbox message {row.message_id} is sealed with key {key_id!r}, which is not"
+                " configured"
+            )
+        try:
+            return cipher.decrypt(row.body[:12], row.body[12:], _message_aad(row))
+        except InvalidTag:
+            raise StoreError(
+                f"outbox message {row.message_id} does not open: altered, or moved"
+            ) from None
+
 
 def _aad(tenant_id: str, instance_id: str, seq: int) -> bytes:
     return f"{tenant_id}\x1f{instance_id}\x1f{seq}".encode()
+
+
+def _message_aad(message: OutboxMessage | OutboxRow) -> bytes:
+    # The leading "outbox" keeps these apart from the events' (tenant, instance, seq): a
+    # ciphertext taken from one kind of record never opens as the other.
+    fields = (
+        "outbox",
+        message.tenant_id,
+        message.instance_id,
+        message.message_id,
+        message.exchange,
+        message.routing_key,
+    )
+    return "\x1f".join(fields).encode()
+
+
+def open_outbox_row(
+    row: OutboxRow, sealed_with: str | None, cipher: EventCipher | None
+) -> OutboxRow:
+    """A claimed row as stored (``sealed_with``: the key id of a sealed body, None for a
+    plain one), with its body opened.
+
+    A body that does not open flags the row instead of raising: one message sealed with a
+    key that was dropped too early must not stop the relay from publishing the others."""
+    if sealed_with is None:
+        return row  # written before encryption was turned on, or by a node without keys
+    if cipher is None:
+        problem = (
+            f"outbox message {row.message_id} is sealed with key {sealed_with!r}, but no"
+            " encryption key is configured"
+        )
+        return dataclasses.replace(row, body=b"", unreadable=problem)
+    try:
+        body = cipher.open_message(sealed_with, row)
+    except StoreError as error:
+        return dataclasses.replace(row, body=b"", unreadable=str(error))
+    return dataclasses.replace(row, body=body)
 
 
 def generate_key() -> str:

@@ -507,7 +507,7 @@ class PostgresStore:
         self, limit: int, lease_seconds: float, leader: LeaderFence | None = None
     ) -> list[OutboxRow]:
         async with self._cluster() as conn:
-            return await extras.claim_outbox(conn, limit, lease_seconds, leader)
+            return await extras.claim_outbox(conn, limit, lease_seconds, leader, self._cipher)
 
     async def mark_outbox_published(self, ids: Sequence[int]) -> None:
         if ids:

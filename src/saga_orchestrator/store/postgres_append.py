@@ -397,7 +397,7 @@ def _notifications(plan: Plan) -> list[str]:
 async def _write_outbox(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -> None:
     if not plan.outbox:
         return
-    messages = [m for m, _ in plan.outbox]
+    messages = [m for m, _, _, _ in plan.outbox]
     await conn.execute(
         sql.INSERT_OUTBOX,
         [m.tenant_id for m in messages],
@@ -405,9 +405,10 @@ async def _write_outbox(conn: PoolConnectionProxy[asyncpg.Record], plan: Plan) -
         [m.message_id for m in messages],
         [m.exchange for m in messages],
         [m.routing_key for m in messages],
-        [m.body for m in messages],
+        [body for _, body, _, _ in plan.outbox],
         [_json(m.headers) for m in messages],
-        [utc(at) for _, at in plan.outbox],
+        [utc(at) for _, _, _, at in plan.outbox],
+        [sealed_with for _, _, sealed_with, _ in plan.outbox],
     )
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import orjson
 
+from saga_orchestrator.store.encryption import EventCipher, open_outbox_row
 from saga_orchestrator.store.protocol import (
     LeaderFence,
     OutboxRow,
@@ -44,10 +45,14 @@ SET claimed_until = now() + make_interval(secs => $2), attempts = o.attempts + 1
 FROM claimable
 WHERE o.id = claimable.id
 RETURNING o.id, o.tenant_id, o.instance_id, o.message_id, o.exchange, o.routing_key, o.body,
-          o.headers::text, o.attempts, o.created_at
+          o.headers::text, o.attempts, o.created_at, o.sealed_with
 """
+# The body goes in the statement that marks the message published: from then on a dump of
+# the table holds no payload of it, sealed or not (the ids and headers stay, for inspection).
 MARK_PUBLISHED = """
-UPDATE outbox SET published_at = now(), claimed_until = NULL WHERE id = ANY($1::bigint[])
+UPDATE outbox
+SET published_at = now(), claimed_until = NULL, body = ''::bytea, sealed_with = NULL
+WHERE id = ANY($1::bigint[])
 """
 RELEASE = """
 UPDATE outbox SET claimed_until = NULL
@@ -91,22 +96,30 @@ GET_SECRET = "SELECT value FROM shared_secrets WHERE name = $1"
 
 
 async def claim_outbox(
-    conn: Connection, limit: int, lease_seconds: float, leader: LeaderFence | None = None
+    conn: Connection,
+    limit: int,
+    lease_seconds: float,
+    leader: LeaderFence | None = None,
+    cipher: EventCipher | None = None,
 ) -> list[OutboxRow]:
     fence = (None, None, None) if leader is None else (leader.name, leader.holder, leader.epoch)
     rows = await conn.fetch(CLAIM_OUTBOX, limit, float(lease_seconds), *fence)
     claimed = [
-        OutboxRow(
-            id=row[0],
-            tenant_id=row[1],
-            instance_id=row[2],
-            message_id=row[3],
-            exchange=row[4],
-            routing_key=row[5],
-            body=bytes(row[6]),
-            headers=orjson.loads(row[7]),
-            attempts=row[8],
-            created_at=row[9],
+        open_outbox_row(
+            OutboxRow(
+                id=row[0],
+                tenant_id=row[1],
+                instance_id=row[2],
+                message_id=row[3],
+                exchange=row[4],
+                routing_key=row[5],
+                body=bytes(row[6]),
+                headers=orjson.loads(row[7]),
+                attempts=row[8],
+                created_at=row[9],
+            ),
+            row[10],
+            cipher,
         )
         for row in rows
     ]

@@ -256,10 +256,12 @@ AUDIT_HEAD_MOVED: Final = "SG002"
 # A message id already in the outbox is the same message written again: keep the first.
 INSERT_OUTBOX: Final = """
 INSERT INTO outbox
-    (tenant_id, instance_id, message_id, exchange, routing_key, body, headers, created_at)
+    (tenant_id, instance_id, message_id, exchange, routing_key, body, headers, created_at,
+     sealed_with)
 SELECT u.tenant_id, u.instance_id, u.message_id, u.exchange, u.routing_key, u.body,
-       u.headers::jsonb, u.created_at
+       u.headers::jsonb, u.created_at, u.sealed_with
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[],
-            $7::text[], $8::timestamptz[])
-     AS u (tenant_id, instance_id, message_id, exchange, routing_key, body, headers, created_at)
+            $7::text[], $8::timestamptz[], $9::text[])
+     AS u (tenant_id, instance_id, message_id, exchange, routing_key, body, headers, created_at,
+           sealed_with)
 ON CONFLICT (message_id) DO NOTHING"""

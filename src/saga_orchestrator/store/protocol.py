@@ -273,6 +273,11 @@ class OutboxRow:
     attempts: int
     """Claims so far, this one included."""
     created_at: datetime
+    unreadable: str | None = None
+    """Why the stored body could not be opened (sealed with a key this node does not have,
+    or altered): ``body`` is then empty and the message must not be published. It stays
+    claimed until its lease ends, and is tried again from then on (say, once the key is
+    configured again)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -452,11 +457,14 @@ class Store(Protocol):
         (judged by the database's clock): no other claimer gets them until the lease ends.
         Rows whose claim expired unpublished (a relay died) are claimed again. With a
         ``leader`` fence, nothing is claimed unless that leader lease is still current (a
-        deposed leader's relay gets nothing, checked in the same statement)."""
+        deposed leader's relay gets nothing, checked in the same statement). Bodies sealed at
+        rest come back opened; one that does not open is flagged ``unreadable``."""
         ...
 
     async def mark_outbox_published(self, ids: Sequence[int]) -> None:
-        """Called only after the broker confirmed these messages."""
+        """Called only after the broker confirmed these messages (or dropped them unsent).
+        The same statement erases their bodies: a published message keeps its ids and
+        headers, for inspection, but no payload."""
         ...
 
     async def release_outbox(self, ids: Sequence[int]) -> None:

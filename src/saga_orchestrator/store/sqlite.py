@@ -306,7 +306,7 @@ class SqliteStore:
         self, limit: int, lease_seconds: float, leader: LeaderFence | None = None
     ) -> list[OutboxRow]:
         # One node per file: it is always the leader, so there is no one to fence off.
-        return await self._run(extras.claim_outbox, limit, lease_seconds)
+        return await self._run(extras.claim_outbox, limit, lease_seconds, self._cipher)
 
     async def mark_outbox_published(self, ids: Sequence[int]) -> None:
         if ids:

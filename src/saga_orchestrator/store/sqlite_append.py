@@ -110,11 +110,12 @@ def _write_plan(conn: sqlite3.Connection, plan: Plan) -> None:
                     m.message_id,
                     m.exchange,
                     m.routing_key,
-                    m.body,
+                    body,
                     orjson.dumps(m.headers).decode(),
                     to_micros(at),
+                    sealed_with,
                 )
-                for m, at in plan.outbox
+                for m, body, sealed_with, at in plan.outbox
             ],
         )
 

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from saga_orchestrator.store.codec import from_micros, to_micros
+from saga_orchestrator.store.encryption import EventCipher, open_outbox_row
 from saga_orchestrator.store.protocol import (
     AuditEntry,
     AuditRecord,
@@ -34,10 +35,12 @@ WHERE id IN (
     ORDER BY id LIMIT ?3
 )
 RETURNING id, tenant_id, instance_id, message_id, exchange, routing_key, body, headers,
-          attempts, created_at
+          attempts, created_at, sealed_with
 """
+# The body goes in the statement that marks the message published: from then on a dump of
+# the table holds no payload of it, sealed or not (the ids and headers stay, for inspection).
 MARK_PUBLISHED = """
-UPDATE outbox SET published_at = ?1, claimed_until = NULL
+UPDATE outbox SET published_at = ?1, claimed_until = NULL, body = X'', sealed_with = NULL
 WHERE id IN (SELECT value FROM json_each(?2))
 """
 RELEASE = """
@@ -83,7 +86,9 @@ def _now() -> int:
     return to_micros(datetime.now(UTC))
 
 
-def claim_outbox(conn: sqlite3.Connection, limit: int, lease_seconds: float) -> list[OutboxRow]:
+def claim_outbox(
+    conn: sqlite3.Connection, limit: int, lease_seconds: float, cipher: EventCipher | None = None
+) -> list[OutboxRow]:
     now = _now()
     with write_transaction(conn):
         rows = conn.execute(
@@ -91,17 +96,21 @@ def claim_outbox(conn: sqlite3.Connection, limit: int, lease_seconds: float) -> 
         ).fetchall()
     rows.sort(key=lambda row: row[0])  # RETURNING does not promise an order
     return [
-        OutboxRow(
-            id=row_id,
-            tenant_id=tenant_id,
-            instance_id=instance_id,
-            message_id=message_id,
-            exchange=exchange,
-            routing_key=routing_key,
-            body=bytes(body),
-            headers=orjson.loads(headers),
-            attempts=attempts,
-            created_at=from_micros(created_at),
+        open_outbox_row(
+            OutboxRow(
+                id=row_id,
+                tenant_id=tenant_id,
+                instance_id=instance_id,
+                message_id=message_id,
+                exchange=exchange,
+                routing_key=routing_key,
+                body=bytes(body),
+                headers=orjson.loads(headers),
+                attempts=attempts,
+                created_at=from_micros(created_at),
+            ),
+            sealed_with,
+            cipher,
         )
         for (
             row_id,
@@ -114,6 +123,7 @@ def claim_outbox(conn: sqlite3.Connection, limit: int, lease_seconds: float) -> 
             headers,
             attempts,
             created_at,
+            sealed_with,
         ) in rows
     ]
 

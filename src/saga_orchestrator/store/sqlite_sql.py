@@ -161,6 +161,7 @@ DELETE_TIMERS: Final = BulkStatement(
 # A message id already in the outbox is the same message written again: keep the first.
 INSERT_OUTBOX: Final = """
 INSERT INTO outbox
-    (tenant_id, instance_id, message_id, exchange, routing_key, body, headers, created_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    (tenant_id, instance_id, message_id, exchange, routing_key, body, headers, created_at,
+     sealed_with)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (message_id) DO NOTHING"""

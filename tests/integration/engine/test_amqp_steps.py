@@ -124,6 +124,39 @@ async def test_handler_steps_run_in_a_worker_and_complete(
     await eventually(drained)
 
 
+async def test_with_encryption_keys_commands_are_sealed_and_published_ones_erased(
+    store_url: str, amqp_url: str, worker: Worker, remote: Remote
+) -> None:
+    from saga_orchestrator.store.encryption import generate_key
+    from tests.integration.store.support import RawDatabase
+
+    card = "4242-4242-4242-4242"
+    async with Orchestrator(
+        store_url,
+        amqp_url=amqp_url,
+        require_known_handlers=False,
+        integration_event_tenants=["*"],
+        encryption_keys=f"main={generate_key()}",
+    ) as sealed:
+        assert sealed.relay is not None
+        sealed.relay.poll_interval = 0.05
+        await sealed.register(remote_saga())
+        started = await sealed.start("order", {"card": card})
+        view = await sealed.wait(started.instance_id, timeout=30)
+
+        async def drained() -> bool:
+            return await sealed.store.outbox_backlog() == 0
+
+        await eventually(drained)
+    # The worker got the step input, opened; the table keeps the messages, bodiless.
+    assert view.status is InstanceStatus.COMPLETED
+    assert view.steps["ship"].output == {"by": "ship", "input": {"card": card}}
+    async with RawDatabase(store_url) as db:
+        rows = await db.fetch("SELECT message_id, body, sealed_with FROM outbox")
+    assert len(rows) == 5  # three commands, two lifecycle events
+    assert all((bytes(r[1]), r[2]) == (b"", None) for r in rows)
+
+
 async def test_retries_and_compensation_through_the_worker(
     node: Orchestrator, worker: Worker, remote: Remote
 ) -> None:

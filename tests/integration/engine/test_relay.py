@@ -1,5 +1,6 @@
 """The outbox relay between a real store and a real RabbitMQ: every committed message is
-published exactly once, whatever the interleaving of commits, outages and relays."""
+published exactly once, whatever the interleaving of commits, outages and relays; bodies sealed
+at rest go out opened, and no published message keeps its body."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import pytest_asyncio
 
 from saga_orchestrator.engine.relay import OutboxRelay
 from saga_orchestrator.store import OutboxMessage, Store, open_store
+from saga_orchestrator.store.encryption import EventCipher, generate_key
 from saga_orchestrator.transports.amqp import AmqpPublisher, AmqpSettings
-from tests.integration.store.support import TENANT, create
+from tests.integration.store.support import TENANT, RawDatabase, create
 from tests.integration.transports.rabbitmq import (
     QueueCollector,
     declare_queue,
@@ -38,7 +40,10 @@ def settings(url: str) -> AmqpSettings:
     return AmqpSettings(url, reconnect_initial=0.05, reconnect_max=0.2)
 
 
-def outbox(instance_id: str, count: int) -> list[OutboxMessage]:
+SECRET_BODY = b'{"n": %d, "card": "4242-4242-4242-4242"}'
+
+
+def outbox(instance_id: str, count: int, body: bytes = b'{"n": %d}') -> list[OutboxMessage]:
     return [
         OutboxMessage(
             tenant_id=TENANT,
@@ -46,19 +51,26 @@ def outbox(instance_id: str, count: int) -> list[OutboxMessage]:
             message_id=f"{instance_id}:m{n}",
             exchange="",
             routing_key=QUEUE,
-            body=b'{"n": %d}' % n,
+            body=body % n,
             headers={"x-saga-message-id": f"{instance_id}:m{n}", "saga-step": "reserve"},
         )
         for n in range(count)
     ]
 
 
-async def write(store: Store, writer: int, instances: int, *, jitter: float = 0.0) -> set[str]:
+async def write(
+    store: Store,
+    writer: int,
+    instances: int,
+    *,
+    jitter: float = 0.0,
+    body: bytes = b'{"n": %d}',
+) -> set[str]:
     """Create ``instances`` instances with two outbox messages each, one commit apiece."""
     written: set[str] = set()
     for n in range(instances):
         instance_id = f"w{writer}-i{n}"
-        messages = outbox(instance_id, 2)
+        messages = outbox(instance_id, 2, body)
         [result] = await store.append([create(instance_id, outbox=messages)])
         assert result.status == "appended"
         written |= {m.message_id for m in messages}
@@ -209,6 +221,101 @@ async def test_two_relays_on_one_database_never_publish_a_row_twice(
     assert len(written) == 600
     exactly_once([m.message_id for m in received], written)
     assert sum(relay.counters.published for relay in relays) == 600
+
+
+async def keyed(url: str, keys: str) -> Store:
+    store = open_store(url, cipher=EventCipher.parse(keys))
+    await store.migrate()
+    return store
+
+
+async def raw_outbox(url: str) -> dict[str, tuple[bytes, str | None]]:
+    """message id -> (body, sealed_with), as a dump of the table shows them."""
+    async with RawDatabase(url) as db:
+        rows = await db.fetch("SELECT message_id, body, sealed_with FROM outbox")
+    return {row[0]: (bytes(row[1]), row[2]) for row in rows}
+
+
+def secret_body(message_id: str) -> bytes:
+    return SECRET_BODY % int(message_id.rpartition(":m")[2])
+
+
+async def test_sealed_messages_go_out_opened_and_keep_no_body(
+    store_url: str, amqp_url: str
+) -> None:
+    store = await keyed(store_url, f"k1={generate_key()}")
+    try:
+        written = await write(store, 0, 3, body=SECRET_BODY)
+        before = await raw_outbox(store_url)
+        async with (
+            QueueCollector(amqp_url, QUEUE) as inbox,
+            AmqpPublisher(settings(amqp_url)) as publisher,
+        ):
+            relay = OutboxRelay(store, publisher, poll_interval=0.05)
+            relay.start()
+            try:
+                await inbox.wait_for_count(len(written))
+                await eventually(lambda: backlog_is(store, 0))
+            finally:
+                await relay.stop()
+            received = await inbox.barrier()
+    finally:
+        await store.close()
+    assert set(before) == written
+    assert all(b"4242" not in body and key == "k1" for body, key in before.values())
+    exactly_once([m.message_id for m in received], written)
+    assert {m.message_id: m.body for m in received} == {mid: secret_body(mid) for mid in written}
+    assert await raw_outbox(store_url) == dict.fromkeys(written, (b"", None))
+
+
+async def test_a_rotated_key_still_opens_older_messages_and_nothing_goes_out_unopened(
+    store_url: str, amqp_url: str
+) -> None:
+    old, new = generate_key(), generate_key()
+    store = await keyed(store_url, f"k1={old}")
+    try:
+        older = await write(store, 0, 1, body=SECRET_BODY)
+    finally:
+        await store.close()
+    rotated = await keyed(store_url, f"k2={new},k1={old}")
+    forgotten = await keyed(store_url, f"k2={new}")
+    try:
+        newer = await write(rotated, 1, 1, body=SECRET_BODY)
+        assert {mid: key for mid, (_, key) in (await raw_outbox(store_url)).items()} == {
+            **dict.fromkeys(older, "k1"),
+            **dict.fromkeys(newer, "k2"),
+        }
+        async with (
+            QueueCollector(amqp_url, QUEUE) as inbox,
+            AmqpPublisher(settings(amqp_url)) as publisher,
+        ):
+            # k1 dropped too early: its messages are held back, the others are not.
+            relay = OutboxRelay(forgotten, publisher, poll_interval=0.05, lease_seconds=0.3)
+            relay.start()
+            try:
+                await inbox.wait_for_count(len(newer))
+                await wait_for(lambda: relay.counters.unreadable >= 2 * len(older))
+            finally:
+                await relay.stop()
+            assert "key 'k1', which is not configured" in str(relay.counters.last_error)
+            assert await rotated.outbox_backlog() == len(older)
+            # With k1 listed again (second), the older messages open and go out.
+            relay = OutboxRelay(rotated, publisher, poll_interval=0.05)
+            relay.start()
+            try:
+                await inbox.wait_for_count(len(older | newer))
+                await eventually(lambda: backlog_is(rotated, 0))
+            finally:
+                await relay.stop()
+            received = await inbox.barrier()
+    finally:
+        await rotated.close()
+        await forgotten.close()
+    exactly_once([m.message_id for m in received], older | newer)
+    assert [m.message_id for m in received[: len(newer)]] == sorted(newer)
+    assert {m.message_id: m.body for m in received} == {
+        mid: secret_body(mid) for mid in older | newer
+    }
 
 
 async def backlog_is(store: Store, count: int) -> bool:

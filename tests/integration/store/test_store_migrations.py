@@ -3,23 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from saga_orchestrator.store import InstanceStatus, Store, open_store
-from saga_orchestrator.store.migrator import latest_version, parse_migrations
+from saga_orchestrator.store import postgres as postgres_store
+from saga_orchestrator.store import sqlite as sqlite_store
+from saga_orchestrator.store.codec import to_micros
+from saga_orchestrator.store.migrator import (
+    Dialect,
+    Migration,
+    latest_version,
+    load_migrations,
+    parse_migrations,
+)
 
-from .support import TENANT, RawDatabase, create, update
+from .support import T0, TENANT, RawDatabase, create, update
 
 TABLES = {
     "definitions", "instances", "events", "timers", "start_keys", "outbox", "participants",
     "audit_log", "audit_heads", "tenant_limits",
 }  # fmt: skip
 """Tenant-owned tables (``shared_secrets`` is node-wide: keys every node of a cluster shares)."""
-LATEST = 10
+LATEST = 11
 MIGRATIONS = [
     (1, "initial"),
     (2, "participants_outbox_claims"),
@@ -31,6 +44,7 @@ MIGRATIONS = [
     (8, "row_level_security"),
     (9, "one_round_trip_batches"),
     (10, "one_round_trip_audited_batches"),
+    (11, "outbox_bodies_at_rest"),
 ]
 
 
@@ -142,3 +156,76 @@ async def test_many_processes_opening_a_new_sqlite_file_at_once_all_get_in(
             for store in stores:
                 await store.close()
         assert versions == [LATEST] * 6
+
+
+def _up_to(version: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the stores ship the migrations up to ``version`` only (until ``monkeypatch.undo``)."""
+
+    def shipped(dialect: Dialect) -> tuple[Migration, ...]:
+        return tuple(m for m in load_migrations(dialect) if m.version <= version)
+
+    monkeypatch.setattr(postgres_store, "load_migrations", shipped)
+    monkeypatch.setattr(sqlite_store, "load_migrations", shipped)
+
+
+@contextlib.asynccontextmanager
+async def _owned_by_a_login_that_is_not_a_superuser(url: str) -> AsyncIterator[str]:
+    """``url`` as a new login that owns the outbox table (as a production owner would,
+    without bypassing row-level security); yields that login's URL."""
+    role = f"saga_owner_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        await admin.execute(
+            f'GRANT USAGE, CREATE ON SCHEMA public TO "{role}";'
+            f'GRANT ALL ON schema_migrations TO "{role}";'
+            f'ALTER TABLE outbox OWNER TO "{role}"'
+        )
+        parts = urlsplit(url)
+        yield urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}"))
+    finally:
+        await admin.execute(f'REASSIGN OWNED BY "{role}" TO CURRENT_USER; DROP OWNED BY "{role}"')
+        await admin.execute(f'DROP ROLE "{role}"')
+        await admin.close()
+
+
+async def test_version_11_erases_the_bodies_of_messages_published_before_it(
+    empty_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _up_to(10, monkeypatch)
+    store = open_store(empty_store_url)
+    try:
+        assert await store.migrate() == 10
+    finally:
+        await store.close()
+    monkeypatch.undo()
+    async with RawDatabase(empty_store_url) as db:
+        when = T0 if db.dialect == "postgres" else to_micros(T0)
+        for message_id, published_at in (("sent", when), ("waiting", None)):
+            await db.execute(
+                "INSERT INTO outbox (tenant_id, instance_id, message_id, exchange, routing_key,"
+                " body, headers, created_at, published_at)"
+                " VALUES (?, 'i-1', ?, '', 'q', ?, ?, ?, ?)",
+                TENANT,
+                message_id,
+                b'{"card": "4242"}',
+                '{"saga-step": "charge"}',
+                when,
+                published_at,
+            )
+    async with contextlib.AsyncExitStack() as stack:
+        url = empty_store_url
+        if not url.startswith("sqlite:"):
+            url = await stack.enter_async_context(_owned_by_a_login_that_is_not_a_superuser(url))
+        store = open_store(url)
+        try:
+            assert await store.migrate() == LATEST
+        finally:
+            await store.close()
+    async with RawDatabase(empty_store_url) as db:
+        rows = await db.fetch("SELECT message_id, body, sealed_with, headers FROM outbox")
+    assert sorted((r[0], bytes(r[1]), r[2]) for r in rows) == [
+        ("sent", b"", None),
+        ("waiting", b'{"card": "4242"}', None),  # still to publish: the relay needs it
+    ]
+    assert all("charge" in str(r[3]) for r in rows)

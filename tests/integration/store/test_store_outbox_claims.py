@@ -40,8 +40,13 @@ async def test_published_messages_are_never_claimed_again(store: Store, store_ur
     assert [row.id for row in again] == [claimed[1].id, claimed[3].id]
     assert [row.attempts for row in again] == [2, 2]
     async with RawDatabase(store_url) as db:
-        rows = await db.fetch("SELECT published_at IS NOT NULL FROM outbox ORDER BY id")
+        rows = await db.fetch(
+            "SELECT published_at IS NOT NULL, body, headers FROM outbox ORDER BY id"
+        )
     assert [bool(r[0]) for r in rows] == [True, False, True, False]
+    # Publishing erased the bodies (no encryption here: they were plain), not the headers.
+    assert [bytes(r[1]) for r in rows] == [b"", b'{"amount": 10}'] * 2
+    assert all("idempotency-key" in str(r[2]) for r in rows)
 
 
 async def test_released_messages_can_be_claimed_at_once(store: Store) -> None:

@@ -75,7 +75,7 @@ async def test_outbox_rows_commit_with_their_events(store: Store, store_url: str
     async with RawDatabase(store_url) as db:
         rows = await db.fetch(
             "SELECT tenant_id, instance_id, message_id, exchange, routing_key, body, headers,"
-            " published_at, attempts FROM outbox ORDER BY id"
+            " published_at, attempts, sealed_with FROM outbox ORDER BY id"
         )
     assert [(r[0], r[1], r[2], r[3], r[4], bytes(r[5])) for r in rows] == [
         (TENANT, "a", mid, "saga.steps", f"payments.{mid}", b'{"amount": 10}')
@@ -84,7 +84,7 @@ async def test_outbox_rows_commit_with_their_events(store: Store, store_url: str
     assert [orjson.loads(r[6]) for r in rows] == [
         {"idempotency-key": mid} for mid in ("a:charge:action", "a:ship:action", "a:notify:action")
     ]
-    assert [(r[7], r[8]) for r in rows] == [(None, 0)] * 3
+    assert [(r[7], r[8], r[9]) for r in rows] == [(None, 0, None)] * 3  # no keys: not sealed
 
 
 async def test_an_outbox_message_is_written_once(store: Store, store_url: str) -> None:
