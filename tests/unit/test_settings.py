@@ -13,7 +13,14 @@ from saga_orchestrator.settings import (
     mask_password,
 )
 
-VARIABLES = ("DATABASE_URL", "MAX_CONCURRENT_SAGAS", "LOG_LEVEL", "TENANT_ID")
+VARIABLES = (
+    "DATABASE_URL",
+    "MAX_CONCURRENT_SAGAS",
+    "LOG_LEVEL",
+    "TENANT_ID",
+    "SECRETS_DIR",
+    "SECRET_ENV_TENANTS",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -166,3 +173,28 @@ def test_pool_size_and_leader_lease_refuse_nonsense(
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigurationError, match=name):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("environ", "tenants"),
+    [
+        ({}, ["default"]),
+        ({"TENANT_ID": "acme"}, ["acme"]),
+        ({"SECRET_ENV_TENANTS": "acme, globex,"}, ["acme", "globex"]),
+        ({"SECRET_ENV_TENANTS": "*"}, ["*"]),
+        ({"SECRET_ENV_TENANTS": ""}, []),
+    ],
+)
+def test_env_secrets_are_for_the_nodes_own_tenant_unless_configured(
+    monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], tenants: list[str]
+) -> None:
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+
+    assert load_settings().secret_env_tenant_ids() == tenants
+
+
+def test_secrets_dir_is_unset_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().secrets_dir is None
+    monkeypatch.setenv("SECRETS_DIR", "/run/saga-secrets")
+    assert load_settings().secrets_dir == "/run/saga-secrets"
