@@ -59,6 +59,7 @@ from saga_orchestrator.transports.breaker import BreakerBook, BreakerSnapshot
 from saga_orchestrator.transports.handlers import HandlerRegistry
 from saga_orchestrator.transports.http import HttpTransport, Resolver
 from saga_orchestrator.transports.inprocess import InProcessTransport
+from saga_orchestrator.transports.secrets import SecretPolicy
 
 log = logging.getLogger("saga_orchestrator")
 
@@ -96,8 +97,12 @@ class Orchestrator:
         max_takeovers: int = 3,
         retention_days: float | None = None,
         tune_gc: bool = False,
+        secrets: SecretPolicy | None = None,
     ) -> None:
-        """``tune_gc``: at :meth:`open`, tune this process's garbage collector for throughput
+        """``secrets``: what the secret references of participant services may reach; by
+        default environment variables ``SAGA_SECRET_*`` for ``tenant_id`` only, and no files.
+
+        ``tune_gc``: at :meth:`open`, tune this process's garbage collector for throughput
         (:func:`~saga_orchestrator.engine.collector.tune_garbage_collector`: freeze the start-up
         heap, raise the thresholds; about 20 % less CPU per saga under load). Off by default
         because it is process-wide state that belongs to the host application."""
@@ -116,7 +121,8 @@ class Orchestrator:
                 "CLUSTER_ENABLED needs a PostgreSQL DATABASE_URL: an embedded SQLite file "
                 "serves a single node"
             )
-        self.participants = ParticipantRegistry(self.store)
+        secrets = secrets if secrets is not None else SecretPolicy.of([tenant_id])
+        self.participants = ParticipantRegistry(self.store, secrets=secrets)
         # The ceilings bind what the API lets a tenant's admins set; embedded, the caller is
         # the operator and none is needed.
         self.tenant_limits = TenantLimitsBook(self.store, ceilings=limit_ceilings)
@@ -135,6 +141,7 @@ class Orchestrator:
             breakers=self.breakers,
             resolver=resolver,
             callback_base_url=callback_base_url,
+            secrets=secrets,
         )
         self.amqp: AmqpSettings | None = None if amqp_url is None else AmqpSettings(amqp_url)
         self.publisher: AmqpPublisher | None = None

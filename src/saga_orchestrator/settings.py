@@ -149,6 +149,15 @@ class Settings(BaseSettings):
     integration_events: str = ""
     """Tenants whose sagas publish lifecycle events to the ``saga.events`` topic exchange:
     comma-separated tenant ids, or ``*`` for all (needs AMQP_URL). Empty: none."""
+    secrets_dir: str | None = Field(default=None, min_length=1)
+    """A directory holding one directory per tenant (``SECRETS_DIR/<tenant id>/``): a
+    participant service's ``file`` secret references and TLS files are relative paths in its
+    tenant's directory, and cannot leave it. Unset: file references are refused."""
+    secret_env_tenants: str | None = None
+    """Tenants whose participant services may reference environment variables (only
+    ``SAGA_SECRET_*`` ones): comma-separated tenant ids, or ``*`` for all. Variables are
+    shared by every tenant of the node, so this is an opt-in. Unset: ``TENANT_ID`` only (a
+    single-tenant install keeps working); empty: none."""
     saga_versioning_enabled: bool = True
     """Off: a saga name keeps its first version (registering another is refused)."""
     parallel_execution_enabled: bool = True
@@ -165,6 +174,11 @@ class Settings(BaseSettings):
 
     def integration_event_tenants(self) -> list[str]:
         return [t.strip() for t in self.integration_events.split(",") if t.strip()]
+
+    def secret_env_tenant_ids(self) -> list[str]:
+        if self.secret_env_tenants is None:
+            return [self.tenant_id]
+        return [t.strip() for t in self.secret_env_tenants.split(",") if t.strip()]
 
     def feature_flags(self) -> FeatureFlags:
         # Imported here: loading settings (every CLI command) must not load the language.

@@ -312,7 +312,7 @@ def test_participants_put_list_show_and_delete(server: str, tmp_path: Path) -> N
     settings = tmp_path / "inventory.yaml"
     settings.write_text(
         "base_url: https://inventory.example.com/v1\n"
-        "headers:\n  Authorization: {secret: {env: INVENTORY_TOKEN}, prefix: 'Bearer '}\n"
+        "headers:\n  Authorization: {secret: {env: SAGA_SECRET_INVENTORY}, prefix: 'Bearer '}\n"
     )
     put = saga("participants", "put", "inventory", str(settings), url=server)
     assert put.returncode == 0, put.stderr
@@ -323,7 +323,7 @@ def test_participants_put_list_show_and_delete(server: str, tmp_path: Path) -> N
     assert "https://inventory.example.com/v1" in listed.stdout
     shown = saga("participants", "show", "inventory", url=server)
     entry = orjson.loads(shown.stdout)
-    assert entry["service"]["headers"]["Authorization"]["secret"]["env"] == "INVENTORY_TOKEN"
+    assert entry["service"]["headers"]["Authorization"]["secret"]["env"] == "SAGA_SECRET_INVENTORY"
     as_json = saga("participants", "list", "-o", "json", url=server)
     assert [p["name"] for p in orjson.loads(as_json.stdout)] == ["inventory"]
     deleted = saga("participants", "delete", "inventory", url=server)

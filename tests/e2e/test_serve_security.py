@@ -206,11 +206,16 @@ def stored_bytes(directory: Path) -> list[str]:
 
 
 async def test_a_participant_secret_never_shows(tmp_path: Path) -> None:
-    """The secret is in the node's environment only; the participant echoes every header it
-    gets back in its errors; every answer, event, log line and error of the run is searched."""
+    """One secret is in the node's environment only, another in a file of the tenant's
+    secrets directory; the participant echoes the headers it gets back in its errors; every
+    answer, event, log line and error of the run is searched."""
     secret = "s3cr3t-" + secrets.token_hex(16)
+    file_secret = "f1le-" + secrets.token_hex(16)
+    secrets_dir = tmp_path / "secrets"
+    (secrets_dir / "default").mkdir(parents=True)  # the node's (and the token's) tenant
+    (secrets_dir / "default" / "shop-key").write_text(file_secret + "\n")
     async with StubParticipant() as stub:
-        env = {**SERVER_ENV, "SHOP_TOKEN": secret}
+        env = {**SERVER_ENV, "SAGA_SECRET_SHOP": secret, "SECRETS_DIR": str(secrets_dir)}
         with serving(tmp_path, env=env) as (url, _process, log):
             async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=10) as api:
                 seen: list[str] = []
@@ -223,9 +228,13 @@ async def test_a_participant_secret_never_shows(tmp_path: Path) -> None:
                 service = {
                     "base_url": stub.base_url,
                     "allow_private_network": True,
-                    "headers": {"Authorization": {"secret": {"env": "SHOP_TOKEN"}}},
+                    "headers": {
+                        "Authorization": {"secret": {"env": "SAGA_SECRET_SHOP"}},
+                        "X-Shop-Key": {"secret": {"file": "shop-key"}},
+                    },
                 }
-                await call("PUT", "/api/v1/participants/shop", json=service)
+                put = await call("PUT", "/api/v1/participants/shop", json=service)
+                assert put.status_code == 201, put.text
                 definition = {
                     "name": "leaky",
                     "version": "1.0.0",
@@ -239,9 +248,13 @@ async def test_a_participant_secret_never_shows(tmp_path: Path) -> None:
                 }
                 await call("POST", "/api/v1/sagas/definitions", json=definition)
                 # The participant echoes the credential it received in its error answers.
-                stub.script("/charge", Reply(status=500, json={"detail": f"you sent {secret}"}))
+                stub.script(
+                    "/charge",
+                    Reply(status=500, json={"detail": f"you sent {secret} {file_secret}"}),
+                )
                 stub.set_default(
-                    Reply(status=400, json={"title": f"bad token {secret}"}), path="/charge"
+                    Reply(status=400, json={"title": f"bad key {file_secret} {secret}"}),
+                    path="/charge",
                 )
                 started = await call(
                     "POST", "/api/v1/sagas/instances", json={"saga_name": "leaky", "context": {}}
@@ -260,8 +273,10 @@ async def test_a_participant_secret_never_shows(tmp_path: Path) -> None:
                 assert metrics.status_code == 200
         # The participant did get it: the test is not vacuous.
         assert stub.calls and stub.calls[0].headers["authorization"] == secret
+        assert stub.calls[0].headers["x-shop-key"] == file_secret
     stored = stored_bytes(tmp_path)
     produced = [*seen, log.read_text(), *stored]
     assert len(stored) >= 1
     for text in produced:
         assert secret not in text
+        assert file_secret not in text

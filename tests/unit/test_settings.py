@@ -17,7 +17,15 @@ from saga_orchestrator.settings import (
     mask_password,
 )
 
-VARIABLES = ("DATABASE_URL", "MAX_CONCURRENT_SAGAS", "LOG_LEVEL", "TENANT_ID", "METRICS_TOKEN")
+VARIABLES = (
+    "DATABASE_URL",
+    "MAX_CONCURRENT_SAGAS",
+    "LOG_LEVEL",
+    "TENANT_ID",
+    "METRICS_TOKEN",
+    "SECRETS_DIR",
+    "SECRET_ENV_TENANTS",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -308,3 +316,28 @@ def test_a_bad_ceiling_is_refused_at_startup_naming_it(
     with pytest.raises(ConfigurationError) as caught:
         load_settings()
     assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    ("environ", "tenants"),
+    [
+        ({}, ["default"]),
+        ({"TENANT_ID": "acme"}, ["acme"]),
+        ({"SECRET_ENV_TENANTS": "acme, globex,"}, ["acme", "globex"]),
+        ({"SECRET_ENV_TENANTS": "*"}, ["*"]),
+        ({"SECRET_ENV_TENANTS": ""}, []),
+    ],
+)
+def test_env_secrets_are_for_the_nodes_own_tenant_unless_configured(
+    monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], tenants: list[str]
+) -> None:
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+
+    assert load_settings().secret_env_tenant_ids() == tenants
+
+
+def test_secrets_dir_is_unset_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().secrets_dir is None
+    monkeypatch.setenv("SECRETS_DIR", "/run/saga-secrets")
+    assert load_settings().secrets_dir == "/run/saga-secrets"

@@ -18,6 +18,9 @@ from saga_orchestrator.errors import InvalidCompletionToken
 from saga_orchestrator.store import AuditEntry
 from saga_orchestrator.transports.base import StepOutcome
 from saga_orchestrator.transports.breaker import BreakerSnapshot
+from saga_orchestrator.transports.secrets import is_credential_header
+
+REDACTED = "[redacted]"
 
 
 class _Model(BaseModel):
@@ -112,8 +115,23 @@ class ParticipantsApi:
                     retry_after=snap.retry_after,
                 )
         return ParticipantOut(
-            name=record.name, version=record.version, service=record.service, circuit_breaker=status
+            name=record.name,
+            version=record.version,
+            service=_shown(record.service),
+            circuit_breaker=status,
         )
+
+
+def _shown(service: ParticipantService) -> ParticipantService:
+    """The entry as the API shows it: a credential stored as a plain string before such
+    entries were refused is hidden (the transport refuses to send it too)."""
+    literal = {
+        k for k, v in service.headers.items() if isinstance(v, str) and is_credential_header(k)
+    }
+    if not literal:
+        return service
+    shown = {k: REDACTED if k in literal else v for k, v in service.headers.items()}
+    return service.model_copy(update={"headers": shown})
 
 
 class CallbackApi:

@@ -33,6 +33,7 @@ from saga_orchestrator.security.tokens import (
 )
 from saga_orchestrator.settings import Settings
 from saga_orchestrator.transports.handlers import HandlerRegistry
+from saga_orchestrator.transports.secrets import SecretPolicy
 
 log = logging.getLogger("saga_orchestrator.serve")
 
@@ -101,6 +102,7 @@ async def serve(
         max_takeovers=settings.max_takeovers,
         retention_days=settings.retention_days,
         tune_gc=True,  # this process is ours: see engine/collector.py
+        secrets=secret_policy(settings),
     )
     await orchestrator.open()
     # A tenant well inside its limits is admitted without a round trip to Redis; near a limit
@@ -157,6 +159,15 @@ def request_limits(settings: Settings) -> RequestLimits:
 
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def secret_policy(settings: Settings) -> SecretPolicy:
+    """What participant services' secret references may reach (transports/secrets.py)."""
+    directory = settings.secrets_dir
+    if directory is not None and not Path(directory).is_dir():
+        # Caught here rather than as every file reference failing at call time.
+        raise ConfigurationError(f"SECRETS_DIR: {directory} is not a directory")
+    return SecretPolicy.of(settings.secret_env_tenant_ids(), directory)
 
 
 def authentication(settings: Settings, host: str) -> tuple[Authenticator, str | None]:

@@ -3,6 +3,10 @@
 It is also the HTTP transport's directory. Lookups are cached for :data:`LOOKUP_TTL` seconds so
 a step costs no store read; this node's own changes take effect at once, another node's within
 the TTL.
+
+An entry is refused before it is stored if its secret references or TLS files reach what the
+node's :class:`~saga_orchestrator.transports.secrets.SecretPolicy` does not give its tenant, or
+if it holds a credential as a plain string (the transport checks again at every call).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pydantic import ValidationError
 from saga_orchestrator.definition.participants import ParticipantRecord, ParticipantService
 from saga_orchestrator.errors import ConfigurationError, InvalidInput, NotFound
 from saga_orchestrator.store import AuditEntry, ParticipantEntry, Store
+from saga_orchestrator.transports.secrets import SecretPolicy
 
 log = logging.getLogger("saga_orchestrator.participants")
 
@@ -30,8 +35,10 @@ class Saved:
 
 
 class ParticipantRegistry:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, secrets: SecretPolicy | None = None) -> None:
+        """``secrets``: what each tenant's secret references may reach (default: nothing)."""
         self._store = store
+        self._secrets = secrets if secrets is not None else SecretPolicy()
         self._cache: dict[tuple[str, str], tuple[float, ParticipantRecord | None]] = {}
         self._reads: dict[tuple[str, str], asyncio.Future[ParticipantRecord | None]] = {}
         self.lookup_ttl = LOOKUP_TTL
@@ -44,6 +51,9 @@ class ParticipantRegistry:
         *,
         audit: AuditEntry | None = None,
     ) -> Saved:
+        problems = self._secrets.problems(tenant_id, service)
+        if problems:
+            raise InvalidInput(f"invalid participant service: {'; '.join(problems)}")
         config = service.model_dump(mode="json", exclude_defaults=True)
         version = await self._store.put_participant(tenant_id, name, config, audit)
         record = ParticipantRecord(name=name, service=service, version=version)

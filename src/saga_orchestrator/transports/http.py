@@ -4,7 +4,9 @@ One attempt, in order; each refusal happens before anything is sent:
 
 1. the service is looked up in the tenant's registry (``ParticipantNotRegistered``);
 2. the URL is the base URL plus the rendered path, and must stay under the base
-   (``DestinationRefused``); secret headers are resolved (``SecretUnavailable``);
+   (``DestinationRefused``); secret headers are resolved (``SecretUnavailable``), if the
+   node's rules let the tenant reach them (``SecretRefused``, like a literal credential
+   header or a TLS file out of the tenant's secrets directory);
 3. the service's circuit breaker admits the call (``CircuitOpen``, not budgeted) and a
    concurrency slot frees up;
 4. the host is resolved and *every* address must be public unless the entry allows private
@@ -59,14 +61,20 @@ from saga_orchestrator.definition.participants import (
     ParticipantRecord,
     ParticipantService,
     SecretHeader,
-    TlsSettings,
 )
 from saga_orchestrator.errors import SagaError
 from saga_orchestrator.transports.base import HttpCallSpec, StepOutcome, StepRequest
 from saga_orchestrator.transports.breaker import BreakerBook
 from saga_orchestrator.transports.http_wire import WireTransport
 from saga_orchestrator.transports.pacing import TokenBucket
-from saga_orchestrator.transports.secrets import SecretUnavailable, resolve_secret
+from saga_orchestrator.transports.secrets import (
+    SecretPolicy,
+    SecretRefused,
+    SecretUnavailable,
+    is_credential_header,
+    literal_credential_reason,
+    resolve_secret,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +147,9 @@ class _Profile:
     """httpx's defaults, the ``User-Agent``, then the service's plain headers."""
     secrets: dict[str, tuple[str, SecretHeader]]
     """The service's secret headers, resolved at every call (secrets rotate)."""
+    literal_credentials: tuple[str, ...] = ()
+    """Headers holding a credential as a plain string (registered under older rules): the
+    service is not called until it is registered again with references."""
 
 
 @dataclass(slots=True, eq=False)
@@ -182,11 +193,14 @@ class HttpTransport:
         resolver: Resolver | None = None,
         environ: Mapping[str, str] | None = None,
         callback_base_url: str | None = None,
+        secrets: SecretPolicy | None = None,
     ) -> None:
+        """``secrets``: what each tenant's secret references may reach (default: nothing)."""
         self.directory = directory
         self.breakers = breakers if breakers is not None else BreakerBook()
         self._resolver = resolver or system_resolver
         self._environ = environ if environ is not None else os.environ
+        self._secrets = secrets if secrets is not None else SecretPolicy()
         self._callback_base_url = callback_base_url.rstrip("/") if callback_base_url else None
         self._channels: dict[tuple[str, str], _Channel] = {}
         self._retired: set[_Channel] = set()
@@ -231,6 +245,12 @@ class HttpTransport:
 
     def _prepare(self, profile: _Profile, spec: HttpCallSpec, request: StepRequest) -> _Prepared:
         target = _target(profile.service.base_url, spec.path)
+        if profile.literal_credentials:
+            name = profile.literal_credentials[0]
+            raise CallRefused(
+                "SecretRefused",
+                f"{literal_credential_reason(name)}; register the service again",
+            )
         headers, secrets = self._headers(profile, spec, request)
         method = spec.method.upper()
         content = None
@@ -256,7 +276,12 @@ class HttpTransport:
         secrets: list[str] = []
         for lower, (name, value) in profile.secrets.items():
             try:
-                secret = resolve_secret(value.secret, self._environ)
+                secret = resolve_secret(
+                    value.secret, self._environ, tenant_id=request.tenant_id, policy=self._secrets
+                )
+            except SecretRefused as error:
+                # Retrying cannot help: the entry or the node's settings must change.
+                raise CallRefused("SecretRefused", str(error)) from None
             except SecretUnavailable as error:
                 raise CallRefused("SecretUnavailable", str(error), retryable=True) from None
             secrets.append(secret)
@@ -295,7 +320,7 @@ class HttpTransport:
         if current is not None and current.version == record.version:
             return current
         try:
-            wire = _wire(record.service)
+            wire = _wire(record.service, self._tls_files(tenant_id, record))
         except OSError as error:  # ssl.SSLError is an OSError
             raise CallRefused(
                 "TlsUnavailable",
@@ -314,6 +339,23 @@ class HttpTransport:
             self._retired.add(current)
             await self._close_if_idle(current)
         return self._channels[key]
+
+    def _tls_files(self, tenant_id: str, record: ParticipantRecord) -> _TlsFiles:
+        """The service's TLS files, each under the tenant's secrets directory: the TLS library
+        reads them, and an error loading one would tell whether a node file exists."""
+        tls = record.service.tls
+        located: list[str | None] = []
+        for field, path in (
+            ("ca_file", tls.ca_file),
+            ("client_cert", tls.client_cert),
+            ("client_key", tls.client_key),
+        ):
+            try:
+                located.append(None if path is None else str(self._secrets.locate(tenant_id, path)))
+            except SecretRefused as refused:
+                message = f"tls.{field} of {record.name!r}: {refused.reference} {refused.reason}"
+                raise CallRefused("SecretRefused", message) from None
+        return _TlsFiles(*located)
 
     async def _close_if_idle(self, channel: _Channel) -> None:
         if channel.retired and channel.users == 0 and channel in self._retired:
@@ -649,11 +691,12 @@ def _breaker_verdict(outcome: StepOutcome) -> bool | None:
     return error.retryable
 
 
-def _wire(service: ParticipantService) -> WireTransport:
+def _wire(service: ParticipantService, files: _TlsFiles) -> WireTransport:
     """The service's connections: never through a proxy, which would route around the
     address check."""
     return WireTransport(
-        ssl_context=_ssl_context(service.tls), max_idle_per_origin=service.max_concurrency
+        ssl_context=_ssl_context(service.tls.verify, files),
+        max_idle_per_origin=service.max_concurrency,
     )
 
 
@@ -661,24 +704,42 @@ def _profile_of(service: ParticipantService) -> _Profile:
     headers = {name.lower(): _header(name, value) for name, value in _DEFAULT_HEADERS}
     headers["user-agent"] = _header("User-Agent", USER_AGENT)
     secrets: dict[str, tuple[str, SecretHeader]] = {}
+    literals: dict[str, str] = {}
     for name, value in service.headers.items():
         lower = name.lower()
         headers.pop(lower, None)  # a later entry of the same name wins
         secrets.pop(lower, None)
+        literals.pop(lower, None)
         if isinstance(value, SecretHeader):
             secrets[lower] = (name, value)
+        elif is_credential_header(name):
+            literals[lower] = name
         elif lower not in _OWN:
             headers[lower] = _header(name, value)
-    return _Profile(service=service, headers=headers, secrets=secrets)
+    return _Profile(
+        service=service,
+        headers=headers,
+        secrets=secrets,
+        literal_credentials=tuple(literals.values()),
+    )
 
 
-def _ssl_context(tls: TlsSettings) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=tls.ca_file)
-    if not tls.verify:
+@dataclass(frozen=True, slots=True)
+class _TlsFiles:
+    """A service's TLS files, located in its tenant's secrets directory."""
+
+    ca_file: str | None
+    client_cert: str | None
+    client_key: str | None
+
+
+def _ssl_context(verify: bool, files: _TlsFiles) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=files.ca_file)
+    if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    if tls.client_cert:
-        context.load_cert_chain(tls.client_cert, tls.client_key)
+    if files.client_cert:
+        context.load_cert_chain(files.client_cert, files.client_key)
     return context
 
 

@@ -15,7 +15,9 @@ BASE = "/api/v1/participants"
 async def test_register_read_replace_and_delete(client: httpx.AsyncClient) -> None:
     body = {
         "base_url": "https://inventory.example.com/v1",
-        "headers": {"Authorization": {"secret": {"env": "INVENTORY_TOKEN"}, "prefix": "Bearer "}},
+        "headers": {
+            "Authorization": {"secret": {"env": "SAGA_SECRET_INVENTORY"}, "prefix": "Bearer "}
+        },
         "timeout": "5s",
     }
     created = await client.put(f"{BASE}/inventory", json=body)
@@ -28,7 +30,7 @@ async def test_register_read_replace_and_delete(client: httpx.AsyncClient) -> No
     read = await client.get(f"{BASE}/inventory")
     assert read.status_code == 200
     header = read.json()["service"]["headers"]["Authorization"]  # a reference, never a value
-    assert (header["secret"]["env"], header["prefix"]) == ("INVENTORY_TOKEN", "Bearer ")
+    assert (header["secret"]["env"], header["prefix"]) == ("SAGA_SECRET_INVENTORY", "Bearer ")
     listed = await client.get(BASE)
     assert [item["name"] for item in listed.json()["items"]] == ["inventory"]
     assert (await client.delete(f"{BASE}/inventory")).status_code == 204

@@ -28,6 +28,7 @@ from saga_orchestrator.definition.participants import (
 from saga_orchestrator.transports.base import HttpCallSpec, StepOutcome, StepRequest
 from saga_orchestrator.transports.breaker import BreakerBook, BreakerState
 from saga_orchestrator.transports.http import HttpTransport, Resolver
+from saga_orchestrator.transports.secrets import SecretPolicy
 from tests.support.stub_participant import Canary, Reply, StubParticipant, StubTls
 
 TENANT = "acme"
@@ -131,8 +132,21 @@ def directory() -> Directory:
 
 
 @pytest.fixture
-async def transport(directory: Directory) -> AsyncIterator[HttpTransport]:
-    http = HttpTransport(directory, callback_base_url=CALLBACK, environ={})
+def secrets_dir(tmp_path: Path) -> Path:
+    """``SECRETS_DIR``, with the tenant's directory made."""
+    root = tmp_path / "secrets"
+    (root / TENANT).mkdir(parents=True)
+    return root
+
+
+@pytest.fixture
+async def transport(directory: Directory, secrets_dir: Path) -> AsyncIterator[HttpTransport]:
+    http = HttpTransport(
+        directory,
+        callback_base_url=CALLBACK,
+        environ={},
+        secrets=SecretPolicy.of([TENANT], secrets_dir),
+    )
     yield http
     await http.aclose()
 
@@ -407,9 +421,9 @@ async def test_a_connection_dropped_after_sending_is_unknown(
 
 
 async def test_secret_headers_come_from_the_environment_and_from_files(
-    directory: Directory, stub: StubParticipant, tmp_path: Path
+    directory: Directory, stub: StubParticipant, secrets_dir: Path
 ) -> None:
-    token_file = tmp_path / "api-key"
+    token_file = secrets_dir / TENANT / "api-key"
     token_file.write_text("file-secret\n")
     directory.register(
         "orders",
@@ -417,14 +431,18 @@ async def test_secret_headers_come_from_the_environment_and_from_files(
             stub.base_url,
             headers={
                 "Authorization": SecretHeader(
-                    secret=SecretRef(env="ORDERS_TOKEN"), prefix="Bearer "
+                    secret=SecretRef(env="SAGA_SECRET_ORDERS"), prefix="Bearer "
                 ),
-                "X-Api-Key": SecretHeader(secret=SecretRef(file=str(token_file))),
+                "X-Api-Key": SecretHeader(secret=SecretRef(file="api-key")),
                 "X-Plain": "plain",
             },
         ),
     )
-    transport = HttpTransport(directory, environ={"ORDERS_TOKEN": "env-secret"})
+    transport = HttpTransport(
+        directory,
+        environ={"SAGA_SECRET_ORDERS": "env-secret"},
+        secrets=SecretPolicy.of([TENANT], secrets_dir),
+    )
     try:
         await transport.call(step())
         token_file.write_text("rotated")
@@ -440,10 +458,9 @@ async def test_secret_headers_come_from_the_environment_and_from_files(
 
 
 async def test_a_missing_secret_is_retryable_names_the_reference_and_sends_nothing(
-    directory: Directory, transport: HttpTransport, stub: StubParticipant, tmp_path: Path
+    directory: Directory, transport: HttpTransport, stub: StubParticipant
 ) -> None:
-    missing = tmp_path / "nope"
-    for header in (SecretRef(env="NOT_SET"), SecretRef(file=str(missing))):
+    for header in (SecretRef(env="SAGA_SECRET_NOT_SET"), SecretRef(file="nope")):
         directory.register(
             "orders", local(stub.base_url, headers={"X-Key": SecretHeader(secret=header)})
         )
@@ -451,7 +468,7 @@ async def test_a_missing_secret_is_retryable_names_the_reference_and_sends_nothi
         error = error_of(await transport.call(step()))
 
         assert (error.type, error.retryable, error.unknown) == ("SecretUnavailable", True, False)
-        assert ("env:NOT_SET" if header.env else f"file:{missing}") in error.message
+        assert ("env:SAGA_SECRET_NOT_SET" if header.env else "file:nope") in error.message
     assert stub.calls == []
 
 
@@ -460,16 +477,102 @@ async def test_secret_values_never_appear_in_error_messages(
 ) -> None:
     directory.register(
         "orders",
-        local(stub.base_url, headers={"X-Key": SecretHeader(secret=SecretRef(env="KEY"))}),
+        local(
+            stub.base_url,
+            headers={"X-Key": SecretHeader(secret=SecretRef(env="SAGA_SECRET_KEY"))},
+        ),
     )
     stub.script("/orders", Reply(status=401, body=b"bad key s3cr3t-value, try again"))
-    transport = HttpTransport(directory, environ={"KEY": "s3cr3t-value"})
+    transport = HttpTransport(
+        directory,
+        environ={"SAGA_SECRET_KEY": "s3cr3t-value"},
+        secrets=SecretPolicy.of([TENANT]),
+    )
     try:
         error = error_of(await transport.call(step()))
     finally:
         await transport.aclose()
 
     assert error.message == "bad key [redacted], try again"
+
+
+NODE_ENVIRON = {"JWT_SECRET": "node-jwt-key", "SAGA_SECRET_ORDERS": "env-secret"}
+
+
+@pytest.mark.parametrize(
+    ("ref", "policy"),
+    [
+        # Registered before the rules, or on a node with other settings:
+        ({"env": "JWT_SECRET"}, "allowed"),
+        ({"file": "/proc/self/environ"}, "allowed"),
+        ({"file": "../other/token"}, "allowed"),
+        # Settings changed since registration:
+        ({"env": "SAGA_SECRET_ORDERS"}, "no env"),
+        ({"file": "token"}, "no dir"),
+    ],
+)
+async def test_a_reference_the_rules_refuse_at_call_time_is_not_sent(
+    directory: Directory, stub: StubParticipant, secrets_dir: Path, ref: dict[str, str], policy: str
+) -> None:
+    (secrets_dir / TENANT / "token").write_text("file-secret")
+    (secrets_dir / "other").mkdir()
+    (secrets_dir / "other" / "token").write_text("other-secret")
+    policies = {
+        "allowed": SecretPolicy.of([TENANT], secrets_dir),
+        "no env": SecretPolicy.of([], secrets_dir),
+        "no dir": SecretPolicy.of([TENANT]),
+    }
+    directory.register("orders", local(stub.base_url, headers={"X-Key": {"secret": ref}}))
+    transport = HttpTransport(directory, environ=NODE_ENVIRON, secrets=policies[policy])
+    try:
+        error = error_of(await transport.call(step()))
+    finally:
+        await transport.aclose()
+
+    assert (error.type, error.retryable, error.unknown) == ("SecretRefused", False, False)
+    [(source, name)] = ref.items()
+    assert error.message.startswith(f"secret {source}:{name} is refused: ")
+    for value in ("node-jwt-key", "env-secret", "file-secret", "other-secret"):
+        assert value not in error.message
+    assert stub.calls == []
+
+
+async def test_a_link_swapped_out_of_the_tenant_directory_after_registration_is_refused(
+    directory: Directory,
+    transport: HttpTransport,
+    stub: StubParticipant,
+    secrets_dir: Path,
+    tmp_path: Path,
+) -> None:
+    (secrets_dir / TENANT / "v1").write_text("file-secret")
+    (tmp_path / "node-file").write_text("node-secret")
+    link = secrets_dir / TENANT / "token"
+    link.symlink_to("v1")
+    directory.register(
+        "orders", local(stub.base_url, headers={"X-Key": {"secret": {"file": "token"}}})
+    )
+
+    assert (await transport.call(step())).succeeded
+    link.unlink()
+    link.symlink_to(tmp_path / "node-file")
+    error = error_of(await transport.call(step()))
+
+    assert (error.type, error.retryable) == ("SecretRefused", False)
+    assert "leads out of the tenant's secrets directory" in error.message
+    assert [call.headers["x-key"] for call in stub.calls] == ["file-secret"]
+
+
+async def test_a_literal_credential_registered_under_older_rules_is_not_sent(
+    directory: Directory, transport: HttpTransport, stub: StubParticipant
+) -> None:
+    directory.register("orders", local(stub.base_url, headers={"Authorization": "Bearer xyz"}))
+
+    error = error_of(await transport.call(step()))
+
+    assert (error.type, error.retryable) == ("SecretRefused", False)
+    assert "header 'Authorization' carries a credential" in error.message
+    assert "xyz" not in error.message
+    assert stub.calls == []
 
 
 # --- the SSRF wall ---
@@ -760,11 +863,13 @@ async def test_a_new_registry_version_takes_effect_on_the_next_call(
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Self-signed certificates (each its own CA): ``orders`` and ``other`` for servers,
-    ``client`` for mutual TLS."""
+    """A ``SECRETS_DIR`` whose tenant directory holds self-signed certificates (each its own
+    CA): ``orders`` and ``other`` for servers, ``client`` for mutual TLS."""
     if shutil.which("openssl") is None:
         pytest.skip("needs the openssl command to make certificates")
-    folder = tmp_path_factory.mktemp("pki")
+    root = tmp_path_factory.mktemp("pki")
+    folder = root / TENANT
+    folder.mkdir()
     for name, san in (("orders", "orders.internal"), ("other", "other.internal"), ("client", "c")):
         subprocess.run(
             ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
@@ -773,21 +878,33 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
             check=True,
             capture_output=True,
         )  # fmt: skip
-    return folder
+    return root
 
 
-def tls_call_transport(directory: Directory) -> HttpTransport:
-    return HttpTransport(directory, resolver=static_resolver({"orders.internal": ["127.0.0.1"]}))
+def tls_call_transport(directory: Directory, pki: Path) -> HttpTransport:
+    return HttpTransport(
+        directory,
+        resolver=static_resolver({"orders.internal": ["127.0.0.1"]}),
+        secrets=SecretPolicy.of([], pki),
+    )
+
+
+def server_tls(pki: Path, name: str, **more: str) -> StubTls:
+    """The stub's own files (the server side reads them from anywhere)."""
+    return StubTls(
+        certfile=str(pki / TENANT / f"{name}.pem"),
+        keyfile=str(pki / TENANT / f"{name}.key"),
+        **more,
+    )
 
 
 async def test_tls_verifies_the_name_while_connecting_to_the_checked_address(
     directory: Directory, pki: Path
 ) -> None:
-    tls = StubTls(certfile=str(pki / "orders.pem"), keyfile=str(pki / "orders.key"))
-    async with StubParticipant(tls=tls) as stub:
+    async with StubParticipant(tls=server_tls(pki, "orders")) as stub:
         url = f"https://orders.internal:{stub.port}"
-        directory.register("orders", local(url, tls=TlsSettings(ca_file=str(pki / "orders.pem"))))
-        transport = tls_call_transport(directory)
+        directory.register("orders", local(url, tls=TlsSettings(ca_file="orders.pem")))
+        transport = tls_call_transport(directory, pki)
         try:
             outcome = await transport.call(step())
         finally:
@@ -800,12 +917,11 @@ async def test_tls_verifies_the_name_while_connecting_to_the_checked_address(
 async def test_a_certificate_for_another_name_is_refused_unless_verification_is_off(
     directory: Directory, pki: Path
 ) -> None:
-    tls = StubTls(certfile=str(pki / "other.pem"), keyfile=str(pki / "other.key"))
-    async with StubParticipant(tls=tls) as stub:
+    async with StubParticipant(tls=server_tls(pki, "other")) as stub:
         url = f"https://orders.internal:{stub.port}"
-        trusted = TlsSettings(ca_file=str(pki / "other.pem"))
+        trusted = TlsSettings(ca_file="other.pem")
         directory.register("orders", local(url, tls=trusted))
-        transport = tls_call_transport(directory)
+        transport = tls_call_transport(directory, pki)
         try:
             refused = error_of(await transport.call(step()))
             directory.register("orders", local(url, tls=TlsSettings(verify=False)))
@@ -822,19 +938,13 @@ async def test_a_certificate_for_another_name_is_refused_unless_verification_is_
 async def test_a_client_certificate_is_presented_for_mutual_tls(
     directory: Directory, pki: Path
 ) -> None:
-    tls = StubTls(
-        certfile=str(pki / "orders.pem"),
-        keyfile=str(pki / "orders.key"),
-        client_ca=str(pki / "client.pem"),
-    )
+    tls = server_tls(pki, "orders", client_ca=str(pki / TENANT / "client.pem"))
     async with StubParticipant(tls=tls) as stub:
         settings = TlsSettings(
-            ca_file=str(pki / "orders.pem"),
-            client_cert=str(pki / "client.pem"),
-            client_key=str(pki / "client.key"),
+            ca_file="orders.pem", client_cert="client.pem", client_key="client.key"
         )
         directory.register("orders", local(f"https://orders.internal:{stub.port}", tls=settings))
-        transport = tls_call_transport(directory)
+        transport = tls_call_transport(directory, pki)
         try:
             outcome = await transport.call(step())
         finally:
@@ -845,12 +955,33 @@ async def test_a_client_certificate_is_presented_for_mutual_tls(
 
 
 async def test_unreadable_tls_files_are_retryable_and_send_nothing(
-    directory: Directory, transport: HttpTransport, stub: StubParticipant, tmp_path: Path
+    directory: Directory, transport: HttpTransport, stub: StubParticipant
 ) -> None:
-    settings = TlsSettings(ca_file=str(tmp_path / "missing.pem"))
+    settings = TlsSettings(ca_file="missing.pem")
     directory.register("orders", local(stub.base_url, tls=settings))
 
     error = error_of(await transport.call(step()))
 
     assert (error.type, error.retryable, error.unknown) == ("TlsUnavailable", True, False)
+    assert stub.calls == []
+
+
+@pytest.mark.parametrize(
+    "tls",
+    [
+        {"ca_file": "/etc/ssl/certs/ca-certificates.crt"},
+        {"client_cert": "../other/client.pem"},
+        {"client_cert": "client.pem", "client_key": "/proc/self/environ"},
+    ],
+)
+async def test_tls_files_out_of_the_tenant_directory_are_refused_and_send_nothing(
+    directory: Directory, transport: HttpTransport, stub: StubParticipant, tls: dict[str, str]
+) -> None:
+    directory.register("orders", local(stub.base_url, tls=TlsSettings(**tls)))
+
+    error = error_of(await transport.call(step()))
+
+    field, path = list(tls.items())[-1]
+    assert (error.type, error.retryable) == ("SecretRefused", False)
+    assert error.message.startswith(f"tls.{field} of 'orders': file:{path} is refused: ")
     assert stub.calls == []

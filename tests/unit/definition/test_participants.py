@@ -113,13 +113,15 @@ def test_plain_and_secret_headers_are_accepted() -> None:
         base_url="https://api.example.com",
         headers={
             "X-Tenant": "acme",
-            "Authorization": {"secret": {"env": "PAYMENTS_TOKEN"}, "prefix": "Bearer "},
+            "Authorization": {"secret": {"env": "SAGA_SECRET_PAYMENTS"}, "prefix": "Bearer "},
         },
     )
 
     assert service.headers == {
         "X-Tenant": "acme",
-        "Authorization": SecretHeader(secret=SecretRef(env="PAYMENTS_TOKEN"), prefix="Bearer "),
+        "Authorization": SecretHeader(
+            secret=SecretRef(env="SAGA_SECRET_PAYMENTS"), prefix="Bearer "
+        ),
     }
 
 
@@ -129,14 +131,15 @@ def test_an_invalid_header_name_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    "fields", [{}, {"env": "TOKEN", "file": "/run/secrets/token"}, {"env": None, "file": None}]
+    "fields",
+    [{}, {"env": "SAGA_SECRET_TOKEN", "file": "payments/token"}, {"env": None, "file": None}],
 )
 def test_a_secret_reference_names_exactly_one_source(fields: dict[str, Any]) -> None:
     with pytest.raises(ValidationError, match="exactly one of 'env' or 'file'"):
         SecretRef.model_validate(fields)
 
 
-@pytest.mark.parametrize("fields", [{"env": "TOKEN"}, {"file": "/run/secrets/token"}])
+@pytest.mark.parametrize("fields", [{"env": "SAGA_SECRET_TOKEN"}, {"file": "payments/token"}])
 def test_a_secret_reference_with_one_source_is_accepted(fields: dict[str, str]) -> None:
     assert SecretRef.model_validate(fields).model_dump(exclude_none=True) == fields
 

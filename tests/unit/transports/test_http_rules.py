@@ -1,17 +1,14 @@
-"""The HTTP transport's pure rules: URL confinement, outcome classification, Retry-After,
-and secret resolution (the integration tests drive the same rules over real sockets)."""
+"""The HTTP transport's pure rules: URL confinement, outcome classification and Retry-After
+(the integration tests drive the same rules over real sockets; secrets: test_secrets.py)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 import pytest
 
 from saga_orchestrator.core.events import ErrorInfo
-from saga_orchestrator.definition.participants import SecretRef
-from saga_orchestrator.errors import ConfigurationError
 from saga_orchestrator.transports.base import StepOutcome
 from saga_orchestrator.transports.http import (
     MAX_RETRY_AFTER,
@@ -21,7 +18,6 @@ from saga_orchestrator.transports.http import (
     parse_retry_after,
     target_url,
 )
-from saga_orchestrator.transports.secrets import SecretUnavailable, resolve_secret
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 REQUEST = httpx.Request("POST", "http://127.0.0.1/x")
@@ -193,68 +189,3 @@ def test_transport_errors(
 
     assert (info.type, info.retryable, info.unknown) == (kind, retryable, unknown)
     assert "secret" not in info.message
-
-
-# --- secrets ---
-
-
-def test_an_env_secret_is_read_as_is() -> None:
-    assert resolve_secret(SecretRef(env="TOKEN"), {"TOKEN": " abc "}) == " abc "
-
-
-@pytest.mark.parametrize(
-    ("content", "value"),
-    [(b"abc\n", "abc"), (b"abc\r\n", "abc"), (b"abc", "abc"), (b"a b\n", "a b")],
-)
-def test_a_file_secret_loses_one_trailing_newline(
-    tmp_path: Path, content: bytes, value: str
-) -> None:
-    secret = tmp_path / "secret"
-    secret.write_bytes(content)
-
-    assert resolve_secret(SecretRef(file=str(secret)), {}) == value
-
-
-@pytest.mark.parametrize(
-    ("environ", "reason"),
-    [
-        ({}, "secret env:TOKEN is not set"),
-        ({"TOKEN": ""}, "secret env:TOKEN is empty"),
-        ({"TOKEN": "a\nb"}, "secret env:TOKEN contains a line break or NUL"),
-        ({"TOKEN": "caf\u00e9"}, "secret env:TOKEN is not ASCII"),
-    ],
-)
-def test_unusable_env_secrets(environ: dict[str, str], reason: str) -> None:
-    with pytest.raises(SecretUnavailable) as caught:
-        resolve_secret(SecretRef(env="TOKEN"), environ)
-
-    assert str(caught.value).startswith(reason)
-    assert isinstance(caught.value, ConfigurationError)
-    assert caught.value.reference == "env:TOKEN"
-
-
-def test_unusable_file_secrets(tmp_path: Path) -> None:
-    missing, empty, binary = tmp_path / "missing", tmp_path / "empty", tmp_path / "binary"
-    empty.write_bytes(b"\n")
-    binary.write_bytes(b"\xff\xfe")
-
-    reasons = []
-    for path in (missing, empty, binary, tmp_path):
-        with pytest.raises(SecretUnavailable) as caught:
-            resolve_secret(SecretRef(file=str(path)), {})
-        reasons.append(str(caught.value))
-
-    assert reasons == [
-        f"secret file:{missing} cannot be read (No such file or directory)",
-        f"secret file:{empty} is empty",
-        f"secret file:{binary} is not UTF-8 text",
-        f"secret file:{tmp_path} cannot be read (Is a directory)",
-    ]
-
-
-def test_an_oversized_secret_file_is_refused(tmp_path: Path) -> None:
-    secret = tmp_path / "big"
-    secret.write_bytes(b"x" * 20_000)
-
-    with pytest.raises(SecretUnavailable, match="is larger than 16384 bytes"):
-        resolve_secret(SecretRef(file=str(secret)), {})

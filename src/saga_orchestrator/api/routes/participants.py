@@ -36,8 +36,12 @@ async def get_participant(name: Name, tenant: Tenant, participants: Participants
     summary="Register or replace a participant service",
     description=(
         "Loopback, link-local and private addresses are refused unless "
-        "`allow_private_network` is true. Header values that are secrets are references "
-        "(`{secret: {env: NAME}}` or `{secret: {file: path}}`), resolved at call time."
+        "`allow_private_network` is true. Header values that are secrets are references, "
+        "resolved at call time: `{secret: {file: path}}` (relative to the tenant's directory "
+        "under the node's `SECRETS_DIR`; TLS files too) or `{secret: {env: SAGA_SECRET_NAME}}` "
+        "(for the tenants the node allows). A credential header (`Authorization`, `Cookie`, "
+        "names with `token`, `secret`, `password`, `api-key`...) must be a reference. A "
+        "reference the tenant may not use is refused (422) and nothing is stored."
     ),
     responses={
         **_ERRORS,
