@@ -35,6 +35,7 @@ from saga_orchestrator.definition.models import (
     SubSagaNode,
     SwitchNode,
 )
+from saga_orchestrator.definition.participants import is_credential_header
 from saga_orchestrator.definition.versions import VersionConstraint, parse_version
 from saga_orchestrator.errors import DefinitionError, ExpressionError, InvalidInput, Violation
 
@@ -341,6 +342,19 @@ class _Builder:
         a bad expression fails registration, not the first run."""
         if isinstance(target, HttpCall):
             spec = target.http
+            for name, value in spec.headers.items():
+                # A definition is stored, listed and shown: a credential written into it would
+                # be readable by every viewer. A value taken from the input is allowed (a
+                # caller's delegated token), a constant one is not.
+                if is_credential_header(name) and "${" not in value:
+                    self.fail(
+                        f"{location}.http.headers.{name}",
+                        "credential-header",
+                        f"header {name!r} carries a credential and may not be written into a "
+                        "definition: put it in the participant service's registry entry as a "
+                        "secret reference (PUT /api/v1/participants/{name}), or take it from "
+                        "the saga's input with ${ ... }",
+                    )
             return CompiledCall(
                 path=self.template(spec.path, f"{location}.http.path"),
                 headers=self.template(spec.headers or None, f"{location}.http.headers"),

@@ -8,7 +8,7 @@ environment variable or a file, resolved at call time by the transport.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Final
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -17,6 +17,27 @@ from saga_orchestrator.definition.models import Duration, Name
 from saga_orchestrator.definition.network import private_host_reason
 
 HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$"
+CREDENTIAL_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie"})
+CREDENTIAL_WORDS: Final = (
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "api-key",
+    "api_key",
+    "apikey",
+    "credential",
+)
+"""A header whose (lower-cased) name contains one of these carries a credential."""
+
+
+def is_credential_header(name: str) -> bool:
+    """Whether a header's value is a credential, which must never be written out in a
+    definition or a registry entry (only a secret reference, or a value from the context)."""
+    lower = name.lower()
+    return lower in CREDENTIAL_HEADERS or any(word in lower for word in CREDENTIAL_WORDS)
+
+
 RESERVED_HEADERS = frozenset(
     {
         "host",
@@ -158,6 +179,8 @@ class ParticipantRecord(_Model):
 
 
 __all__ = [
+    "CREDENTIAL_HEADERS",
+    "CREDENTIAL_WORDS",
     "BreakerSettings",
     "HeaderValue",
     "ParticipantRecord",
@@ -166,4 +189,5 @@ __all__ = [
     "SecretHeader",
     "SecretRef",
     "TlsSettings",
+    "is_credential_header",
 ]

@@ -33,27 +33,18 @@ from pathlib import Path, PurePosixPath
 from typing import Final
 
 from saga_orchestrator.definition.participants import (
+    CREDENTIAL_HEADERS,
+    CREDENTIAL_WORDS,
     ParticipantService,
     SecretHeader,
     SecretRef,
+    is_credential_header,
 )
 from saga_orchestrator.errors import ConfigurationError
 
 MAX_SECRET_BYTES = 16_384
 SECRET_ENV_PREFIX: Final = "SAGA_SECRET_"
 """Every variable an ``env`` reference may name starts with it; node settings never do."""
-CREDENTIAL_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie"})
-CREDENTIAL_WORDS: Final = (
-    "token",
-    "secret",
-    "password",
-    "passwd",
-    "api-key",
-    "api_key",
-    "apikey",
-    "credential",
-)
-"""A header whose (lower-cased) name contains one of these carries a credential."""
 _FORBIDDEN = frozenset("\r\n\x00")
 # Tenant ids from tokens already match security.tokens' pattern (an alphanumeric first, so
 # never "." or ".."; no "/"), but TENANT_ID from the settings is not checked there: a tenant
@@ -86,12 +77,6 @@ class SecretRefused(SecretUnavailable):
 
 def describe(ref: SecretRef) -> str:
     return f"env:{ref.env}" if ref.env is not None else f"file:{ref.file}"
-
-
-def is_credential_header(name: str) -> bool:
-    """Whether a header's value is a credential, so it must be a secret reference."""
-    lower = name.lower()
-    return lower in CREDENTIAL_HEADERS or any(word in lower for word in CREDENTIAL_WORDS)
 
 
 def literal_credential_reason(name: str) -> str:

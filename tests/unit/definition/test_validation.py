@@ -196,6 +196,21 @@ def test_known_service_rejects_unknown_participant_services() -> None:
     ]
 
 
+def test_credential_header_refuses_a_credential_written_into_a_step() -> None:
+    headers = {"Authorization": "Bearer xyz", "X-Api-Key": "k", "X-Request-Kind": "plain"}
+    action = {"http": {"service": "payments", "path": "/charges", "headers": headers}}
+    assert violations(saga(step("a", action=action))) == [
+        ("steps[0].action.http.headers.Authorization", "credential-header"),
+        ("steps[0].action.http.headers.X-Api-Key", "credential-header"),
+    ]
+
+
+def test_credential_header_accepts_a_credential_taken_from_the_input() -> None:
+    headers = {"Authorization": "Bearer ${ input.user_token }"}
+    action = {"http": {"service": "payments", "path": "/charges", "headers": headers}}
+    assert compiles(saga(step("a", action=action))).services() == {"payments"}
+
+
 def test_known_handlers_and_services_are_not_checked_when_not_given() -> None:
     action = {"http": {"service": "anything", "path": "/x"}}
     compiled = compiles(saga(step("a", action=action, compensation="whatever")))
