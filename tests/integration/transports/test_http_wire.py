@@ -489,8 +489,9 @@ async def test_only_http_and_https_are_spoken(client: httpx.AsyncClient) -> None
 async def test_tls_checks_the_server_name_given_while_connecting_to_an_address(
     pki: Path,
 ) -> None:
-    tls = StubTls(certfile=str(pki / "orders.pem"), keyfile=str(pki / "orders.key"))
-    context = ssl.create_default_context(cafile=str(pki / "orders.pem"))
+    files = pki / test_http.TENANT  # the fixture is a SECRETS_DIR: the files are the tenant's
+    tls = StubTls(certfile=str(files / "orders.pem"), keyfile=str(files / "orders.key"))
+    context = ssl.create_default_context(cafile=str(files / "orders.pem"))
     async with (
         StubParticipant(tls=tls) as stub,
         httpx.AsyncClient(transport=WireTransport(ssl_context=context)) as http,
