@@ -13,7 +13,14 @@ from saga_orchestrator.settings import (
     mask_password,
 )
 
-VARIABLES = ("DATABASE_URL", "MAX_CONCURRENT_SAGAS", "LOG_LEVEL", "TENANT_ID")
+VARIABLES = (
+    "DATABASE_URL",
+    "MAX_CONCURRENT_SAGAS",
+    "LOG_LEVEL",
+    "TENANT_ID",
+    "DATABASE_APP_URL",
+    "DATABASE_CLUSTER_URL",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -126,6 +133,23 @@ def test_secrets_never_appear_in_errors_or_repr() -> None:
 def test_the_database_url_never_appears_in_its_repr() -> None:
     settings = load_settings(database_url="postgresql://saga:s3cret@db/saga")
     assert "s3cret" not in repr(settings)
+
+
+def test_the_pools_own_logins_come_from_the_environment_and_stay_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    defaults = load_settings()
+    assert (defaults.database_app_url, defaults.database_cluster_url) == (None, None)
+    monkeypatch.setenv("DATABASE_APP_URL", "postgresql://saga_tenants:s3cret@db/saga")
+    monkeypatch.setenv("DATABASE_CLUSTER_URL", "postgresql://saga_chores:t0ps3cret@db/saga")
+    settings = load_settings()
+    assert settings.database_app_url == "postgresql://saga_tenants:s3cret@db/saga"
+    assert settings.database_cluster_url == "postgresql://saga_chores:t0ps3cret@db/saga"
+    assert "s3cret" not in repr(settings)
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings(database_app_url=["postgresql://saga_tenants:s3cret@db/saga"])
+    assert "s3cret" not in str(raised.value)
+    assert str(raised.value).startswith("DATABASE_APP_URL: ")
 
 
 @pytest.mark.parametrize(
