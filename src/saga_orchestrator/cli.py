@@ -609,12 +609,17 @@ async def _migrate(settings: Settings) -> int:
 async def _verify_audit(
     settings: Settings, tenant: str | None
 ) -> tuple[list[tuple[str, int]], Any]:
-    from saga_orchestrator.store import open_store
+    from saga_orchestrator.store import PostgresOptions, PostgresStore, open_store
     from saga_orchestrator.store.audit import verify
 
-    store = open_store(settings.database_url)
+    logins = PostgresOptions(
+        app_url=settings.database_app_url, cluster_url=settings.database_cluster_url
+    )
+    store = open_store(settings.database_url, postgres=logins)
     checked: list[tuple[str, int]] = []
     try:
+        if isinstance(store, PostgresStore):
+            await store.check_logins()  # as a node does, whether or not a tenant has records
         tenants = [tenant] if tenant is not None else await store.audit_tenants()
         for name in tenants:
             records, head = await store.audit_chain(name)

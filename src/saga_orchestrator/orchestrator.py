@@ -16,6 +16,7 @@ import logging
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from datetime import timedelta
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -93,6 +94,8 @@ class Orchestrator:
         lease_ttl: float = 10.0,
         leader_lease_ttl: float = 10.0,
         database_pool_size: int | None = None,
+        database_app_url: str | None = None,
+        database_cluster_url: str | None = None,
         claim_poll_interval: float = 1.0,
         max_takeovers: int = 3,
         retention_days: float | None = None,
@@ -112,9 +115,9 @@ class Orchestrator:
         self.tenant_id = tenant_id
         self.clock = clock or SystemClock()
         cipher = None if not encryption_keys else EventCipher.parse(encryption_keys)
-        postgres = (
-            None if database_pool_size is None else PostgresOptions(max_size=database_pool_size)
-        )
+        postgres = PostgresOptions(app_url=database_app_url, cluster_url=database_cluster_url)
+        if database_pool_size is not None:
+            postgres = replace(postgres, max_size=database_pool_size)
         self.store = store or open_store(database_url, cipher=cipher, postgres=postgres)
         if cluster and not isinstance(self.store, PostgresStore):
             raise ConfigurationError(
@@ -210,6 +213,8 @@ class Orchestrator:
         """Migrate the database, start the engine, resume unfinished instances, join the
         cluster's registry (and lead its chores if no other node does)."""
         await self.store.migrate()
+        if isinstance(self.store, PostgresStore):
+            await self.store.check_logins()  # a login it refuses stops the start, here
         await self.engine.start()
         if self.replies is not None:
             await self.replies.start()

@@ -33,6 +33,7 @@ DEFAULT_DATABASE_URL: Final = "sqlite:///saga.db"
 
 _SECRET_FIELDS: Final = frozenset(
     {"database_url", "amqp_url", "jwt_secret", "metrics_token", "redis_url", "encryption_keys"}
+    | {"database_app_url", "database_cluster_url"}
 )
 """Fields whose value is never echoed in an error: a URL may carry a password."""
 
@@ -52,6 +53,12 @@ class Settings(BaseSettings):
 
     database_url: str = Field(default=DEFAULT_DATABASE_URL, min_length=1, repr=False)
     """``sqlite:///path.db``, ``sqlite:///:memory:`` or ``postgresql://user@host:port/db``."""
+    database_app_url: str | None = Field(default=None, min_length=1, repr=False)
+    database_cluster_url: str | None = Field(default=None, min_length=1, repr=False)
+    """PostgreSQL: logins of their own for the work done for tenants and for the chores that
+    span them, whose only powers are ``saga_app`` and ``saga_cluster``, so that no statement
+    can leave row-level security (refused at start if it could). Unset: ``DATABASE_URL``'s
+    login, which migrates and can leave the roles (a warning says so). See docs/security.md."""
     max_concurrent_sagas: int = Field(default=1000, gt=0)
     """Instances this node drives at once; more wait for a slot."""
     log_level: LogLevel = LogLevel.INFO

@@ -141,7 +141,9 @@ class Node:
             "LEASE_TTL": str(self.settings.lease_ttl),
             "CLAIM_POLL_INTERVAL": str(self.settings.poll),
             "MAX_TAKEOVERS": str(self.settings.max_takeovers),
-            "PYTHONPATH": str(ROOT),
+            # The handlers' module is found from the repository's root; a PYTHONPATH the tests
+            # run with (a worktree's src ahead of an installed copy) still applies to the node.
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
             **self.settings.env,
         }
         command = [sys.executable, "-m", "saga_orchestrator.cli", "serve", "--handlers", HANDLERS]

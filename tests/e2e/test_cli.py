@@ -12,10 +12,19 @@ from pathlib import Path
 import pytest
 
 from saga_orchestrator.settings import mask_password
+from tests.support.pg_logins import MakeLogin, make_login, own_logins
 
-SETTINGS_VARIABLES = ("DATABASE_URL", "MAX_CONCURRENT_SAGAS", "LOG_LEVEL", "TENANT_ID")
+SETTINGS_VARIABLES = (
+    "DATABASE_URL",
+    "DATABASE_APP_URL",
+    "DATABASE_CLUSTER_URL",
+    "MAX_CONCURRENT_SAGAS",
+    "LOG_LEVEL",
+    "TENANT_ID",
+)
 SAGA = [sys.executable, "-m", "saga_orchestrator.cli"]
 TIMEOUT = 120
+__all__ = ["make_login", "own_logins"]  # fixtures, used by name
 
 
 def environment(**variables: str) -> dict[str, str]:
@@ -97,6 +106,46 @@ async def test_migrate_on_postgresql_prints_the_schema_version(pg_empty_url: str
     assert process.returncode == 0, stderr.decode()
     assert re.fullmatch(r"schema version [1-9]\d* \((.+)\)\n", stdout.decode())
     assert f"({mask_password(pg_empty_url)})" in stdout.decode()
+
+
+async def _saga_async(*args: str, **variables: str) -> tuple[int | None, str, str]:
+    """``saga`` as a child of the running loop (for tests whose fixtures are async)."""
+    process = await asyncio.create_subprocess_exec(
+        *SAGA,
+        *args,
+        env=environment(**variables),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), TIMEOUT)
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+@pytest.mark.postgres
+async def test_audit_verify_reads_through_the_pools_own_logins(
+    pg_url: str, make_login: MakeLogin, own_logins: tuple[str, str]
+) -> None:
+    app_url, cluster_url = own_logins
+    code, stdout, stderr = await _saga_async(
+        "audit",
+        "verify",
+        DATABASE_URL=pg_url,
+        DATABASE_APP_URL=app_url,
+        DATABASE_CLUSTER_URL=cluster_url,
+    )
+    assert (code, stdout) == (0, "no audit records\n"), stderr
+    assert "can leave the role" not in stderr  # both logins were taken
+    both = await make_login("IN ROLE saga_app, saga_cluster")
+    code, stdout, stderr = await _saga_async(
+        "audit",
+        "verify",
+        DATABASE_URL=pg_url,
+        DATABASE_APP_URL=both,
+        DATABASE_CLUSTER_URL=cluster_url,
+    )
+    assert code == 2
+    assert stderr.startswith("configuration error: DATABASE_APP_URL: ")
+    assert "can SET ROLE saga_cluster" in stderr
 
 
 def test_demo_shows_a_completed_and_a_compensated_instance(tmp_path: Path) -> None:

@@ -25,6 +25,8 @@ VARIABLES = (
     "METRICS_TOKEN",
     "SECRETS_DIR",
     "SECRET_ENV_TENANTS",
+    "DATABASE_APP_URL",
+    "DATABASE_CLUSTER_URL",
 )
 
 
@@ -165,6 +167,23 @@ def test_the_metrics_token_must_not_be_the_jwt_secret() -> None:
 def test_the_database_url_never_appears_in_its_repr() -> None:
     settings = load_settings(database_url="postgresql://saga:s3cret@db/saga")
     assert "s3cret" not in repr(settings)
+
+
+def test_the_pools_own_logins_come_from_the_environment_and_stay_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    defaults = load_settings()
+    assert (defaults.database_app_url, defaults.database_cluster_url) == (None, None)
+    monkeypatch.setenv("DATABASE_APP_URL", "postgresql://saga_tenants:s3cret@db/saga")
+    monkeypatch.setenv("DATABASE_CLUSTER_URL", "postgresql://saga_chores:t0ps3cret@db/saga")
+    settings = load_settings()
+    assert settings.database_app_url == "postgresql://saga_tenants:s3cret@db/saga"
+    assert settings.database_cluster_url == "postgresql://saga_chores:t0ps3cret@db/saga"
+    assert "s3cret" not in repr(settings)
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings(database_app_url=["postgresql://saga_tenants:s3cret@db/saga"])
+    assert "s3cret" not in str(raised.value)
+    assert str(raised.value).startswith("DATABASE_APP_URL: ")
 
 
 @pytest.mark.parametrize(

@@ -98,6 +98,8 @@ async def serve(
         lease_ttl=settings.lease_ttl,
         leader_lease_ttl=settings.leader_lease_ttl,
         database_pool_size=settings.database_pool_size,
+        database_app_url=settings.database_app_url,
+        database_cluster_url=settings.database_cluster_url,
         claim_poll_interval=settings.claim_poll_interval,
         max_takeovers=settings.max_takeovers,
         retention_days=settings.retention_days,

@@ -98,12 +98,19 @@ def open_store(
 
     - ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, ``sqlite:///:memory:``;
       ``?synchronous=NORMAL`` (or ``OFF``/``FULL``/``EXTRA``) overrides ``sqlite.synchronous``.
-    - ``postgresql://user@host:port/dbname`` (or ``postgres://``), passed to asyncpg as is.
+    - ``postgresql://user@host:port/dbname`` (or ``postgres://``), passed to asyncpg as is;
+      ``postgres.app_url`` and ``postgres.cluster_url`` give its two pools logins of their own
+      (see :mod:`.postgres`), the URL's login still migrates.
 
     With a ``cipher``, events are sealed at rest (see :mod:`.encryption`).
     """
     scheme = database_url.partition("://")[0].lower() if "://" in database_url else ""
     if scheme == "sqlite":
+        if postgres is not None and (postgres.app_url or postgres.cluster_url):
+            raise ConfigurationError(
+                "DATABASE_APP_URL and DATABASE_CLUSTER_URL are PostgreSQL logins: they need a "
+                "postgresql:// DATABASE_URL (SQLite has no roles)"
+            )
         path, options = _sqlite_target(database_url, sqlite or SqliteOptions())
         return SqliteStore(path, options, cipher)
     if scheme in ("postgresql", "postgres"):

@@ -1,13 +1,21 @@
 """The clustered store: PostgreSQL through asyncpg pools.
 
-Row-level security (migration 0008) is a second wall between tenants: the store never works
-as the login of its URL. Work done for tenants runs on a pool whose sessions are the role
-``saga_app`` and name, before each use, the tenants the work is for (``saga.tenants``; a
-session naming none sees no rows), for one transaction at a time
-(:mod:`~saga_orchestrator.store.postgres_session`); the chores that span tenants (claims,
-renewals, timers, the outbox relay, retention, the node registry) run on a small pool of role
-``saga_cluster``. Only migrations run as the login itself. The role is a startup parameter of
-each connection, so switching costs no round trip.
+Row-level security (migration 0008) is a second wall between tenants. Work done for tenants
+runs on a pool whose sessions are the role ``saga_app`` and name, before each use, the tenants
+the work is for (``saga.tenants``; a session naming none sees no rows), for one transaction at
+a time (:mod:`~saga_orchestrator.store.postgres_session`); the chores that span tenants
+(claims, renewals, timers, the outbox relay, retention, the node registry) run on a small pool
+of role ``saga_cluster``. The role is a startup parameter of each connection, so taking it
+costs no round trip. Migrations (and ``ANALYZE``) run as the login of the store's URL itself.
+
+Which login each pool connects as decides what the wall can stop. By default both pools log in
+as the URL's login (in practice the schema owner, since it migrates), which must be a member of
+both roles: a statement that runs ``SET ROLE saga_cluster`` or ``SET ROLE NONE`` on a tenants'
+session leaves the wall, and the store warns once that it can. With
+:attr:`PostgresOptions.app_url` and :attr:`PostgresOptions.cluster_url` (``DATABASE_APP_URL``,
+``DATABASE_CLUSTER_URL``) each pool logs in as a login of its own, whose only power is its
+role; the store checks each such login as its pool opens and refuses one that could leave
+(:mod:`~saga_orchestrator.store.postgres_logins`).
 
 Driver errors are translated once, here: a lost or refused connection becomes
 :class:`~saga_orchestrator.errors.StoreUnavailable`, any other database error
@@ -21,9 +29,9 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 import orjson
@@ -49,6 +57,7 @@ from saga_orchestrator.store.listing import listing_where, make_page, numbered_p
 from saga_orchestrator.store.migrator import load_migrations
 from saga_orchestrator.store.postgres_append import append_batch
 from saga_orchestrator.store.postgres_listen import EventListener
+from saga_orchestrator.store.postgres_logins import escapes
 from saga_orchestrator.store.postgres_session import (
     TenantScope,
     keep_session,
@@ -110,6 +119,8 @@ APP_ROLE = "saga_app"
 CLUSTER_ROLE = "saga_cluster"
 """The role of the chores that span tenants."""
 
+_POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PostgresOptions:
@@ -125,6 +136,13 @@ class PostgresOptions:
     """Events (the bulk of what appends write) between two checks for tables grown enough to
     analyze (see
     :mod:`~saga_orchestrator.store.postgres_statistics`)."""
+    app_url: str | None = field(default=None, repr=False)
+    """The tenants' pool's own login (``DATABASE_APP_URL``), one whose only power is
+    ``saga_app``; refused as the pool opens if it could leave that role. None: the store's
+    URL (a login that can leave it: see the module's docstring)."""
+    cluster_url: str | None = field(default=None, repr=False)
+    """The chores' pool's own login (``DATABASE_CLUSTER_URL``), whose only power is
+    ``saga_cluster``; it also listens for other nodes' notifications. None: the store's URL."""
 
 
 class PostgresStore:
@@ -143,6 +161,15 @@ class PostgresStore:
             raise ConfigurationError("PostgreSQL pool sizes need 0 <= min_size <= max_size")
         if self._options.cluster_max_size < 1:
             raise ConfigurationError("PostgreSQL's cluster pool needs at least one connection")
+        own_logins = {
+            "DATABASE_APP_URL": self._options.app_url,
+            "DATABASE_CLUSTER_URL": self._options.cluster_url,
+        }
+        for setting, url in own_logins.items():
+            # The URL itself is not shown: it may hold a password.
+            if url is not None and not url.lower().startswith(_POSTGRES_SCHEMES):
+                raise ConfigurationError(f"{setting} must be a postgresql:// URL")
+        self._warned_of_escape = False
         self._pools: dict[str, Pool[asyncpg.Record]] = {}
         self._chain_heads = ChainHeads()
         self._pool_lock = asyncio.Lock()
@@ -161,10 +188,9 @@ class PostgresStore:
     app_role: str | None = APP_ROLE
     cluster_role: str | None = CLUSTER_ROLE
 
-    async def _get_pool(
-        self, role: str | None, max_size: int, *, tenants: bool = False
-    ) -> Pool[asyncpg.Record]:
-        key = role or ""
+    async def _get_pool(self, *, tenants: bool) -> Pool[asyncpg.Record]:
+        """The tenants' pool, or the chores' one; opened on first use."""
+        key = "tenants" if tenants else "cluster"
         pool = self._pools.get(key)
         if pool is not None:
             return pool
@@ -173,31 +199,84 @@ class PostgresStore:
                 raise StoreError("the store is closed")
             pool = self._pools.get(key)
             if pool is None:
-                settings = {"application_name": "saga-orchestrator"}
-                if role is not None:
-                    settings["role"] = role
-                try:
-                    pool = await asyncpg.create_pool(
-                        self._dsn,
-                        min_size=min(self._options.min_size, max_size),
-                        max_size=max_size,
-                        command_timeout=self._options.command_timeout,
-                        server_settings=settings,
-                        # The tenants' sessions keep no state between transactions.
-                        reset=keep_session if tenants else None,
-                    )
-                except asyncpg.InvalidParameterValueError as exc:
-                    raise ConfigurationError(
-                        f"PostgreSQL has no role {role!r}: migrate the database first "
-                        f"(saga migrate) ({exc})"
-                    ) from exc
-                except asyncpg.InsufficientPrivilegeError as exc:
-                    raise ConfigurationError(
-                        f"the database login may not act as {role!r}; as the schema owner or "
-                        f"a superuser run: GRANT {APP_ROLE}, {CLUSTER_ROLE} TO <login> ({exc})"
-                    ) from exc
+                pool = await self._open_pool(tenants=tenants)
                 self._pools[key] = pool
             return pool
+
+    async def _open_pool(self, *, tenants: bool) -> Pool[asyncpg.Record]:
+        if tenants:
+            role, other, own_url = self.app_role, self.cluster_role, self._options.app_url
+        else:
+            role, other, own_url = self.cluster_role, self.app_role, self._options.cluster_url
+        settings = {"application_name": "saga-orchestrator"}
+        if role is not None:
+            # Sent to a login of its own too: taking the role it already is or inherits costs
+            # nothing, and a login granted the role NOINHERIT then works as well.
+            settings["role"] = role
+        max_size = self._options.max_size if tenants else self._options.cluster_max_size
+        try:
+            pool = await asyncpg.create_pool(
+                own_url or self._dsn,
+                min_size=min(self._options.min_size, max_size),
+                max_size=max_size,
+                command_timeout=self._options.command_timeout,
+                server_settings=settings,
+                # The tenants' sessions keep no state between transactions.
+                reset=keep_session if tenants else None,
+            )
+        except asyncpg.InvalidParameterValueError as exc:
+            raise ConfigurationError(
+                f"PostgreSQL has no role {role!r}: migrate the database first "
+                f"(saga migrate) ({exc})"
+            ) from exc
+        except asyncpg.InsufficientPrivilegeError as exc:
+            roles = role if own_url is not None else f"{APP_ROLE}, {CLUSTER_ROLE}"
+            raise ConfigurationError(
+                f"the database login may not act as {role!r}; as the schema owner or "
+                f"a superuser run: GRANT {roles} TO <login> ({exc})"
+            ) from exc
+        if role is not None and other is not None:
+            try:
+                await self._check_login(pool, role, other, tenants=tenants, own=own_url is not None)
+            except BaseException:
+                pool.terminate()
+                raise
+        return pool
+
+    async def _check_login(
+        self, pool: Pool[asyncpg.Record], role: str, other: str, *, tenants: bool, own: bool
+    ) -> None:
+        """Refuse a pool's own login that could leave its role; warn once of a shared one."""
+        async with pool.acquire() as conn:
+            login, ways = await escapes(conn, other)
+        if not ways:
+            return
+        how = "; ".join(ways)
+        if own:
+            setting = "DATABASE_APP_URL" if tenants else "DATABASE_CLUSTER_URL"
+            raise ConfigurationError(
+                f"{setting}: its login {login!r} could leave the role {role}, and row-level "
+                f"security with it: it {how}. Give that pool a login whose only power is "
+                f"{role}: CREATE ROLE <login> LOGIN PASSWORD '...' IN ROLE {role} "
+                "(docs/security.md#the-services-logins)"
+            )
+        if not self._warned_of_escape:
+            # Once per store: the pools that share this login need say it only once.
+            self._warned_of_escape = True
+            log.warning(
+                "the database login %r can leave the role %s, and row-level security with it "
+                "(it %s): a statement that switches roles would reach every tenant's rows. "
+                "Set DATABASE_APP_URL and DATABASE_CLUSTER_URL to logins whose only powers are "
+                "%s and %s (docs/security.md#the-services-logins)",
+                login, role, how, APP_ROLE, CLUSTER_ROLE,
+            )  # fmt: skip
+
+    async def check_logins(self) -> None:
+        """Open both pools now, so that a login the store refuses stops a node's start rather
+        than its first request for a tenant."""
+        with _translate_errors():
+            await self._get_pool(tenants=True)
+            await self._get_pool(tenants=False)
 
     @asynccontextmanager
     async def _tenant_session(
@@ -206,7 +285,7 @@ class PostgresStore:
         """A session for transactions (:func:`.postgres_session.transaction` with the scope)
         that see and write the rows of ``tenant_ids`` and of no other tenant."""
         with _translate_errors():
-            pool = await self._get_pool(self.app_role, self._options.max_size, tenants=True)
+            pool = await self._get_pool(tenants=True)
             async with pool.acquire() as conn:
                 yield conn, tenant_scope(tenant_ids)
 
@@ -223,7 +302,7 @@ class PostgresStore:
     async def _cluster(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
         """A session for the chores that span tenants."""
         with _translate_errors():
-            pool = await self._get_pool(self.cluster_role, self._options.cluster_max_size)
+            pool = await self._get_pool(tenants=False)
             async with pool.acquire() as conn:
                 yield conn
 
@@ -325,7 +404,8 @@ class PostgresStore:
         on_instances: Callable[[list[tuple[str, int]]], None],
         on_claimable: Callable[[], None] | None = None,
     ) -> EventListener:
-        return EventListener(self._dsn, on_instances, on_claimable)
+        # Listening needs no privilege: the chores' login (its own, when it has one) will do.
+        return EventListener(self._options.cluster_url or self._dsn, on_instances, on_claimable)
 
     # -- schema --
     async def migrate(self) -> int:
@@ -345,6 +425,8 @@ class PostgresStore:
             async with self._cluster() as conn:
                 return await _schema_version(conn)
         except ConfigurationError:
+            if self._options.cluster_url is not None:
+                raise  # a login of its own was refused: asking the owner instead would hide it
             # A database from before row-level security has no roles yet: ask as the login.
             async with self._owner() as owner:
                 return await _schema_version(owner)

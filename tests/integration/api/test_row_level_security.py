@@ -36,15 +36,20 @@ async def test_routes_keep_tenants_apart_by_row_level_security_alone(
     assert any("IS NOT NULL" in query for query in without_tenant_filters)
 
 
+@pytest.fixture
+def without_roles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sessions as the login itself. Set before the node opens: it opens its pools as it
+    starts (to check their logins), and a pool keeps the role it was opened with."""
+    monkeypatch.setattr(PostgresStore, "app_role", None)
+    monkeypatch.setattr(PostgresStore, "cluster_role", None)
+
+
+@pytest.mark.usefixtures("without_roles")  # before ``client``: usefixtures come first
 async def test_the_same_sweep_leaks_without_row_level_security(
-    monkeypatch: pytest.MonkeyPatch,
-    without_tenant_filters: list[str],
-    client: httpx.AsyncClient,
+    without_tenant_filters: list[str], client: httpx.AsyncClient
 ) -> None:
     """The control: sessions as the login itself (a superuser, which row-level security does
     not bind) and no tenant filters: the sweep must find another tenant's rows, so the test
     above passes because of the database's wall and not because its probes miss the store."""
-    monkeypatch.setattr(PostgresStore, "app_role", None)
-    monkeypatch.setattr(PostgresStore, "cluster_role", None)
     with pytest.raises(AssertionError, match=r"', 20[04], "):  # a 2xx where 404 was due
         await sweep(client)

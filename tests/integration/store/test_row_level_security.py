@@ -184,7 +184,7 @@ async def test_a_pooled_session_forgets_its_tenants_before_anyone_else_uses_it(
             [result] = await store.append([create(f"i-{n}")])
             assert result.status is AppendStatus.APPENDED
             # The pool's only connection: the one the append used and gave back.
-            pool = await store._get_pool(store.app_role, 1)
+            pool = await store._get_pool(tenants=True)
             async with pool.acquire() as conn:
                 assert not await conn.fetchval("SELECT current_setting('saga.tenants', true)")
                 assert await conn.fetchval("SELECT count(*) FROM instances") == 0

@@ -10,6 +10,7 @@ import pytest
 import saga_orchestrator.store as store_package
 from saga_orchestrator.errors import ConfigurationError, StoreError, StoreUnavailable
 from saga_orchestrator.store import (
+    PostgresOptions,
     PostgresStore,
     SqliteOptions,
     SqliteStore,
@@ -93,6 +94,28 @@ async def test_open_store_picks_the_backend(url: str, kind: type) -> None:
 def test_open_store_refuses_bad_urls(url: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         open_store(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "logins", "message"),
+    [
+        (
+            "sqlite:///saga.db",
+            PostgresOptions(app_url="postgresql://tenants@db/saga"),
+            "need a postgresql:// DATABASE_URL",
+        ),
+        (
+            "postgresql://owner@db/saga",
+            PostgresOptions(cluster_url="mysql://chores:s3cret@db/saga"),
+            "^DATABASE_CLUSTER_URL must be a postgresql:// URL$",
+        ),
+    ],
+)
+def test_the_pools_own_logins_must_be_postgresql(
+    url: str, logins: PostgresOptions, message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        open_store(url, postgres=logins)
 
 
 async def _pragmas(store: SqliteStore) -> tuple[object, ...]:
