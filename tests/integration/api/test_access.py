@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from saga_orchestrator.api import create_app
 from saga_orchestrator.api.access import ACCESS, SETTINGS, Public, rule_for
+from saga_orchestrator.api.audit import AUDITED
 from saga_orchestrator.orchestrator import Orchestrator
 from saga_orchestrator.security.tokens import (
     Authenticator,
@@ -64,6 +65,14 @@ def test_every_route_has_exactly_one_rule(secured: FastAPI) -> None:
     assert missing == [], "add these routes to api/access.py ACCESS"
     stale = sorted(set(ACCESS) - set(served) - {k for k in ACCESS if k[1] in _NON_API})
     assert stale == [], "these ACCESS rules name routes that no longer exist"
+
+
+def test_every_route_that_changes_something_is_audited(secured: FastAPI) -> None:
+    """Every mutating route names its audit action (api/audit.py AUDITED): a new one without
+    an entry fails here instead of changing things unrecorded."""
+    mutating = [(method, path) for method, path in routes(secured) if method != "GET"]
+    assert [key for key in mutating if key not in AUDITED] == []
+    assert sorted(set(AUDITED) - set(mutating)) == [], "AUDITED names routes that are gone"
 
 
 _NON_API = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
