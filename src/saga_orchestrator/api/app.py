@@ -10,6 +10,7 @@ what the app itself started (the tasks that follow instances for the metrics).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib.metadata import version as package_version
@@ -45,6 +46,8 @@ from saga_orchestrator.core.state import SagaState
 from saga_orchestrator.orchestrator import Orchestrator
 from saga_orchestrator.security.tokens import StaticToken
 
+log = logging.getLogger("saga_orchestrator.api")
+
 DESCRIPTION = """\
 Durable sagas for distributed transactions: register definitions, start instances, follow
 their events, and act on the ones an operator must handle. Every error is an RFC 9457
@@ -53,8 +56,18 @@ their events, and act on the ones an operator must handle. Every error is an RFC
 
 
 def create_app(orchestrator: Orchestrator, options: ApiOptions | None = None) -> FastAPI:
-    """The API of ``orchestrator``, which the caller opens before serving and closes after."""
+    """The API of ``orchestrator``, which the caller opens before serving and closes after.
+
+    Without ``options.authenticator`` (an embedding's choice; ``saga serve`` always has one)
+    every caller is an admin of the orchestrator's tenant: said in a warning when the app is
+    built, so it is never off silently."""
     options = options or ApiOptions()
+    if options.authenticator is None:
+        log.warning(
+            "API authentication is off (no authenticator): every caller is an admin of tenant "
+            "%r; serve this app only behind authentication of your own, or on loopback",
+            orchestrator.tenant_id,
+        )
     scrape_token = (
         None
         if options.metrics_token is None

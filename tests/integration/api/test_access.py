@@ -292,3 +292,17 @@ async def test_refused_calls_are_in_the_audit_log(
         ("definition.register", "refused", f"{TENANT}-{Role.VIEWER}")
     ]
     assert records[0].entry.request_id == refused.headers["x-request-id"]
+
+
+async def test_an_app_without_authentication_says_so(
+    store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Authentication off is an embedding's choice, never a silent one."""
+    node = Orchestrator(store_url, handlers=Participants(("reserve",)).registry())
+    with caplog.at_level("WARNING", logger="saga_orchestrator.api"):
+        create_app(node, replace(FAST_OPTIONS, authenticator=None))
+        verified = Authenticator(AuthSettings(hmac_secret=SECRET))
+        create_app(node, replace(FAST_OPTIONS, authenticator=verified))
+    warnings = [r.getMessage() for r in caplog.records if r.name == "saga_orchestrator.api"]
+    assert len(warnings) == 1
+    assert "authentication is off" in warnings[0] and "admin" in warnings[0]
