@@ -8,9 +8,13 @@ import asyncio
 import random
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import pytest_asyncio
+from aio_pika.abc import AbstractIncomingMessage
 
 from saga_orchestrator.engine.relay import OutboxRelay
 from saga_orchestrator.store import OutboxMessage, Store, open_store
@@ -38,6 +42,30 @@ async def amqp_url() -> AsyncIterator[str]:
 
 def settings(url: str) -> AmqpSettings:
     return AmqpSettings(url, reconnect_initial=0.05, reconnect_max=0.2)
+
+
+@dataclass
+class Publishing:
+    relay: OutboxRelay
+    inbox: QueueCollector
+    received: list[AbstractIncomingMessage] = field(default_factory=list)
+    """What the test queue got, read once the relay stopped."""
+
+
+@asynccontextmanager
+async def publishing(store: Store, amqp_url: str, **options: Any) -> AsyncIterator[Publishing]:
+    """A relay publishing ``store``'s outbox to the test queue while the block runs."""
+    async with (
+        QueueCollector(amqp_url, QUEUE) as inbox,
+        AmqpPublisher(settings(amqp_url)) as publisher,
+    ):
+        run = Publishing(OutboxRelay(store, publisher, **options), inbox)
+        run.relay.start()
+        try:
+            yield run
+        finally:
+            await run.relay.stop()
+        run.received = await inbox.barrier()
 
 
 SECRET_BODY = b'{"n": %d, "card": "4242-4242-4242-4242"}'
@@ -88,42 +116,25 @@ def exactly_once(ids: list[str | None], expected: set[str]) -> None:
 async def test_every_committed_message_is_published_exactly_once(
     store: Store, amqp_url: str
 ) -> None:
-    async with (
-        QueueCollector(amqp_url, QUEUE) as inbox,
-        AmqpPublisher(settings(amqp_url)) as publisher,
-    ):
-        relay = OutboxRelay(store, publisher, batch=25, poll_interval=0.05)
-        relay.start()
-        try:
-            writers = [write(store, w, 30, jitter=0.01) for w in range(6)]
-            written = set().union(*await asyncio.gather(*writers))
-            await inbox.wait_for_count(len(written))
-            await eventually(lambda: backlog_is(store, 0))
-        finally:
-            await relay.stop()
-        received = await inbox.barrier()
+    async with publishing(store, amqp_url, batch=25, poll_interval=0.05) as run:
+        writers = [write(store, w, 30, jitter=0.01) for w in range(6)]
+        written = set().union(*await asyncio.gather(*writers))
+        await run.inbox.wait_for_count(len(written))
+        await eventually(lambda: backlog_is(store, 0))
     assert len(written) == 360
-    exactly_once([m.message_id for m in received], written)
-    assert relay.counters.published == 360
-    assert relay.counters.unconfirmed == 0
-    assert relay.counters.failures == 0
+    exactly_once([m.message_id for m in run.received], written)
+    assert run.relay.counters.published == 360
+    assert run.relay.counters.unconfirmed == 0
+    assert run.relay.counters.failures == 0
 
 
 async def test_wake_publishes_without_waiting_for_the_poll(store: Store, amqp_url: str) -> None:
-    async with (
-        QueueCollector(amqp_url, QUEUE) as inbox,
-        AmqpPublisher(settings(amqp_url)) as publisher,
-    ):
-        relay = OutboxRelay(store, publisher, poll_interval=3600)
-        relay.start()
-        try:
-            await wait_for(lambda: relay.counters.claims == 1)  # then it idles for an hour
-            written = await write(store, 0, 3)
-            relay.wake()
-            await inbox.wait_for_count(6)
-        finally:
-            await relay.stop()
-        exactly_once([m.message_id for m in await inbox.barrier()], written)
+    async with publishing(store, amqp_url, poll_interval=3600) as run:
+        await wait_for(lambda: run.relay.counters.claims == 1)  # then it idles for an hour
+        written = await write(store, 0, 3)
+        run.relay.wake()
+        await run.inbox.wait_for_count(6)
+    exactly_once([m.message_id for m in run.received], written)
 
 
 async def test_an_unreachable_broker_loses_nothing(store: Store, amqp_url: str) -> None:
@@ -141,19 +152,10 @@ async def test_an_unreachable_broker_loses_nothing(store: Store, amqp_url: str) 
     assert relay.counters.published == 0
     assert str(relay.counters.last_error).startswith("BrokerUnavailable")
     assert await store.outbox_backlog() == 50
-    async with (
-        QueueCollector(amqp_url, QUEUE) as inbox,
-        AmqpPublisher(settings(amqp_url)) as publisher,
-    ):
-        relay = OutboxRelay(store, publisher, batch=15, poll_interval=0.05)
-        relay.start()
-        try:
-            await inbox.wait_for_count(50)
-            await eventually(lambda: backlog_is(store, 0))
-        finally:
-            await relay.stop()
-        received = await inbox.barrier()
-    exactly_once([m.message_id for m in received], written)
+    async with publishing(store, amqp_url, batch=15, poll_interval=0.05) as run:
+        await run.inbox.wait_for_count(50)
+        await eventually(lambda: backlog_is(store, 0))
+    exactly_once([m.message_id for m in run.received], written)
 
 
 async def test_unroutable_messages_stay_in_the_outbox_until_they_can_be_delivered(
@@ -170,24 +172,16 @@ async def test_unroutable_messages_stay_in_the_outbox_until_they_can_be_delivere
     [result] = await store.append([create("i-lost", outbox=[lost])])
     assert result.status == "appended"
     written = await write(store, 0, 2)
-    async with (
-        QueueCollector(amqp_url, QUEUE) as inbox,
-        AmqpPublisher(settings(amqp_url)) as publisher,
-    ):
-        relay = OutboxRelay(store, publisher, poll_interval=0.05, refused_retry=0.05)
-        relay.start()
-        try:
-            await inbox.wait_for_count(4)
-            await wait_for(lambda: relay.counters.unconfirmed >= 2)
-            assert await store.outbox_backlog() == 1
-            async with QueueCollector(amqp_url, "test.later") as later:
-                await later.wait_for_count(1)
-                await eventually(lambda: backlog_is(store, 0))
-                assert [m.message_id for m in await later.barrier()] == ["i-lost:m0"]
-        finally:
-            await relay.stop()
-        exactly_once([m.message_id for m in await inbox.barrier()], written)
-    assert relay.counters.published == 5
+    async with publishing(store, amqp_url, poll_interval=0.05, refused_retry=0.05) as run:
+        await run.inbox.wait_for_count(4)
+        await wait_for(lambda: run.relay.counters.unconfirmed >= 2)
+        assert await store.outbox_backlog() == 1
+        async with QueueCollector(amqp_url, "test.later") as later:
+            await later.wait_for_count(1)
+            await eventually(lambda: backlog_is(store, 0))
+            assert [m.message_id for m in await later.barrier()] == ["i-lost:m0"]
+    exactly_once([m.message_id for m in run.received], written)
+    assert run.relay.counters.published == 5
 
 
 @pytest.mark.postgres
@@ -247,24 +241,17 @@ async def test_sealed_messages_go_out_opened_and_keep_no_body(
     try:
         written = await write(store, 0, 3, body=SECRET_BODY)
         before = await raw_outbox(store_url)
-        async with (
-            QueueCollector(amqp_url, QUEUE) as inbox,
-            AmqpPublisher(settings(amqp_url)) as publisher,
-        ):
-            relay = OutboxRelay(store, publisher, poll_interval=0.05)
-            relay.start()
-            try:
-                await inbox.wait_for_count(len(written))
-                await eventually(lambda: backlog_is(store, 0))
-            finally:
-                await relay.stop()
-            received = await inbox.barrier()
+        async with publishing(store, amqp_url, poll_interval=0.05) as run:
+            await run.inbox.wait_for_count(len(written))
+            await eventually(lambda: backlog_is(store, 0))
     finally:
         await store.close()
     assert set(before) == written
     assert all(b"4242" not in body and key == "k1" for body, key in before.values())
-    exactly_once([m.message_id for m in received], written)
-    assert {m.message_id: m.body for m in received} == {mid: secret_body(mid) for mid in written}
+    exactly_once([m.message_id for m in run.received], written)
+    assert {m.message_id: m.body for m in run.received} == {
+        mid: secret_body(mid) for mid in written
+    }
     assert await raw_outbox(store_url) == dict.fromkeys(written, (b"", None))
 
 
