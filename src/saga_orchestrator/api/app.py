@@ -168,6 +168,9 @@ def build_services(orchestrator: Orchestrator, options: ApiOptions) -> Services:
     metrics.watch_breakers(orchestrator.breaker_snapshots)
     if options.rate_limiter is not None:
         metrics.watch_limiter(options.rate_limiter)
+    relay = orchestrator.relay
+    if relay is not None:
+        metrics.watch_relay(lambda: relay.counters)
     return Services(
         definitions=DefinitionService(orchestrator.definitions, orchestrator.store),
         instances=InstanceService(

@@ -2,13 +2,13 @@
 two apps in one process, as in tests, do not share counters).
 
 Each collector is registered as node-wide (no tenant's data: HTTP requests by route template,
-the rate limiter's counters) or per tenant (every sample labelled ``tenant``: saga counts,
-circuit breakers). :meth:`ApiMetrics.render` gives every series to the platform's scraper and,
-for one tenant, the node-wide series and that tenant's samples only: a tenant admin must not
-learn another tenant's saga names or participant services (semantics: a caller sees only its
-own tenant's data). A collector registered as neither, or a per-tenant sample without a
-``tenant`` label, is left out of a tenant's view: a new metric is hidden until classified,
-never leaked.
+the rate limiter's and the outbox relay's counters) or per tenant (every sample labelled
+``tenant``: saga counts, circuit breakers). :meth:`ApiMetrics.render` gives every series to
+the platform's scraper and, for one tenant, the node-wide series and that tenant's samples
+only: a tenant admin must not learn another tenant's saga names or participant services
+(semantics: a caller sees only its own tenant's data). A collector registered as neither, or a
+per-tenant sample without a ``tenant`` label, is left out of a tenant's view: a new metric is
+hidden until classified, never leaked.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from saga_orchestrator.core.status import InstanceStatus
+from saga_orchestrator.engine.relay import RelayCounters
 from saga_orchestrator.security.limits import RateLimiter
 from saga_orchestrator.transports.breaker import BreakerSnapshot, BreakerState
 
@@ -95,6 +96,9 @@ class ApiMetrics:
 
     def watch_limiter(self, limiter: RateLimiter) -> None:
         self._node(LimiterCollector(limiter))
+
+    def watch_relay(self, counters: Callable[[], RelayCounters]) -> None:
+        self._node(RelayCollector(counters))
 
     def saga_started(self, tenant_id: str, saga_name: str) -> None:
         self.started.labels(tenant=tenant_id, saga_name=saga_name).inc()
@@ -176,6 +180,30 @@ class BreakerCollector(Collector):
             rate.add_metric([snap.tenant_id, snap.service], snap.failure_rate)
         yield state
         yield rate
+
+
+class RelayCollector(Collector):
+    """The outbox relay's totals on this node, read at scrape time. ``unreadable`` above 0
+    means sealed messages whose key is no longer configured wait in the outbox: put the key
+    back before they are lost to the retention."""
+
+    def __init__(self, counters: Callable[[], RelayCounters]) -> None:
+        self._counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._counters()
+        for name, value, meaning in (
+            ("published", counts.published, "Messages the broker confirmed, marked published."),
+            ("unconfirmed", counts.unconfirmed, "Messages the broker did not confirm (unroutable, "
+             "refused, connection lost): left in the outbox for another round."),
+            ("unreadable", counts.unreadable, "Claims of sealed messages that did not open (key "
+             "not configured, or the row altered): not published."),
+            ("expired", counts.expired, "Step commands dropped unsent: their attempt's "
+             "deadline had passed."),
+            ("relay_failures", counts.failures, "Relay rounds that failed as a whole (broker "
+             "unreachable, store error)."),
+        ):  # fmt: skip
+            yield CounterMetricFamily(f"saga_outbox_{name}", meaning, value=value)
 
 
 class LimiterCollector(Collector):

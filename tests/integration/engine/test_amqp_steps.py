@@ -10,9 +10,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
+import httpx
 import orjson
 import pytest_asyncio
 
+from saga_orchestrator.api import create_app
 from saga_orchestrator.core.status import InstanceStatus
 from saga_orchestrator.errors import NonRetryableStepError, RetryableStepError
 from saga_orchestrator.orchestrator import Orchestrator
@@ -122,6 +124,29 @@ async def test_handler_steps_run_in_a_worker_and_complete(
         return await node.store.outbox_backlog() == 0
 
     await eventually(drained)
+
+
+async def test_the_relays_totals_are_on_metrics(
+    node: Orchestrator, worker: Worker, remote: Remote
+) -> None:
+    await node.register(remote_saga())
+    for n in range(3):
+        started = await node.start("order", {"n": n})
+        assert (await node.wait(started.instance_id, timeout=30)).status is InstanceStatus.COMPLETED
+
+    async def drained() -> bool:
+        return await node.store.outbox_backlog() == 0
+
+    await eventually(drained)
+    app = create_app(node)  # no authenticator: the embedding sees every series
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+        text = (await client.get("/metrics")).text
+    assert node.relay is not None
+    published = node.relay.counters.published
+    assert published >= 9  # three commands a saga, at the least
+    assert f"saga_outbox_published_total {float(published)}" in text
+    assert "saga_outbox_unreadable_total 0.0" in text
 
 
 async def test_with_encryption_keys_commands_are_sealed_and_published_ones_erased(

@@ -10,6 +10,7 @@ from prometheus_client.registry import Collector
 
 from saga_orchestrator.api.metrics import ApiMetrics, TenantView
 from saga_orchestrator.core.status import InstanceStatus
+from saga_orchestrator.engine.relay import RelayCounters
 from saga_orchestrator.transports.breaker import BreakerSnapshot, BreakerState
 
 
@@ -85,3 +86,13 @@ def test_what_is_not_known_to_be_a_tenants_is_left_out() -> None:
     metrics.registry.register(Families(unlabelled))  # bypasses the classification
     assert b"b-payout" in metrics.render_all()
     assert b"leaky" not in metrics.render_tenant("a")
+
+
+def test_the_relays_totals_are_node_wide() -> None:
+    metrics = two_tenants()
+    metrics.watch_relay(lambda: RelayCounters(published=7, unconfirmed=1, unreadable=2))
+    text = metrics.render_tenant("a").decode()
+    assert "saga_outbox_published_total 7.0" in text
+    assert "saga_outbox_unconfirmed_total 1.0" in text
+    assert "saga_outbox_unreadable_total 2.0" in text
+    assert "saga_outbox_relay_failures_total 0.0" in text
