@@ -131,16 +131,18 @@ class Sessions:
                 await task
 
 
-async def pause_between_transactions(node: Node, sessions: Sessions) -> float:
+async def pause_between_transactions(node: Node, sessions: Sessions) -> tuple[float, float]:
     """SIGSTOP ``node`` at a moment none of its sessions is inside a transaction (paused
     mid-transaction, it would keep its instances' rows locked, so no one could take them over
-    until it woke: safe, but not the case this test is about). Returns when it was stopped."""
+    until it woke: safe, but not the case this test is about). Returns when it was stopped and
+    when its sessions were seen idle: a write between the two is a statement it sent before
+    the stop, finishing on the server; after the second, only a woken node can write."""
     for _ in range(100):
         stopped_at = node.send(signal.SIGSTOP)
         await asyncio.sleep(0.3)  # statements already sent finish on the server
         states = await sessions.sample()
         if states and all(state == "idle" for state in states):
-            return stopped_at
+            return stopped_at, time.time()
         node.send(signal.SIGCONT)
         await asyncio.sleep(random.uniform(0.05, 0.3))
     raise AssertionError(f"{node.node_id} was never paused between transactions")
@@ -163,7 +165,7 @@ async def test_a_paused_node_wakes_as_a_zombie_whose_writes_are_refused(
             await load.start_all(300, concurrency=30)  # before the pause: none waits on it
             await until_driving(conn, zombie, 15)
             sessions = Sessions(watcher, zombie.pid)
-            stopped_at = await pause_between_transactions(zombie, sessions)
+            stopped_at, quiet_at = await pause_between_transactions(zombie, sessions)
             owned = await owned_unfinished(conn, zombie.node_id)
             await asyncio.sleep(stopped_at + 2 * ZOMBIE.lease_ttl - time.time())
             async with sessions.sampling():
@@ -194,9 +196,9 @@ async def test_a_paused_node_wakes_as_a_zombie_whose_writes_are_refused(
     by_zombie = [w for w in writers if (w["backend_pid"], w["client_port"]) in sessions.seen]
     assert any(w["written_at"] < stopped_at for w in by_zombie), "its writes were not traced"
     late_writes = [
-        (w["instance_id"], w["seq"])
+        (w["instance_id"], w["seq"], f"{w['written_at'] - stopped_at:+.3f} s after the stop")
         for w in by_zombie
-        if w["instance_id"] in owned and w["written_at"] > stopped_at
+        if w["instance_id"] in owned and w["written_at"] > quiet_at
     ]
     assert late_writes == [], f"the zombie wrote {len(late_writes)} events after its pause"
     # ... so the results of the calls it was in the middle of are nowhere in the histories.
